@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine with Python 3.11 and make:
+#   make run    create .venv, install pinned versions, run the main job on the offline default
+#   make test   create/update .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= quick
+
+.PHONY: run test install clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/netalchemy run gradcheck
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

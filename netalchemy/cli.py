@@ -1,0 +1,92 @@
+"""The `netalchemy` command.
+
+  netalchemy run NAME [--profile P] [--out DIR] [key=value ...]   run one experiment
+  netalchemy list                                                  list experiments and claims
+
+Bad input prints one line, `netalchemy: error: ...`, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from netalchemy import config as config_lib
+from netalchemy import experiment, store
+
+USAGE_ERRORS = (config_lib.ConfigError, experiment.ExperimentError, store.StoreError)
+
+
+class UsageError(Exception):
+    """Bad command-line input."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line and exit status 2 (no usage dump)."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run one experiment and print its verdicts",
+                       description="Run one experiment (see `netalchemy list`), write its results, "
+                                   "figures and verdicts.json under OUT/NAME/PROFILE.")
+    p.add_argument("name", help="experiment name, e.g. gradcheck")
+    p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="list experiments and the claims they test",
+                       description="List the experiments and the claim ids of CLAIMS.md each tests.")
+    p.set_defaults(func=cmd_list)
+
+
+def cmd_run(args) -> int:
+    for item in args.overrides:
+        if "=" not in item:
+            raise UsageError(f"expected key=value, got {item!r}")
+    out_dir, verdicts = experiment.run_experiment(args.name, profile=args.profile,
+                                                  overrides=args.overrides, root=args.out)
+    print()
+    print(experiment.format_verdicts(verdicts))
+    print(f"\nresults: {out_dir}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    for name in experiment.EXPERIMENTS:
+        module = experiment.load_module(name)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:14s} {', '.join(module.CLAIMS):14s} {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="netalchemy", description="Audit claims about how neural networks learn: "
+                                                   "small MLPs in JAX, many seeds at once.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_run(sub)
+    _add_list(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, *USAGE_ERRORS) as e:
+        print(f"netalchemy: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("netalchemy: interrupted; finished work is saved and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

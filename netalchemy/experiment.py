@@ -1,0 +1,106 @@
+"""The shape every experiment shares: profiles, run, report, verdicts.
+
+An experiment is a module in `experiments/` with
+  CLAIMS:   the claim ids of ../shared/CLAIMS.md it tests, e.g. ("M2", "M3");
+  PROFILES: {"tiny": settings, "quick": settings, "full": settings}, where settings is a
+            frozen dataclass (overridable with `key=value`, as any config);
+  run(settings, out_dir) -> None: measures and writes results into out_dir;
+  report(out_dir) -> list[Verdict]: reads the results, writes figures, returns verdicts.
+`run_experiment` resolves the settings, runs both steps and writes `verdicts.json`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from netalchemy import config as config_lib
+from netalchemy import store
+
+VERDICTS = ("supported", "contradicted", "inconclusive", "depends")
+PROFILE_NAMES = ("tiny", "quick", "full")
+
+# Every experiment module, in the order of the audit.
+EXPERIMENTS = ("gradcheck",)
+
+
+class ExperimentError(ValueError):
+    """Unknown experiment or profile; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One row of the audit: a claim, its measurement, the value with a CI, and the verdict."""
+
+    claim: str  # e.g. "M2"
+    measurement: str  # what was measured, in words
+    value: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    verdict: str  # one of VERDICTS
+    rule: str  # the rule in code that produced the verdict, in words
+    figure: Optional[str] = None  # path relative to the experiment's folder
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+
+def load_module(name: str):
+    if name not in EXPERIMENTS:
+        raise ExperimentError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"experiments.{name}")
+
+
+def resolve_settings(name: str, profile: str, overrides: Sequence[str] = ()) -> Any:
+    module = load_module(name)
+    if profile not in module.PROFILES:
+        raise ExperimentError(f"unknown profile {profile!r} for {name}; choose from "
+                              f"{', '.join(module.PROFILES)}")
+    return config_lib.override(module.PROFILES[profile], overrides)
+
+
+def experiment_dir(root: Path, name: str, profile: str, settings: Any, overridden: bool) -> Path:
+    """runs/<name>/<profile>, or runs/<name>/<profile>-<hash> when overrides changed it."""
+    suffix = f"-{config_lib.config_hash(settings)}" if overridden else ""
+    return Path(root) / name / f"{profile}{suffix}"
+
+
+def run_experiment(name: str, *, profile: str = "quick", overrides: Sequence[str] = (),
+                   root: Path = Path("runs")) -> tuple[Path, list[Verdict]]:
+    """Runs one experiment and its report; returns its folder and verdicts."""
+    module = load_module(name)
+    settings = resolve_settings(name, profile, overrides)
+    out_dir = experiment_dir(root, name, profile, settings, bool(overrides))
+    store.ensure_writable(out_dir)
+    started = time.perf_counter()
+    module.run(settings, out_dir)
+    verdicts = module.report(out_dir)
+    store.write_json(out_dir / "verdicts.json", {
+        "experiment": name,
+        "profile": profile,
+        "settings": config_lib.to_dict(settings),
+        "verdicts": [asdict(v) for v in verdicts],
+        "seconds": time.perf_counter() - started,
+        "provenance": store.provenance(),
+    })
+    return out_dir, verdicts
+
+
+def format_verdicts(verdicts: Sequence[Verdict]) -> str:
+    """A plain-text table of verdicts."""
+    def fmt(x: Optional[float]) -> str:
+        return "—" if x is None else f"{x:.4g}"
+
+    rows = [("claim", "value", "95% CI", "verdict", "measurement")]
+    for v in verdicts:
+        ci = "—" if v.ci_low is None else f"[{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
+        rows.append((v.claim, fmt(v.value) + (f" {v.unit}" if v.unit else ""), ci, v.verdict, v.measurement))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
