@@ -2,6 +2,8 @@
 
   netalchemy run NAME [--profile P] [--out DIR] [key=value ...]   run one experiment
   netalchemy list                                                  list experiments and claims
+  netalchemy train [--out DIR] [key=value ...]                     train a seed sweep
+  netalchemy show RUN_DIR                                          print a stored sweep's summary
 
 Bad input prints one line, `netalchemy: error: ...`, and exits with status 2.
 """
@@ -15,8 +17,9 @@ from typing import Optional, Sequence
 
 from netalchemy import config as config_lib
 from netalchemy import experiment, store
+from netalchemy.data import DataError
 
-USAGE_ERRORS = (config_lib.ConfigError, experiment.ExperimentError, store.StoreError)
+USAGE_ERRORS = (config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError)
 
 
 class UsageError(Exception):
@@ -47,10 +50,62 @@ def _add_list(sub) -> None:
     p.set_defaults(func=cmd_list)
 
 
-def cmd_run(args) -> int:
-    for item in args.overrides:
+def _add_train(sub) -> None:
+    defaults = config_lib.all_keys(config_lib.Config())
+    keys = "\n".join(f"  {k} = {v}" for k, v in defaults.items())
+    p = sub.add_parser("train", help="train a sweep of seeds and print its summary",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train cfg.seeds.n seeds at once (vmap), checkpointing as it goes; a rerun "
+                                   "of the same command resumes or reloads. Results go to OUT/train/<config hash>.",
+                       epilog=f"config keys and defaults:\n{keys}")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-3")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="print the summary of a stored sweep",
+                       description="Print the summary table of a finished sweep folder.")
+    p.add_argument("run_dir", type=Path, help="a folder written by `netalchemy train`")
+    p.set_defaults(func=cmd_show)
+
+
+def _check_overrides(overrides) -> None:
+    for item in overrides:
         if "=" not in item:
             raise UsageError(f"expected key=value, got {item!r}")
+
+
+def cmd_train(args) -> int:
+    from netalchemy import sweep
+
+    _check_overrides(args.overrides)
+    cfg = config_lib.override(config_lib.Config(), args.overrides)
+    out_dir = args.out / "train" / config_lib.config_hash(cfg)
+    result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet)
+    print(sweep.format_summary(result))
+    print(f"\nresults: {out_dir}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from netalchemy import sweep
+
+    result = sweep.load(args.run_dir)
+    print(describe_config(result.cfg))
+    print(sweep.format_summary(result))
+    return 0
+
+
+def describe_config(cfg) -> str:
+    changed = {k: v for k, v in config_lib.all_keys(cfg).items()
+               if config_lib.all_keys(config_lib.Config())[k] != v}
+    return "config: defaults" + "".join(f" {k}={v}" for k, v in changed.items())
+
+
+def cmd_run(args) -> int:
+    _check_overrides(args.overrides)
     out_dir, verdicts = experiment.run_experiment(args.name, profile=args.profile,
                                                   overrides=args.overrides, root=args.out)
     print()
@@ -71,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="netalchemy", description="Audit claims about how neural networks learn: "
                                                    "small MLPs in JAX, many seeds at once.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train(sub)
+    _add_show(sub)
     _add_run(sub)
     _add_list(sub)
     return parser

@@ -62,7 +62,7 @@ class OptimConfig:
 
     name: str = "adam"
     lr: float = 1e-2
-    momentum: float = 0.9  # for momentum / nesterov / rmsprop
+    momentum: float = 0.9  # for momentum / nesterov
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -103,6 +103,8 @@ class TrainConfig:
         _check(self.l1 >= 0 and self.l2 >= 0, "train.l1 and train.l2 must be >= 0")
         _check(self.grad in ("autodiff", "hand"), "train.grad must be autodiff or hand")
         _check(self.chunk_steps >= 1, "train.chunk_steps must be >= 1")
+        _check(self.steps % self.eval_every == 0,
+               f"train.steps ({self.steps}) must be a multiple of train.eval_every ({self.eval_every})")
         _check(self.memory_budget_gb > 0, "train.memory_budget_gb must be > 0")
 
 
@@ -199,34 +201,46 @@ def _field_types(cls: type) -> dict[str, Any]:
 def override(cfg: Any, assignments: Sequence[str]) -> Any:
     """Returns `cfg` with each `section.field=value` assignment applied.
 
+    All assignments are applied before any section is validated, so
+    `train.steps=100 train.eval_every=50` works whatever the order.
+
     Raises:
       ConfigError: on a malformed assignment, an unknown key or an invalid value.
     """
+    tree: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"expected key=value, got {assignment!r}")
-        cfg = _set(cfg, key.split("."), text, key)
-    return cfg
+        node = tree
+        *sections, leaf = key.split(".")
+        for name in sections:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {name} is a value, not a section")
+        node[leaf] = (key, text)
+    return _apply(cfg, tree)
 
 
-def _set(node: Any, path: list[str], text: str, key: str) -> Any:
+def _apply(node: Any, tree: dict[str, Any]) -> Any:
     names = [f.name for f in dataclasses.fields(node)]
-    head = path[0]
-    if head not in names:
-        raise ConfigError(f"unknown config key {key!r}: {head!r} is not one of {', '.join(names)}")
-    current = getattr(node, head)
-    if len(path) == 1:
-        if dataclasses.is_dataclass(current):
-            raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}."
-                              f"{dataclasses.fields(current)[0].name}=...")
-        value = _parse(text, _field_types(type(node))[head], key)
-    else:
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"unknown config key {key!r}")
-        value = _set(current, path[1:], text, key)
-    return dataclasses.replace(node, **{head: value})
+    changes = {}
+    for name, sub in tree.items():
+        key = sub[0] if isinstance(sub, tuple) else name
+        if name not in names:
+            raise ConfigError(f"unknown config key {key!r}: {name!r} is not one of {', '.join(names)}")
+        current = getattr(node, name)
+        if isinstance(sub, tuple):
+            if dataclasses.is_dataclass(current):
+                raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}."
+                                  f"{dataclasses.fields(current)[0].name}=...")
+            changes[name] = _parse(sub[1], _field_types(type(node))[name], key)
+        else:
+            if not dataclasses.is_dataclass(current):
+                raise ConfigError(f"unknown config key: {name!r} has no fields")
+            changes[name] = _apply(current, sub)
+    return dataclasses.replace(node, **changes)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

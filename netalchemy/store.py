@@ -61,6 +61,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def as_json_data(data: Any) -> Any:
+    """`data` as it reads back after a JSON round trip (for comparing with stored JSON)."""
+    return json.loads(json.dumps(_jsonable(data)))
+
+
 def write_json(path: Path, data: Any) -> None:
     """Writes `data` as indented JSON, atomically (NaN and Inf are stored as null)."""
     text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,9 @@
+"""Datasets as in-memory arrays: TFDS loading, an offline MNIST-1D builder, preprocessing.
+
+    from netalchemy.data import load
+    data = load(DataConfig(name="mnist1d"))   # data.x_train: (4000, 40) float32
+"""
+
+from netalchemy.data.load import DataError, Dataset, clear_cache, load, noisy_labels
+
+__all__ = ["DataError", "Dataset", "clear_cache", "load", "noisy_labels"]

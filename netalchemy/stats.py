@@ -1,0 +1,464 @@
+"""Statistics over seeds: bootstrap CIs, IQM, probability of improvement, churn,
+variance shares, linear CKA, log-log slopes, and a JSON-safe per-seed summary.
+
+Pure numpy/scipy functions; nothing here knows about training. Conventions:
+
+- Per-seed values live on the **last axis** (or form a 1-D array).
+- Non-finite values (NaN, ±inf) mark diverged seeds: the CI and summary functions drop
+  them and report how many were finite, so divergence is counted, never averaged in.
+- All randomness comes from ``np.random.default_rng(seed)``: equal seed, equal answer.
+- Results meant for disk are JSON-safe: plain ``float``/``int``, with NaN written as
+  ``None`` (``json.dumps`` would otherwise emit the non-standard token ``NaN``).
+
+References
+----------
+Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 13 (percentile CI).
+Agarwal et al. (2021), *Deep RL at the Edge of the Statistical Precipice* (IQM,
+probability of improvement; the ``rliable`` library).
+Kornblith et al. (2019), *Similarity of Neural Network Representations Revisited* (CKA).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+import scipy.stats
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "CI",
+    "LogLogFit",
+    "bootstrap_ci",
+    "churn",
+    "grid_variance_shares",
+    "iqm",
+    "linear_cka",
+    "mean_pairwise_churn",
+    "probability_of_improvement",
+    "probability_of_improvement_ci",
+    "share_explained",
+    "slope_loglog",
+    "summarize",
+    "variance_decomposition",
+]
+
+# Upper bound on the number of elements in one resampled block; keeps memory ~32 MiB.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json_value(x: Any) -> Any:
+    """A plain-Python, JSON-safe version of ``x``: NaN/inf -> None, arrays -> lists."""
+    if isinstance(x, np.ndarray):
+        return [_json_value(v) for v in x.tolist()] if x.ndim else _json_value(x.item())
+    if isinstance(x, (list, tuple)):
+        return [_json_value(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def _finite(values: ArrayLike) -> np.ndarray:
+    """1-D float64 array of the finite entries of ``values``."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    return x[np.isfinite(x)]
+
+
+def _check_confidence(confidence: float, n_resamples: int) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+
+
+def _percentile_interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = 1.0 - confidence
+    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
+
+
+def _chunks(n_resamples: int, width: int) -> list[int]:
+    """Sizes of resample blocks so that one block holds <= _CHUNK_ELEMENTS numbers."""
+    size = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    return [min(size, n_resamples - start) for start in range(0, n_resamples, size)]
+
+
+# ------------------------------------------------------------------------- bootstrap
+
+
+class CI(NamedTuple):
+    """A point estimate with a confidence interval ``[low, high]``.
+
+    Fields are floats for 1-D input, arrays of the leading shape otherwise.
+    """
+
+    estimate: Any
+    low: Any
+    high: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe dict; NaN becomes ``None``."""
+        return {k: _json_value(v) for k, v in self._asdict().items()}
+
+
+def _bootstrap_1d(
+    x: np.ndarray,
+    statistic: Callable[..., Any],
+    confidence: float,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> tuple[float, float, float]:
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    estimate = float(statistic(x, axis=-1))
+    if n == 1:
+        return estimate, estimate, estimate
+    boot = np.concatenate(
+        [
+            np.asarray(statistic(x[rng.integers(0, n, size=(size, n))], axis=-1), dtype=np.float64)
+            for size in _chunks(n_resamples, n)
+        ]
+    )
+    return (estimate, *_percentile_interval(boot, confidence))
+
+
+def bootstrap_ci(
+    values: ArrayLike,
+    *,
+    statistic: Callable[..., Any] = np.mean,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | np.random.Generator = 0,
+) -> CI:
+    """Percentile-bootstrap CI of ``statistic`` over per-seed values (Efron & Tibshirani
+    1993, ch. 13).
+
+    ``values`` is 1-D, or N-D with seeds on the last axis (each leading index gets its
+    own interval, drawn in C order from one generator). Non-finite values are dropped
+    first. With ``n`` finite values: ``n == 0`` gives all NaN; ``n == 1`` gives
+    ``low == high == estimate``. ``statistic`` is any callable accepting ``axis=``
+    (``np.mean``, ``np.median``, :func:`iqm`, ...); it is applied to an ``(B, n)`` block
+    of resamples with ``axis=-1``. Resample indices are drawn as one array per block,
+    so the result is reproducible for a fixed ``seed``.
+    """
+    _check_confidence(confidence, n_resamples)
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim <= 1:
+        return CI(*_bootstrap_1d(_finite(arr), statistic, confidence, n_resamples, rng))
+    out = np.empty(arr.shape[:-1] + (3,))
+    for index in np.ndindex(*arr.shape[:-1]):
+        out[index] = _bootstrap_1d(_finite(arr[index]), statistic, confidence, n_resamples, rng)
+    return CI(out[..., 0], out[..., 1], out[..., 2])
+
+
+# ----------------------------------------------------------------------- aggregates
+
+
+def iqm(values: ArrayLike, axis: int | None = -1) -> Any:
+    """Interquartile mean: the mean of the middle 50% of values (Agarwal et al. 2021).
+
+    Equals ``scipy.stats.trim_mean(values, 0.25, axis)``: ``int(0.25 * n)`` values are cut
+    from each end. NaN is not dropped here (filter first, as :func:`summarize` does).
+    ``axis=None`` flattens.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        x, axis = x.ravel(), -1
+    x = np.sort(x, axis=axis)
+    n = x.shape[axis]
+    cut = int(0.25 * n)
+    return np.mean(np.take(x, np.arange(cut, n - cut), axis=axis), axis=axis)
+
+
+def _u_over_nm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mann-Whitney U of x vs y divided by n*m, along the last axis (ties get 1/2)."""
+    n, m = x.shape[-1], y.shape[-1]
+    ranks = scipy.stats.rankdata(np.concatenate([x, y], axis=-1), axis=-1)
+    u = ranks[..., :n].sum(axis=-1) - n * (n + 1) / 2.0
+    return u / (n * m)
+
+
+def probability_of_improvement(x: ArrayLike, y: ArrayLike) -> float:
+    """``P(X > Y) + 0.5 P(X = Y)`` for independent draws from the two seed samples.
+
+    Equals the Mann-Whitney ``U`` of ``x`` over ``y`` divided by ``n * m``, as in
+    ``rliable`` (Agarwal et al. 2021). Non-finite values are dropped; NaN if either
+    sample is then empty.
+    """
+    a, b = _finite(x), _finite(y)
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    return float(_u_over_nm(a, b))
+
+
+def probability_of_improvement_ci(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | np.random.Generator = 0,
+) -> CI:
+    """:func:`probability_of_improvement` with a percentile-bootstrap CI; the seeds of
+    ``x`` and of ``y`` are resampled independently (stratified bootstrap, as ``rliable``).
+    """
+    _check_confidence(confidence, n_resamples)
+    rng = np.random.default_rng(seed)
+    a, b = _finite(x), _finite(y)
+    if a.size == 0 or b.size == 0:
+        return CI(math.nan, math.nan, math.nan)
+    n, m = a.size, b.size
+    boot = np.concatenate(
+        [
+            _u_over_nm(a[rng.integers(0, n, size=(size, n))], b[rng.integers(0, m, size=(size, m))])
+            for size in _chunks(n_resamples, n + m)
+        ]
+    )
+    return CI(float(_u_over_nm(a, b)), *_percentile_interval(boot, confidence))
+
+
+# ---------------------------------------------------------------------------- churn
+
+
+def churn(predictions: ArrayLike) -> np.ndarray:
+    """Pairwise disagreement matrix: ``out[i, j]`` is the fraction of examples on which
+    seeds ``i`` and ``j`` predict different classes.
+
+    ``predictions`` is an integer array ``(seeds, examples)`` of predicted labels. Rows are
+    processed in blocks of at most ~4M comparisons, so 256 seeds x 10k examples is cheap.
+    """
+    p = np.asarray(predictions)
+    if p.ndim != 2:
+        raise ValueError(f"predictions must be (seeds, examples), got shape {p.shape}")
+    s, e = p.shape
+    out = np.empty((s, s))
+    if e == 0:
+        out.fill(math.nan)
+        return out
+    block = max(1, _CHUNK_ELEMENTS // max(s * e, 1))
+    for start in range(0, s, block):
+        rows = p[start : start + block]
+        out[start : start + block] = (rows[:, None, :] != p[None, :, :]).mean(axis=-1)
+    return out
+
+
+def mean_pairwise_churn(predictions: ArrayLike) -> float:
+    """Mean of :func:`churn` over unordered pairs of distinct seeds ``i < j``; NaN for
+    fewer than two seeds."""
+    matrix = churn(predictions)
+    i, j = np.triu_indices(matrix.shape[0], k=1)
+    return float(matrix[i, j].mean()) if i.size else math.nan
+
+
+# ------------------------------------------------------------- variance decomposition
+
+
+def variance_decomposition(
+    values: ArrayLike, factors: Mapping[str, ArrayLike]
+) -> dict[str, float]:
+    """Share of the total variance of ``values`` explained by each factor's main effect.
+
+    For each factor, eta-squared = SS_between / SS_total, where SS_between is the sum of
+    squares of the group means (the factor's levels) about the grand mean, weighted by
+    group size. ``'residual'`` is ``1 - sum(shares)``: interaction plus noise. In a
+    balanced crossed design (a full grid, e.g. lr x seed) the main effects are orthogonal
+    and everything is non-negative and sums to 1; in unbalanced designs main effects
+    overlap and the residual can come out negative. Observations whose value is
+    non-finite are dropped. All shares are NaN if the total variance is zero.
+
+    ``factors`` maps a name to a 1-D array of level labels (any hashable dtype), one per
+    observation. The name ``'residual'`` is reserved.
+    """
+    y = np.asarray(values, dtype=np.float64).ravel()
+    if "residual" in factors:
+        raise ValueError("'residual' is reserved; rename that factor")
+    keep = np.isfinite(y)
+    y = y[keep]
+    centred = y - y.mean() if y.size else y
+    ss_total = float(centred @ centred)
+    shares: dict[str, float] = {}
+    for name, labels in factors.items():
+        lab = np.asarray(labels).ravel()
+        if lab.shape[0] != keep.shape[0]:
+            raise ValueError(
+                f"factor {name!r} has {lab.shape[0]} labels for {keep.shape[0]} values"
+            )
+        _, group = np.unique(lab[keep], return_inverse=True)
+        counts = np.bincount(group)
+        sums = np.bincount(group, weights=centred)
+        nonempty = counts > 0
+        ss_between = float(np.sum(sums[nonempty] ** 2 / counts[nonempty]))
+        shares[name] = ss_between / ss_total if ss_total > 0 else math.nan
+    shares["residual"] = 1.0 - sum(shares.values()) if ss_total > 0 else math.nan
+    return shares
+
+
+def share_explained(grid: ArrayLike, axis: int) -> float:
+    """Fraction of the total variance of a dense grid explained by its ``axis``: the
+    variance of the means over all other axes, broadcast back, over the total variance.
+
+    NaN cells are treated as missing (see :func:`variance_decomposition`).
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    if not -g.ndim <= axis < g.ndim:
+        raise ValueError(f"axis {axis} out of range for a grid of shape {g.shape}")
+    labels = np.indices(g.shape)[axis].ravel()
+    return variance_decomposition(g.ravel(), {"axis": labels})["axis"]
+
+
+def grid_variance_shares(
+    grid: ArrayLike, names: tuple[str, str] = ("a", "b")
+) -> dict[str, float]:
+    """Variance shares of a 2-D grid ``(levels_a, levels_b)``, e.g. accuracy over
+    lr x seed: ``{names[0]: ..., names[1]: ..., 'interaction_residual': ...}``.
+
+    For a complete grid the three shares are non-negative and sum to 1 (two-way ANOVA
+    without replication, where interaction and noise are not separable).
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 2:
+        raise ValueError(f"grid must be 2-D (levels_a, levels_b), got shape {g.shape}")
+    if len(names) != 2 or names[0] == names[1] or "interaction_residual" in names:
+        raise ValueError(f"names must be two distinct factor names, got {names!r}")
+    rows, cols = np.indices(g.shape)
+    shares = variance_decomposition(g.ravel(), {names[0]: rows.ravel(), names[1]: cols.ravel()})
+    shares["interaction_residual"] = shares.pop("residual")
+    return shares
+
+
+# ---------------------------------------------------------------------- linear CKA
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019, eq. 5) between two
+    representations of the same ``n`` examples, ``x`` (n, p1) and ``y`` (n, p2):
+
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, with column-centred ``Xc, Yc``.
+
+    In [0, 1]; 1 for identical inputs; invariant to orthogonal transforms and isotropic
+    scaling of either input, but not to general invertible linear maps. Computed in
+    feature space, or through the equivalent ``n x n`` Gram matrices when ``n`` is
+    smaller than the widths. A constant representation (zero after centring) returns
+    NaN. 1-D inputs are treated as a single feature.
+    """
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    a = a[:, None] if a.ndim == 1 else a
+    b = b[:, None] if b.ndim == 1 else b
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"need x (n, p1) and y (n, p2), got {a.shape} and {b.shape}")
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    if a.shape[0] < max(a.shape[1], b.shape[1]):
+        k, l = a @ a.T, b @ b.T  # noqa: E741
+        cross, norm_a, norm_b = np.sum(k * l), np.linalg.norm(k), np.linalg.norm(l)
+    else:
+        cross = np.linalg.norm(b.T @ a) ** 2
+        norm_a, norm_b = np.linalg.norm(a.T @ a), np.linalg.norm(b.T @ b)
+    denominator = norm_a * norm_b
+    if not denominator > 0:
+        return math.nan
+    return float(np.clip(cross / denominator, 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize(
+    values: ArrayLike,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, int | float | None]:
+    """JSON-safe summary of per-seed final values.
+
+    Keys: ``n`` (all seeds), ``n_finite`` (seeds that did not diverge), and over the
+    finite values ``mean``, ``std`` (ddof=1), ``median``, ``iqm``, ``min``, ``max``,
+    ``ci_low``/``ci_high`` (percentile-bootstrap CI of the mean at ``confidence``).
+    Every number is a plain Python ``int``/``float``; undefined ones (e.g. ``std`` of one
+    seed, anything of zero seeds) are ``None`` so the dict survives strict JSON.
+    """
+    raw = np.asarray(values, dtype=np.float64).ravel()
+    x = raw[np.isfinite(raw)]
+    n = x.size
+    ci = bootstrap_ci(x, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    stats = {
+        "n": int(raw.size),
+        "n_finite": int(n),
+        "mean": x.mean() if n else math.nan,
+        "std": x.std(ddof=1) if n > 1 else math.nan,
+        "median": np.median(x) if n else math.nan,
+        "iqm": iqm(x) if n else math.nan,
+        "min": x.min() if n else math.nan,
+        "max": x.max() if n else math.nan,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+    }
+    return {k: _json_value(v) for k, v in stats.items()}
+
+
+# ------------------------------------------------------------------- log-log slope
+
+
+class LogLogFit(NamedTuple):
+    """Least-squares fit ``log y = intercept + slope * log x`` (natural logs, so
+    ``y ~ exp(intercept) * x**slope``) with a CI on the slope."""
+
+    slope: float
+    intercept: float
+    slope_low: float
+    slope_high: float
+    r_squared: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe dict; NaN becomes ``None``."""
+        return {k: _json_value(v) for k, v in self._asdict().items()}
+
+
+def slope_loglog(x: ArrayLike, y: ArrayLike, *, confidence: float = 0.95) -> LogLogFit:
+    """Slope of ``log y`` against ``log x`` by ordinary least squares, with a
+    ``confidence`` CI ``slope ± t_{n-2} * stderr`` (``scipy.stats.linregress``).
+
+    Use to test power laws such as gradient variance ∝ 1/B (slope -1). Pairs with a
+    non-finite value are dropped; non-positive values raise ``ValueError``. Needs two
+    distinct ``x``; with exactly two points the CI is NaN (no degrees of freedom).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"x and y differ in length: {a.size} vs {b.size}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if np.any(a <= 0) or np.any(b <= 0):
+        raise ValueError("slope_loglog needs positive x and y")
+    if a.size < 2 or np.ptp(a) == 0:
+        raise ValueError("slope_loglog needs at least two distinct x values")
+    fit = scipy.stats.linregress(np.log(a), np.log(b))
+    df = a.size - 2
+    if df > 0:
+        half = scipy.stats.t.ppf(0.5 + confidence / 2.0, df) * fit.stderr
+        low, high = fit.slope - half, fit.slope + half
+    else:
+        low = high = math.nan
+    return LogLogFit(
+        slope=float(fit.slope),
+        intercept=float(fit.intercept),
+        slope_low=float(low),
+        slope_high=float(high),
+        r_squared=float(fit.rvalue**2),
+        n=int(a.size),
+    )

@@ -1,0 +1,173 @@
+"""One training run as a pure, jittable function of its keys.
+
+A run's randomness comes in three independent streams (`Streams`): `init` (weights), `data`
+(minibatch order) and `dropout`. Step t draws its minibatch from `fold_in(data, epoch or t)`
+and its dropout masks from `fold_in(dropout, t)`, so any stretch of training can be replayed
+exactly from the state at its start: that is what makes chunked, checkpointed, resumed
+sweeps bit-identical to uninterrupted ones.
+
+Training is `lax.scan` over steps inside `lax.scan` over evaluation intervals. After every
+`eval_every` steps the run is evaluated on the full train and test sets (evaluation mode).
+A run whose minibatch loss turns NaN/Inf is marked diverged at that step and frozen: its
+state goes back to the start of that interval and stays there, while other runs go on.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from netalchemy import backprop, losses, mlp, optim
+from netalchemy.config import RANDOMNESS_STREAMS, Config
+
+Array = jax.Array
+
+
+class Streams(NamedTuple):
+    """The independent random streams of one run (typed PRNG keys)."""
+
+    init: Array
+    data: Array
+    dropout: Array
+
+
+def stream_key(seed: int | Array, stream: str) -> Array:
+    """The key of one randomness stream of one seed: fold_in(key(seed), stream index)."""
+    return jax.random.fold_in(jax.random.key(seed), RANDOMNESS_STREAMS.index(stream))
+
+
+class Data(NamedTuple):
+    """The dataset as device arrays (passed as arguments, never baked into the program)."""
+
+    x_train: Array  # (n_train, features)
+    y_train: Array  # (n_train,) int32
+    x_test: Array  # (n_test, features)
+    y_test: Array  # (n_test,) int32
+
+
+class TrainState(NamedTuple):
+    step: Array  # () int32: steps taken
+    params: mlp.Params
+    bn_state: mlp.State
+    opt_state: optax.OptState
+    diverged_at: Array  # () int32: first step with a non-finite loss, -1 while finite
+
+
+class Metrics(NamedTuple):
+    """One evaluation; in a history every field gains a leading (evaluations,) axis."""
+
+    step: Array
+    train_loss: Array  # full training set, evaluation mode, no penalties
+    train_acc: Array
+    test_loss: Array
+    test_acc: Array
+    batch_loss: Array  # mean minibatch objective over the interval (training mode)
+    grad_norm: Array  # mean global norm of the minibatch gradient over the interval
+    param_norm: Array  # global norm of the params
+    diverged: Array  # bool
+
+
+def optimizer(cfg: Config, lr: Array) -> optax.GradientTransformation:
+    return optim.make(cfg.optim, cfg.train.steps, lr=lr)
+
+
+def init_state(streams: Streams, lr: Array, *, cfg: Config, in_features: int, num_classes: int) -> TrainState:
+    """Initial params (from the init stream), BN state and optimizer state."""
+    params, bn_state = mlp.init(streams.init, cfg.model, in_features=in_features, num_classes=num_classes)
+    opt_state = optimizer(cfg, lr).init(params)
+    return TrainState(jnp.zeros((), jnp.int32), params, bn_state, opt_state, jnp.full((), -1, jnp.int32))
+
+
+def batch_indices(data_key: Array, step: Array, *, n: int, batch_size: int, sampling: str) -> Array:
+    """Indices (batch,) of step `step`'s minibatch: shuffled epochs, or uniform with replacement."""
+    if sampling == "replace":
+        return jax.random.randint(jax.random.fold_in(data_key, step), (batch_size,), 0, n)
+    per_epoch = n // batch_size  # the remainder of each epoch's permutation is dropped
+    epoch, position = step // per_epoch, step % per_epoch
+    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+    return jax.lax.dynamic_slice(perm, (position * batch_size,), (batch_size,))
+
+
+def train_step(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config):
+    """One optimizer step on one minibatch. Returns (state, (minibatch loss, gradient norm))."""
+    t = cfg.train
+    idx = batch_indices(streams.data, state.step, n=data.x_train.shape[0], batch_size=t.batch_size,
+                        sampling=t.sampling)
+    x, y = data.x_train[idx], data.y_train[idx]  # (batch, features), (batch,)
+    grad_fn = backprop.gradient_fn(t.grad)
+    grads, aux = grad_fn(state.params, state.bn_state, x, y, cfg=cfg.model, l1=t.l1, l2=t.l2,
+                         key=jax.random.fold_in(streams.dropout, state.step))
+    updates, opt_state = optimizer(cfg, lr).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = TrainState(state.step + 1, params, aux.state, opt_state, state.diverged_at)
+    return new, (aux.loss, optax.tree.norm(grads))
+
+
+def evaluate_split(params, bn_state, x: Array, y: Array, *, cfg: Config, max_batch: int = 8192):
+    """Mean loss and accuracy over a whole split, in evaluation mode, in slices of `max_batch`."""
+    total_loss = total_correct = 0.0
+    for start in range(0, x.shape[0], max_batch):
+        xs, ys = x[start:start + max_batch], y[start:start + max_batch]
+        logits, _ = mlp.apply(params, bn_state, xs, cfg=cfg.model, train=False)
+        total_loss += losses.cross_entropy(logits, ys) * xs.shape[0]
+        total_correct += losses.accuracy(logits, ys) * xs.shape[0]
+    return total_loss / x.shape[0], total_correct / x.shape[0]
+
+
+def evaluate(state: TrainState, data: Data, *, cfg: Config, batch_loss=jnp.nan, grad_norm=jnp.nan) -> Metrics:
+    train_loss, train_acc = evaluate_split(state.params, state.bn_state, data.x_train, data.y_train, cfg=cfg)
+    test_loss, test_acc = evaluate_split(state.params, state.bn_state, data.x_test, data.y_test, cfg=cfg)
+    dtype = train_loss.dtype
+    return Metrics(state.step, train_loss, train_acc, test_loss, test_acc, jnp.asarray(batch_loss, dtype),
+                   jnp.asarray(grad_norm, dtype), optax.tree.norm(state.params), state.diverged_at >= 0)
+
+
+def train_interval(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config):
+    """`eval_every` steps, the divergence check, then an evaluation. Returns (state, Metrics)."""
+    start = state
+
+    def body(carry, _):
+        s, first_bad = carry
+        s, (loss, gnorm) = train_step(s, streams, data, lr, cfg=cfg)
+        first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), s.step - 1, first_bad)
+        return (s, first_bad), (loss, gnorm)
+
+    (end, first_bad), (step_losses, grad_norms) = jax.lax.scan(
+        body, (state, jnp.full((), -1, jnp.int32)), None, length=cfg.train.eval_every)
+    newly = (start.diverged_at < 0) & (first_bad >= 0)
+    frozen = (start.diverged_at >= 0) | newly
+    kept = jax.tree.map(lambda a, b: jnp.where(frozen, a, b), start._replace(step=end.step), end)
+    state = kept._replace(diverged_at=jnp.where(newly, first_bad, start.diverged_at))
+    return state, evaluate(state, data, cfg=cfg, batch_loss=jnp.mean(step_losses), grad_norm=jnp.mean(grad_norms))
+
+
+def train_intervals(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config, intervals: int):
+    """`intervals` evaluation intervals in one scan. Returns (state, Metrics with (intervals,) fields)."""
+    def body(s, _):
+        return train_interval(s, streams, data, lr, cfg=cfg)
+
+    return jax.lax.scan(body, state, None, length=intervals)
+
+
+@partial(jax.jit, static_argnames=("cfg", "in_features", "num_classes"))
+def train_run(streams: Streams, data: Data, lr: Array, *, cfg: Config, in_features: int, num_classes: int):
+    """A whole run for one seed: init, evaluation at step 0, then `steps` steps.
+
+    Returns:
+      (final TrainState, Metrics history with (1 + steps / eval_every,) fields).
+    """
+    state = init_state(streams, lr, cfg=cfg, in_features=in_features, num_classes=num_classes)
+    first = evaluate(state, data, cfg=cfg)
+    state, history = train_intervals(state, streams, data, lr, cfg=cfg, intervals=cfg.train.steps // cfg.train.eval_every)
+    history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, history)
+    return state, history
+
+
+def predict(params, bn_state, x: Array, *, cfg: Config) -> Array:
+    """Predicted classes (batch,) in evaluation mode."""
+    logits, _ = mlp.apply(params, bn_state, x, cfg=cfg.model, train=False)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
