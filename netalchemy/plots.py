@@ -44,3 +44,20 @@ def gradcheck_errors(rows: Sequence[Mapping], path: Path, *, thresholds: Mapping
     ax.set_title("Gradient check: hand-derived backprop vs jax.grad vs finite differences")
     ax.legend(fontsize=7, loc="upper left", ncol=2)
     return save(fig, path)
+
+
+def seed_band(ax, x, values, *, label: str, color=None, log_y: bool = False):
+    """Median over seeds with an interquartile band; `values` is (seeds, points), NaN ignored."""
+    values = np.asarray(values, np.float64)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(values, axis=0)
+            low, high = np.nanpercentile(values, [25, 75], axis=0)
+    line, = ax.plot(x, median, label=f"{label} (median, IQR over {values.shape[0]} seeds)", color=color)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.25, lw=0)
+    if log_y:
+        ax.set_yscale("log")
+    return line

@@ -176,3 +176,12 @@ def test_batch_indices_shuffle_covers_each_example_once_per_epoch():
 def test_batch_larger_than_training_set_is_a_config_error(mnist1d):
     with pytest.raises(C.ConfigError, match="exceeds"):
         sweep.run(tiny("train.batch_size=5000"), dataset=mnist1d, progress=False)
+
+
+@pytest.mark.parametrize("n, batch, length, first", [(100, 10, 25, 0), (100, 10, 25, 37), (103, 7, 3, 13), (50, 49, 10, 5)])
+def test_planned_batches_equal_the_defined_order(n, batch, length, first):
+    key = jax.random.key(7)
+    plan = train.plan_batches(key, first, length, n=n, batch_size=batch)
+    for step in range(first, first + length):
+        np.testing.assert_array_equal(train.plan_indices(plan, step, n=n, batch_size=batch),
+                                      train.batch_indices(key, step, n=n, batch_size=batch, sampling="shuffle"))

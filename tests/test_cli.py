@@ -1,0 +1,95 @@
+"""The command line: help, errors (one line, exit 2, nothing written), train/show/run/list."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from netalchemy import cli
+
+
+def netalchemy(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "netalchemy.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["show"], ["run"], ["list"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*command, "--help"])
+    assert info.value.code == 0
+    assert "usage: netalchemy" in capsys.readouterr().out
+
+
+def test_train_help_lists_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "optim.lr = 0.01" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["train", "optim.lr=fast"], "cannot read 'fast' as float"),
+    (["train", "data.name=no_such_dataset", "train.steps=250"], "unknown dataset"),
+    (["train", "oops"], "expected key=value"),
+    (["run", "nope"], "unknown experiment 'nope'"),
+    (["run", "gradcheck", "--profile", "huge"], "unknown profile 'huge'"),
+    (["run", "gradcheck", "no_such_key=1"], "unknown config key"),
+    (["show", "/nonexistent/run"], "no finished sweep"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
+    result = netalchemy(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("netalchemy: error:") and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        result = netalchemy("train", "--out", str(locked / "runs"), "train.steps=250")
+        assert result.returncode == 2 and "cannot write" in result.stderr
+    finally:
+        locked.chmod(0o700)
+
+
+def test_unwritable_output_folder_is_a_file(tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("not a folder")
+    result = netalchemy("train", "--out", str(blocker), "train.steps=250")
+    assert result.returncode == 2 and "cannot write" in result.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_train_then_show(tmp_path):
+    args = ["--out", str(tmp_path), "--quiet", "model.hidden=8", "train.steps=20", "train.eval_every=10",
+            "seeds.n=2", "train.batch_size=50"]
+    trained = netalchemy("train", *args)
+    assert trained.returncode == 0, trained.stderr
+    assert "2 runs, 0 diverged" in trained.stdout and "test_acc" in trained.stdout
+    run_dir = trained.stdout.strip().splitlines()[-1].split("results: ")[1]
+    shown = netalchemy("show", run_dir)
+    assert shown.returncode == 0 and "test_acc" in shown.stdout and "model.hidden=(8,)" in shown.stdout
+    again = netalchemy("train", *args)  # a finished sweep is reloaded, not retrained
+    assert again.stdout == trained.stdout
+
+
+def test_list_names_experiments_and_claims():
+    result = netalchemy("list")
+    assert result.returncode == 0 and "gradcheck" in result.stdout and "M2" in result.stdout
+
+
+def test_run_gradcheck_tiny_passes_its_thresholds(tmp_path):
+    result = netalchemy("run", "gradcheck", "--profile", "tiny", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "hand~auto f64" in result.stdout
+    for claim in ("M1", "M2", "M3"):
+        assert any(line.startswith(claim) and "supported" in line for line in result.stdout.splitlines())
+    folder = tmp_path / "gradcheck" / "tiny"
+    assert (folder / "verdicts.json").exists() and (folder / "errors.png").stat().st_size > 1000
