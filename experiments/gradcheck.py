@@ -7,7 +7,9 @@ some SGD steps, the gradient of the training objective is computed three ways:
   autodiff  `jax.grad`,
   FD        central finite differences (θ ± h·e_i) in float64 on sampled coordinates.
 Relative error (cs231n): |a − b| / max(|a|, |b|), 0 when a = b. Per parameter array,
-hand vs autodiff uses the largest entry-wise difference over the array's largest entry.
+hand vs autodiff uses the largest entry-wise difference over the array's largest entry,
+floored at 1e-12 (float64) / 1e-6 (float32) so round-off of an exactly-zero gradient
+does not read as a 100% error.
 Entry-wise FD comparisons add a floor `fd_floor` to the denominator: FD's own absolute error
 is ≈ ε·|L|/h + h²·|L‴|/6 ≈ 1e-11 for h = 1e-5, so a relative error of 1e-5 can be resolved
 only for entries well above 1e-6; entries below the floor 1e-4 are compared in absolute terms
@@ -96,11 +98,18 @@ def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> np.ndarray:
     return np.where(diff == 0, 0.0, diff / np.where(scale == 0, 1.0, scale))
 
 
-def array_error(a, b) -> float:
-    """max|a − b| / max(max|a|, max|b|) over one parameter array; 0 when equal."""
+ZERO_FLOOR = {"float64": 1e-12, "float32": 1e-6}  # gradients below this are round-off of an exact 0
+
+
+def array_error(a, b, floor: float = 0.0) -> float:
+    """max|a − b| / max(max|a|, max|b|, floor) over one parameter array; 0 when equal.
+
+    The floor keeps an array that is zero in exact arithmetic (all its units dropped, say),
+    computed as ±1e-17 one way and 0 the other, from counting as a 100% error.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = float(np.max(np.abs(a - b)))
-    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), floor)
     return 0.0 if diff == 0 else diff / scale
 
 
@@ -183,8 +192,8 @@ def check_point(params, state, x, y, *, cfg: ModelConfig, l1, l2, key, s: Settin
         smooth, kinked = in_leaf & ~kink, in_leaf & kink
         records.append(dict(
             param=name,
-            hand_vs_autodiff_f64=array_error(h64, a64),
-            hand_vs_autodiff_f32=array_error(h32, a32),
+            hand_vs_autodiff_f64=array_error(h64, a64, ZERO_FLOOR["float64"]),
+            hand_vs_autodiff_f32=array_error(h32, a32, ZERO_FLOOR["float32"]),
             hand_vs_fd=float(err_hand_fd[smooth].max(initial=0.0)),
             autodiff_vs_fd=float(err_auto_fd[smooth].max(initial=0.0)),
             fd_coords=int(in_leaf.sum()),
@@ -193,7 +202,7 @@ def check_point(params, state, x, y, *, cfg: ModelConfig, l1, l2, key, s: Settin
         ))
     # Claim M2: the output delta (softmax − onehot)/B against jax.grad and FD of the loss in the logits.
     delta, auto_delta, fd_delta = map(np.asarray, output_delta_check(aux.logits, y, s.fd_step, cfg=cfg))
-    records.append(dict(param="dL/dz_out", hand_vs_autodiff_f64=array_error(delta, auto_delta),
+    records.append(dict(param="dL/dz_out", hand_vs_autodiff_f64=array_error(delta, auto_delta, ZERO_FLOOR["float64"]),
                         hand_vs_fd=float(rel_error(delta, fd_delta, s.fd_floor).max())))
     return records
 

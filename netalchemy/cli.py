@@ -2,6 +2,7 @@
 
   netalchemy run NAME [--profile P] [--out DIR] [key=value ...]   run one experiment
   netalchemy list                                                  list experiments and claims
+  netalchemy audit [--profile quick|full] [--out DIR]              every experiment, one report
   netalchemy train [--out DIR] [key=value ...]                     train a seed sweep
   netalchemy show RUN_DIR                                          print a stored sweep's summary
 
@@ -114,6 +115,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _add_audit(sub) -> None:
+    p = sub.add_parser("audit", help="run every experiment and write the audit report",
+                       description="Run every experiment at one profile and write OUT/audit/PROFILE/report.md "
+                                   "and a self-contained report.html, opening with the ledger of every claim. "
+                                   "Experiments already finished with the same settings are reused.")
+    p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args) -> int:
+    from netalchemy import audit
+
+    folder = audit.run_audit(args.profile, root=args.out)
+    print((folder / "report.md").read_text().split("\n## Rules")[0])
+    print(f"report: {folder / 'report.md'} and {folder / 'report.html'}")
+    return 0
+
+
 def cmd_list(args) -> int:
     for name in experiment.EXPERIMENTS:
         module = experiment.load_module(name)
@@ -129,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_show(sub)
     _add_run(sub)
+    _add_audit(sub)
     _add_list(sub)
     return parser
 

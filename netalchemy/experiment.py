@@ -24,7 +24,7 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "depends")
 PROFILE_NAMES = ("tiny", "quick", "full")
 
 # Every experiment module, in the order of the audit.
-EXPERIMENTS = ("gradcheck",)
+EXPERIMENTS = ("gradcheck", "chance", "stages")
 
 
 class ExperimentError(ValueError):
@@ -50,6 +50,23 @@ class Verdict:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
+def ci_verdict(low: Optional[float], high: Optional[float], threshold: float, *, claim_holds_if: str = "above") -> str:
+    """A verdict from where a confidence interval lies relative to a threshold.
+
+    "supported" when the whole CI lies on the side the claim predicts (`claim_holds_if` is
+    "above" or "below"), "contradicted" when it lies wholly on the other side, else
+    "inconclusive". A missing CI (no finite runs) is "inconclusive".
+    """
+    if low is None or high is None:
+        return "inconclusive"
+    above, below = low > threshold, high < threshold
+    if claim_holds_if == "above":
+        return "supported" if above else "contradicted" if below else "inconclusive"
+    if claim_holds_if == "below":
+        return "supported" if below else "contradicted" if above else "inconclusive"
+    raise ValueError(f"claim_holds_if must be 'above' or 'below', got {claim_holds_if!r}")
+
+
 def load_module(name: str):
     if name not in EXPERIMENTS:
         raise ExperimentError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
@@ -71,12 +88,20 @@ def experiment_dir(root: Path, name: str, profile: str, settings: Any, overridde
 
 
 def run_experiment(name: str, *, profile: str = "quick", overrides: Sequence[str] = (),
-                   root: Path = Path("runs")) -> tuple[Path, list[Verdict]]:
-    """Runs one experiment and its report; returns its folder and verdicts."""
+                   root: Path = Path("runs"), reuse: bool = False) -> tuple[Path, list[Verdict]]:
+    """Runs one experiment and its report; returns its folder and verdicts.
+
+    With `reuse`, verdicts already stored for the same settings are returned as they are.
+    """
     module = load_module(name)
     settings = resolve_settings(name, profile, overrides)
     out_dir = experiment_dir(root, name, profile, settings, bool(overrides))
     store.ensure_writable(out_dir)
+    stored = out_dir / "verdicts.json"
+    if reuse and stored.exists():
+        record = store.read_json(stored)
+        if record["settings"] == config_lib.to_dict(settings):
+            return out_dir, [Verdict(**v) for v in record["verdicts"]]
     started = time.perf_counter()
     module.run(settings, out_dir)
     verdicts = module.report(out_dir)

@@ -1,0 +1,185 @@
+"""Layers as stages (claims M14, A5): linear probes per layer, and linear CKA within and across seeds.
+
+The essay likens the layers to the stages of the alchemical work — nigredo, albedo,
+citrinitas, rubedo — and the structure shared by different runs to "homology". Here a
+4-hidden-layer MLP is trained on MNIST-1D over many seeds; each layer's representation of
+the data is read out with a linear probe (Alain & Bengio 2016) and compared with linear CKA
+(Kornblith et al. 2019) between every pair of layers within a net and across seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from netalchemy import mlp, plots, probes, stats, store, sweep, train
+from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
+from netalchemy.data import load
+from netalchemy.experiment import Verdict, ci_verdict
+
+CLAIMS = ("M14", "A5")
+STAGES = ("nigredo", "albedo", "citrinitas", "rubedo")
+CORRESPONDENCE_THRESHOLD = 0.75  # share of hidden layers whose best match in another seed is itself
+
+
+def _base(steps: int, seeds: int, eval_every: int) -> Config:
+    return Config(model=ModelConfig(hidden=(100, 100, 100, 100)),
+                  train=TrainConfig(steps=steps, eval_every=eval_every, chunk_steps=steps),
+                  seeds=SeedsConfig(n=seeds))
+
+
+@dataclass(frozen=True)
+class Settings:
+    base: Config = field(default_factory=lambda: _base(6000, 16, 500))
+    probe_l2: float = 1e-3  # ridge strength of the linear probes (× n)
+    cka_examples: int = 1000  # test examples the CKA is computed on
+    cka_pairs: int = 24  # seed pairs compared across nets (at most)
+
+
+PROFILES = {
+    "tiny": Settings(base=_base(60, 3, 30), cka_examples=200, cka_pairs=3),
+    "quick": Settings(base=_base(1500, 8, 250), cka_examples=500, cka_pairs=12),
+    "full": Settings(),
+}
+
+
+def layer_names(depth: int) -> list[str]:
+    hidden = [STAGES[i] if depth == len(STAGES) else f"hidden {i + 1}" for i in range(depth)]
+    return ["input", *hidden, "logits"]
+
+
+def _reps(params, bn_state, x, cfg: Config) -> list[np.ndarray]:
+    """Per layer, (seeds, examples, width) representations of x."""
+    reps = jax.vmap(lambda p, s: probes.representations(p, s, x, cfg=cfg.model))(params, bn_state)
+    return [np.asarray(r) for r in reps]
+
+
+def probe_accuracies(params, bn_state, data, cfg: Config, *, l2: float, num_classes: int) -> np.ndarray:
+    """(seeds, layers) test accuracy of a ridge probe fitted on each layer's training representation."""
+    train_reps = _reps(params, bn_state, data.x_train, cfg)
+    test_reps = _reps(params, bn_state, data.x_test, cfg)
+    fit = jax.jit(jax.vmap(lambda a, b: probes.ridge_probe_accuracy(
+        a, data.y_train, b, data.y_test, num_classes=num_classes, l2=l2)))
+    return np.stack([np.asarray(fit(a, b)) for a, b in zip(train_reps, test_reps)], axis=1)
+
+
+def cka_matrix(reps_a: list[np.ndarray], reps_b: list[np.ndarray]) -> np.ndarray:
+    """(layers, layers) linear CKA between every layer of one net and every layer of another."""
+    return np.array([[stats.linear_cka(a, b) for b in reps_b] for a in reps_a])
+
+
+def correspondence(cross: np.ndarray) -> float:
+    """Share of hidden layers whose most CKA-similar layer in the other net is the same layer."""
+    hidden = range(1, cross.shape[0] - 1)
+    return float(np.mean([np.nanargmax(cross[i]) == i for i in hidden]))
+
+
+def run(s: Settings, out_dir: Path) -> None:
+    cfg = s.base
+    data = load(cfg.data)
+    result = sweep.run(cfg, out_dir=out_dir / "sweep", dataset=data, progress=False)
+    seeds = result.seeds
+    init = jax.vmap(lambda seed: mlp.init(train.stream_key(seed, "init"), cfg.model,
+                                          in_features=data.x_train.shape[1], num_classes=data.num_classes))(seeds)
+    probe = {
+        stage: probe_accuracies(params, bn, data, cfg, l2=s.probe_l2, num_classes=data.num_classes)
+        for stage, (params, bn) in (("init", init), ("trained", (result.final.params, result.final.bn_state)))
+    }
+    x = data.x_test[: s.cka_examples]
+    reps = _reps(result.final.params, result.final.bn_state, x, cfg)
+    per_seed = [[r[k] for r in reps] for k in range(len(seeds))]
+    within = np.stack([cka_matrix(p, p) for p in per_seed])
+    pairs = [(a, b) for a in range(len(seeds)) for b in range(a + 1, len(seeds))][: s.cka_pairs]
+    cross = np.stack([cka_matrix(per_seed[a], per_seed[b]) for a, b in pairs])
+    churn = stats.churn(result.test_predictions)
+    store.write_npz(out_dir / "results.npz", {
+        "probe_init": probe["init"], "probe_trained": probe["trained"], "cka_within": within,
+        "cka_cross": cross, "pairs": np.array(pairs), "pair_churn": np.array([churn[a, b] for a, b in pairs]),
+        "test_acc": result.history["test_acc"][:, -1], "depth": len(cfg.model.hidden)})
+
+
+def m14_verdict(probe_trained: np.ndarray) -> tuple[str, float, float, float, str]:
+    """From (seeds, layers) probe accuracies: does each hidden layer beat the one before?"""
+    hidden = probe_trained[:, :-1]  # input and hidden layers (logits excluded)
+    steps = [stats.bootstrap_ci(hidden[:, k + 1] - hidden[:, k]) for k in range(hidden.shape[1] - 1)]
+    overall = stats.bootstrap_ci(hidden[:, -1] - hidden[:, 0])
+    if all(c.low > 0 for c in steps):
+        verdict = "supported"
+    elif overall.high <= 0:
+        verdict = "contradicted"
+    else:
+        verdict = "depends"
+    rule = ("supported iff every consecutive step (input → hidden 1 → … → last hidden) raises probe accuracy "
+            "with a 95% CI above 0; contradicted iff the last hidden layer is not better than the input "
+            "(CI of the difference ≤ 0); otherwise depends (abstraction rises, then saturates or falls)")
+    return verdict, overall.estimate, overall.low, overall.high, rule
+
+
+def a5_verdict(cross: np.ndarray, probe_verdict: str) -> tuple[str, float, float, float, str]:
+    """Homology: corresponding layers of different seeds are each other's best CKA match."""
+    matches = np.array([correspondence(c) for c in cross])
+    ci = stats.bootstrap_ci(matches)
+    homology = ci_verdict(ci.low, ci.high, CORRESPONDENCE_THRESHOLD, claim_holds_if="above")
+    stages = probe_verdict in ("supported", "depends")
+    if homology == "supported" and stages:
+        verdict = "supported"
+    elif homology == "contradicted" and not stages:
+        verdict = "contradicted"
+    else:
+        verdict = "depends"
+    rule = (f"homology holds iff the CI of the share of hidden layers matched to the same layer of another "
+            f"seed (argmax CKA) lies above {CORRESPONDENCE_THRESHOLD}; stages hold iff M14 is supported or "
+            f"depends; supported iff both hold, contradicted iff neither, else depends")
+    return verdict, ci.estimate, ci.low, ci.high, rule
+
+
+def report(out_dir: Path) -> list[Verdict]:
+    r = store.read_npz(out_dir / "results.npz")
+    names = layer_names(int(r["depth"]))
+    figures = _figures(r, names, out_dir)
+    m14, value, low, high, rule14 = m14_verdict(r["probe_trained"])
+    a5, v5, l5, h5, rule5 = a5_verdict(r["cka_cross"], m14)
+    diag = np.mean([np.diag(c)[1:-1].mean() for c in r["cka_cross"]])
+    off = np.mean([c[1:-1, 1:-1][~np.eye(c.shape[0] - 2, dtype=bool)].mean() for c in r["cka_cross"]])
+    accs = ", ".join(f"{n} {a:.3f}" for n, a in zip(names, r["probe_trained"].mean(0)))
+    return [
+        Verdict("M14", f"probe accuracy gain from input to the last hidden layer (trained; per layer: {accs})",
+                value, low, high, m14, rule14, figures[0]),
+        Verdict("A5", f"share of hidden layers whose best CKA match in another seed is the same layer "
+                      f"(same-layer CKA {diag:.2f} vs other layers {off:.2f}; seeds disagree on "
+                      f"{np.mean(r['pair_churn']):.1%} of test predictions)", v5, l5, h5, a5, rule5, figures[1]),
+    ]
+
+
+def _figures(r, names: list[str], out_dir: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(names))
+    for key, label in (("probe_init", "at initialization"), ("probe_trained", "after training")):
+        cis = [stats.bootstrap_ci(r[key][:, k]) for k in x]
+        ax.errorbar(x, [c.estimate for c in cis], yerr=[[c.estimate - c.low for c in cis], [c.high - c.estimate for c in cis]],
+                    marker="o", capsize=3, label=f"{label} (mean, 95% CI over {r[key].shape[0]} seeds)")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("linear-probe test accuracy")
+    ax.set_title("What each layer makes linearly readable (MNIST-1D)")
+    ax.legend()
+    plots.save(fig, out_dir / "probes.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"wspace": 0.45})
+    for ax, matrix, title in ((axes[0], np.nanmean(r["cka_within"], 0), "within a net (mean over seeds)"),
+                              (axes[1], np.nanmean(r["cka_cross"], 0), "across seeds (mean over pairs)")):
+        im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.set_yticks(x, names)
+        ax.set_title(f"linear CKA {title}")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="linear CKA")
+    plots.save(fig, out_dir / "cka.png")
+    return ["probes.png", "cka.png"]
