@@ -3,6 +3,7 @@
   netalchemy run NAME [--profile P] [--out DIR] [key=value ...]   run one experiment
   netalchemy list                                                  list experiments and claims
   netalchemy audit [--profile quick|full] [--out DIR]              every experiment, one report
+  netalchemy bench [--profile P] [--out DIR] [key=value ...]       throughput against peers
   netalchemy train [--out DIR] [key=value ...]                     train a seed sweep
   netalchemy show RUN_DIR                                          print a stored sweep's summary
 
@@ -134,6 +135,31 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure training throughput against plain JAX, Flax and PyTorch",
+                       description="Time netalchemy's sweep engine and its peers side by side, in one run, "
+                                   "and write OUT/bench/PROFILE/{bench.json,table.txt,scaling.png}. "
+                                   "PyTorch peers need the bench extra (pip install -e '.[bench]').")
+    p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="benchmark settings overrides")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from netalchemy import bench
+
+    _check_overrides(args.overrides)
+    if args.profile not in bench.PROFILES:
+        raise UsageError(f"unknown profile {args.profile!r}; choose from {', '.join(bench.PROFILES)}")
+    settings = config_lib.override(bench.PROFILES[args.profile], args.overrides)
+    out_dir = store.ensure_writable(args.out / "bench" / args.profile)
+    results = bench.run_benchmark(settings, out_dir=out_dir)
+    print(bench.format_table(results))
+    print(f"\nresults: {out_dir}")
+    return 0
+
+
 def cmd_list(args) -> int:
     for name in experiment.EXPERIMENTS:
         module = experiment.load_module(name)
@@ -150,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(sub)
     _add_run(sub)
     _add_audit(sub)
+    _add_bench(sub)
     _add_list(sub)
     return parser
 

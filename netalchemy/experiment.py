@@ -24,7 +24,8 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "depends")
 PROFILE_NAMES = ("tiny", "quick", "full")
 
 # Every experiment module, in the order of the audit.
-EXPERIMENTS = ("gradcheck", "chance", "stages")
+EXPERIMENTS = ("gradcheck", "chance", "phases", "linearity",
+               "regularization", "batchnorm", "stages", "memorization")
 
 
 class ExperimentError(ValueError):

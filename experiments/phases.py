@@ -1,0 +1,450 @@
+"""Training phases (fast learning → fine tuning → overfitting) and the untrained net.
+
+Claims (../shared/CLAIMS.md):
+  M10 "Phase 1: fast learning (epochs 1–50), the loss falls rapidly, gradients are largest;
+      phase 2: fine tuning (50–500), gradients shrink; phase 3 (500+): the training loss
+      keeps falling while the validation loss rises."
+  M6  "Random initial weights are pure chaos: the untrained net knows nothing."
+
+Measurement: one compiled program trains every seed (`sweep.run`) on a training subset small
+enough to overfit (MNIST-1D, `data.train_size` examples), for many epochs, evaluating the full
+train and test sets every `eval_every` steps (one epoch by default). An epoch is
+`train_size // batch_size` steps (the sweep's shuffling drops the remainder).
+
+Phase boundaries, per seed, on curves smoothed by a moving average over ±`SMOOTH_DECADES`
+decades of epochs (scale-free: a few points early on, many late):
+  - overfitting onset T_over = the epoch of the minimum smoothed test loss;
+  - end of fast learning T_fast = the knee of the smoothed training loss on [0, T_over]: the
+    epoch farthest below the chord from (0, L_0) to (T_over, L(T_over)) (the "Kneedle" rule,
+    Satopää et al. 2011; for a convex curve it is where the loss falls at the chord's mean
+    rate: faster before, slower after). Parameter-free and invariant to the loss's units.
+A seed shows the article's three phases, in order, when
+  (1) fast: the mean rate of fall of the training loss on [0, T_fast] is ≥ RATE_RATIO × the
+      rate on [T_fast, T_over];
+  (2) gradients shrink in phase 2: smoothed minibatch gradient norm at T_over <
+      GRAD_SHRINK (= 1) × its value at T_fast (any decrease: the article says only that
+      gradients "decrease"; the size of the decrease is reported, and a flat gradient norm
+      passes in only about half the seeds, which the across-seed rule below rejects);
+  (3) overfitting: the smoothed test loss at the end is ≥ (1 + OVERFIT_RISE) × its minimum,
+      while the smoothed training loss at the end is ≤ (1 − TRAIN_FALL) × its value at T_over.
+Boundaries are reported as geometric means over seeds with 95% bootstrap CIs, next to the
+article's 50 and 500 epochs (numbers that belong to the article's unnamed dataset).
+
+M6: at step 0 (the sweep's own initial weights, evaluation mode): the test loss vs
+ln(classes) (the loss of a uniform prediction), the test accuracy vs 1/classes, the mean
+largest softmax probability vs 1/classes and KL(p ‖ uniform) = ln C − H(p) per example.
+The same numbers for LeCun init (variance 1/fan_in, no ReLU gain) are reported for contrast.
+
+Verdict rules (pure functions below, unit-tested on synthetic numbers): see `m10_verdict`
+and `m6_verdict`.
+
+References: Satopää et al. (2011) "Finding a 'Kneedle' in a haystack"; Prechelt (1998)
+"Early stopping — but when?" (overfitting onset as the validation minimum); He et al. (2015)
+and LeCun et al. (1998) (initial weight scale); Greydanus & Kobak (2024) (MNIST-1D).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from netalchemy import data as data_lib
+from netalchemy import mlp, plots, stats, store, sweep, train
+from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
+from netalchemy.experiment import Verdict
+
+CLAIMS = ("M10", "M6")
+
+# ---------------------------------------------------------------- rule thresholds (M10)
+ARTICLE_EPOCHS = {"fast_end": 50.0, "overfit_onset": 500.0}  # the article's boundaries
+BOUNDARY_FACTOR = 3.0  # a boundary "matches" the article's if its CI lies within ×/÷ 3 of it
+SMOOTH_DECADES = 0.05  # moving-average half-width in log10(epoch): ±12%
+RATE_RATIO = 3.0  # phase 1 must lose loss ≥ 3× faster per epoch than phase 2
+GRAD_SHRINK = 1.0  # gradient norm at the end of phase 2 must be below this × its value at the start
+OVERFIT_RISE = 0.05  # test loss must rise ≥ 5% above its minimum by the end
+TRAIN_FALL = 0.1  # ... while the train loss falls ≥ 10% below its value at the onset
+MOST = 0.5  # "most seeds": the CI of the fraction of seeds lies above 0.5
+
+# ---------------------------------------------------------------- rule thresholds (M6)
+LOSS_TOLERANCE = 0.1  # initial loss ≈ ln C: its CI within ln C × (1 ± 0.1)
+ACC_TOLERANCE = 0.05  # initial accuracy ≈ chance: its CI within 1/C ± 0.05
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Plain mini-batch SGD (the article's "gradient descent"), 500 training examples,
+    # 10 steps an epoch, 2000 epochs, evaluated every epoch.
+    base: Config = field(default_factory=lambda: Config(
+        model=ModelConfig(hidden=(100, 100)),
+        optim=OptimConfig(name="sgd", lr=0.02),
+        train=TrainConfig(steps=20_000, batch_size=50, eval_every=10, chunk_steps=5000),
+        data=DataConfig(train_size=500),
+        seeds=SeedsConfig(n=32)))
+    contrast_init: str = "lecun"  # M6 also reports the untrained net under this init
+
+
+def _profile(*, train_size: int, batch: int, epochs: int, seeds: int, hidden=(100, 100)) -> Settings:
+    per_epoch = train_size // batch
+    return Settings(base=Config(
+        model=ModelConfig(hidden=hidden), optim=OptimConfig(name="sgd", lr=0.02),
+        train=TrainConfig(steps=epochs * per_epoch, batch_size=batch, eval_every=per_epoch,
+                          chunk_steps=epochs * per_epoch),
+        data=DataConfig(train_size=train_size), seeds=SeedsConfig(n=seeds)))
+
+
+PROFILES = {
+    "tiny": _profile(train_size=100, batch=20, epochs=150, seeds=4, hidden=(32, 32)),
+    "quick": _profile(train_size=500, batch=50, epochs=500, seeds=16),
+    "full": Settings(),
+}
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def initial_params(cfg: Config, seeds: np.ndarray, *, in_features: int, num_classes: int):
+    """The sweep's initial (params, bn_state) for each seed (leading seeds axis).
+
+    Same keys as `sweep.run`: the init stream of each seed, or of `seeds.start` for all
+    seeds when the init stream is shared.
+    """
+    init_seeds = np.asarray(seeds) if "init" in cfg.seeds.vary else np.full(len(seeds), cfg.seeds.start)
+    return _init_many(jnp.asarray(init_seeds), cfg=cfg.model, in_features=in_features, num_classes=num_classes)
+
+
+@partial(jax.jit, static_argnames=("cfg", "in_features", "num_classes"))
+def _init_many(seeds, *, cfg: ModelConfig, in_features: int, num_classes: int):
+    keys = jax.vmap(lambda s: train.stream_key(s, "init"))(seeds)
+    return jax.vmap(lambda k: mlp.init(k, cfg, in_features=in_features, num_classes=num_classes))(keys)
+
+
+@partial(jax.jit, static_argnames="cfg")
+def prediction_stats(params, state, x, y, *, cfg: ModelConfig):
+    """Per seed: loss, accuracy, mean max softmax prob, mean KL(p ‖ uniform), logit std, and
+    the share of examples given the most-predicted class. Params carry a leading seeds axis."""
+    def one(p, s):
+        logits, _ = mlp.apply(p, s, x, cfg=cfg, train=False)  # (examples, classes)
+        logp = jax.nn.log_softmax(logits)
+        probs = jnp.exp(logp)
+        c = logits.shape[-1]
+        loss = -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+        pred = jnp.argmax(logits, -1)
+        kl = jnp.mean(jnp.sum(probs * logp, -1) + jnp.log(c))  # ln C − H(p)
+        top_share = jnp.max(jnp.bincount(pred, length=c)) / x.shape[0]
+        hist = jnp.histogram(jnp.max(probs, -1), bins=50, range=(0.0, 1.0))[0]
+        return dict(loss=loss, acc=jnp.mean(pred == y), max_prob=jnp.mean(jnp.max(probs, -1)), kl_uniform=kl,
+                    logit_std=jnp.std(logits), top_class_share=top_share, max_prob_hist=hist)
+    return jax.vmap(one)(params, state)
+
+
+def run(s: Settings, out_dir: Path) -> None:
+    """Trains every seed once (resumable, `out_dir/sweep`), measures the untrained nets;
+    writes curves.npz and results.json."""
+    cfg = s.base
+    dataset = data_lib.load(cfg.data)
+    result = sweep.run(cfg, out_dir=out_dir / "sweep", dataset=dataset, progress=False)
+    n_train, in_features = dataset.x_train.shape
+    steps_per_epoch = n_train // cfg.train.batch_size
+    h = result.history
+    arrays = {"epochs": h["step"][0] / steps_per_epoch, "seeds": result.seeds,
+              **{m: h[m] for m in ("train_loss", "test_loss", "train_acc", "test_acc", "grad_norm", "diverged")}}
+    x, y = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
+    for name in dict.fromkeys((cfg.model.init, s.contrast_init)):
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=name))
+        params, state = initial_params(c, result.seeds, in_features=in_features, num_classes=dataset.num_classes)
+        for k, v in prediction_stats(params, state, x, y, cfg=c.model).items():
+            arrays[f"init_{name}/{k}"] = np.asarray(v)
+    store.write_npz(out_dir / "curves.npz", arrays)
+    store.write_json(out_dir / "results.json", {
+        "n_train": n_train, "batch_size": cfg.train.batch_size, "steps_per_epoch": steps_per_epoch,
+        "num_classes": dataset.num_classes, "init": cfg.model.init, "contrast_init": s.contrast_init,
+        "optimizer": cfg.optim.name, "lr": cfg.optim.lr, "dataset": dataset.name})
+
+
+# ---------------------------------------------------------------- phase detection
+
+
+def smooth_log(epochs: np.ndarray, values: np.ndarray, decades: float = SMOOTH_DECADES) -> np.ndarray:
+    """Moving average of `values` (..., points) over a window of ±`decades` in log10(epoch).
+
+    Epoch 0 (and any epoch ≤ 0) is its own window. Non-finite values are left out of the
+    average; a window without finite values gives NaN.
+    """
+    epochs = np.asarray(epochs, np.float64)
+    le = np.where(epochs > 0, np.log10(np.where(epochs > 0, epochs, 1.0)), -np.inf)
+    lo = np.searchsorted(le, le - decades, side="left")
+    hi = np.searchsorted(le, le + decades, side="right")
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    pad = np.zeros(v.shape[:-1] + (1,))
+    total = np.concatenate([pad, np.cumsum(np.where(ok, v, 0.0), axis=-1)], axis=-1)
+    count = np.concatenate([pad, np.cumsum(ok, axis=-1)], axis=-1)
+    n = count[..., hi] - count[..., lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (total[..., hi] - total[..., lo]) / n, np.nan)
+
+
+def detect_phases(epochs: np.ndarray, train_loss: np.ndarray, test_loss: np.ndarray,
+                  grad_norm: np.ndarray, test_acc: np.ndarray | None = None) -> dict[str, float | bool]:
+    """Phase boundaries and the three phase checks of one seed (1-D curves over `epochs`).
+
+    Returns fast_end, overfit_onset, acc_peak (epochs; NaN where undefined), rate_ratio,
+    grad_ratio (phase 2: end / start), grad_ratio_phase3 (last evaluation / onset), test_rise,
+    train_fall_ratio, and the booleans fast, grad_shrinks, overfits, all_phases (the rule, see
+    the module docstring) and grad_max_in_phase1 (reported only).
+    """
+    nan = math.nan
+    out = dict(fast_end=nan, overfit_onset=nan, acc_peak=nan, rate_ratio=nan, grad_ratio=nan,
+               grad_ratio_phase3=nan, test_rise=nan, train_fall_ratio=nan, fast=False, grad_max_in_phase1=False,
+               grad_shrinks=False, overfits=False, all_phases=False)
+    if not (np.all(np.isfinite(train_loss)) and np.all(np.isfinite(test_loss))):
+        return out  # a diverged seed: no phases
+    tr, te, gn = (smooth_log(epochs, v) for v in (train_loss, test_loss, grad_norm))
+    if test_acc is not None:
+        out["acc_peak"] = float(epochs[np.argmax(smooth_log(epochs, test_acc))])
+    i_over = int(np.argmin(te))
+    out["overfit_onset"] = float(epochs[i_over])
+    if np.isfinite(gn[i_over]) and gn[i_over] > 0:
+        out["grad_ratio_phase3"] = float(gn[-1] / gn[i_over])
+    out["test_rise"] = float(te[-1] / te[i_over] - 1.0)
+    out["train_fall_ratio"] = float(tr[-1] / tr[i_over]) if tr[i_over] > 0 else nan
+    out["overfits"] = bool(i_over < len(te) - 1 and out["test_rise"] >= OVERFIT_RISE
+                           and tr[-1] <= (1.0 - TRAIN_FALL) * tr[i_over])
+    if i_over < 2:
+        return out  # no room for two phases before the onset
+    e = epochs[: i_over + 1]
+    chord = tr[0] + (tr[i_over] - tr[0]) * (e - e[0]) / (e[-1] - e[0])
+    i_fast = int(np.argmax(chord - tr[: i_over + 1]))
+    if not 0 < i_fast < i_over:
+        return out
+    t_fast = float(epochs[i_fast])
+    out["fast_end"] = t_fast
+    rate1 = (tr[0] - tr[i_fast]) / (t_fast - epochs[0])
+    rate2 = (tr[i_fast] - tr[i_over]) / (epochs[i_over] - t_fast)
+    out["rate_ratio"] = float(rate1 / rate2) if rate2 > 0 else math.inf
+    out["fast"] = bool(rate1 > 0 and out["rate_ratio"] >= RATE_RATIO)
+    out["grad_max_in_phase1"] = bool(np.nanargmax(gn) <= i_fast) if np.any(np.isfinite(gn)) else False
+    if np.isfinite(gn[i_fast]) and gn[i_fast] > 0:
+        out["grad_ratio"] = float(gn[i_over] / gn[i_fast])
+        out["grad_shrinks"] = bool(out["grad_ratio"] < GRAD_SHRINK)
+    out["all_phases"] = out["fast"] and out["grad_shrinks"] and out["overfits"]
+    return out
+
+
+def detect_all(curves: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`detect_phases` for every seed: each key becomes a (seeds,) array."""
+    rows = [detect_phases(curves["epochs"], *(curves[m][i] for m in ("train_loss", "test_loss", "grad_norm", "test_acc")))
+            for i in range(curves["train_loss"].shape[0])]
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+def geometric_ci(values: np.ndarray) -> stats.CI:
+    """Geometric mean over seeds (finite, positive values) with a 95% bootstrap CI."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    ci = stats.bootstrap_ci(np.log10(v))
+    return stats.CI(*(10.0 ** x if np.isfinite(x) else math.nan for x in ci))
+
+
+# ---------------------------------------------------------------- verdict rules
+
+
+def boundary_match(ci: stats.CI, reference: float, factor: float = BOUNDARY_FACTOR) -> str:
+    """"matches" if the CI lies within [ref/factor, ref·factor], "differs" if it lies wholly
+    outside, else "unclear" (also for a missing CI)."""
+    low, high = ci.low, ci.high
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "unclear"
+    if reference / factor <= low and high <= reference * factor:
+        return "matches"
+    if high < reference / factor or low > reference * factor:
+        return "differs"
+    return "unclear"
+
+
+M10_RULE = (f"per seed, three phases in order = fast (phase-1 loss rate ≥ {RATE_RATIO:g}× phase-2 rate, phase 1 "
+            f"ending at the knee of the smoothed train loss before the test-loss minimum) AND gradients shrink "
+            f"(grad norm at the test-loss minimum < {GRAD_SHRINK:g}× at the knee) AND overfitting (test loss ends "
+            f"≥ {OVERFIT_RISE:.0%} above its minimum while train loss ends ≥ {TRAIN_FALL:.0%} below its value "
+            f"there). Supported if the 95% CI of the fraction of such seeds is above {MOST:g} and both boundaries' "
+            f"CIs (geometric mean) lie within ×/÷{BOUNDARY_FACTOR:g} of the article's 50 and 500 epochs; depends if "
+            f"the phases exist but a boundary's CI is not within that band; contradicted if the fraction's CI is "
+            f"below {MOST:g}; else inconclusive")
+
+
+def m10_verdict(fraction: stats.CI, fast_end: stats.CI, overfit_onset: stats.CI) -> str:
+    """M10 from the fraction of seeds showing all three phases and the boundary CIs (epochs)."""
+    if not np.isfinite(fraction.low):
+        return "inconclusive"
+    if fraction.low > MOST:
+        matches = [boundary_match(fast_end, ARTICLE_EPOCHS["fast_end"]),
+                   boundary_match(overfit_onset, ARTICLE_EPOCHS["overfit_onset"])]
+        return "supported" if all(m == "matches" for m in matches) else "depends"
+    if fraction.high < MOST:
+        return "contradicted"
+    return "inconclusive"
+
+
+M6_RULE = (f"accuracy at chance = the 95% CI of the initial test accuracy within 1/C ± {ACC_TOLERANCE:g}; "
+           f"uniform = the CI of the initial test loss within ln C × (1 ± {LOSS_TOLERANCE:g}). Supported if both; "
+           f"depends if at chance but the loss CI lies wholly above ln C × (1 + {LOSS_TOLERANCE:g}) (knows "
+           f"nothing, yet confidently non-uniform: chaos rather than ignorance); contradicted if the accuracy CI "
+           f"lies wholly above 1/C + {ACC_TOLERANCE:g}; else inconclusive")
+
+
+def m6_verdict(loss: stats.CI, accuracy: stats.CI, num_classes: int) -> str:
+    """M6 from the CIs of the initial test loss and accuracy (see M6_RULE)."""
+    if not (np.isfinite(loss.low) and np.isfinite(accuracy.low)):
+        return "inconclusive"
+    chance, ln_c = 1.0 / num_classes, math.log(num_classes)
+    if accuracy.low > chance + ACC_TOLERANCE:
+        return "contradicted"
+    at_chance = chance - ACC_TOLERANCE <= accuracy.low and accuracy.high <= chance + ACC_TOLERANCE
+    if not at_chance:
+        return "inconclusive"
+    if ln_c * (1 - LOSS_TOLERANCE) <= loss.low and loss.high <= ln_c * (1 + LOSS_TOLERANCE):
+        return "supported"
+    if loss.low > ln_c * (1 + LOSS_TOLERANCE):
+        return "depends"
+    return "inconclusive"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _mark_boundaries(ax, bounds: dict[str, stats.CI]) -> None:
+    for (key, ci), color, label in zip(bounds.items(), ("C2", "C3"), ("end of fast learning", "overfitting onset")):
+        if np.isfinite(ci.estimate):
+            ax.axvspan(ci.low, ci.high, color=color, alpha=0.15, lw=0)
+            ax.axvline(ci.estimate, color=color, lw=1.2, label=f"{label}: {ci.estimate:.0f} ep "
+                                                              f"[{ci.low:.0f}, {ci.high:.0f}] (95% CI)")
+        ax.axvline(ARTICLE_EPOCHS[key], color=color, ls=":", lw=1.2,
+                   label=f"article: {ARTICLE_EPOCHS[key]:.0f} epochs")
+
+
+def plot_curves(curves: dict[str, np.ndarray], bounds: dict[str, stats.CI], meta: dict, path: Path,
+                acc_peak: stats.CI | None = None) -> Path:
+    """Loss, accuracy and gradient-norm curves over log epochs with seed bands and boundaries."""
+    e = curves["epochs"]
+    keep = e > 0
+    fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    for ax, metrics, ylabel, log_y in (
+            (axes[0], ("train_loss", "test_loss"), "cross-entropy (nats)", True),
+            (axes[1], ("train_acc", "test_acc"), "accuracy", False),
+            (axes[2], ("grad_norm",), "minibatch gradient norm\n(mean over the epoch)", True)):
+        for m, color in zip(metrics, ("C0", "C1")):
+            plots.seed_band(ax, e[keep], curves[m][:, keep], label=m.replace("_", " "), color=color, log_y=log_y)
+        _mark_boundaries(ax, bounds)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    if acc_peak is not None and np.isfinite(acc_peak.estimate):
+        axes[1].axvline(acc_peak.estimate, color="C1", ls="--", lw=1,
+                        label=f"test-accuracy peak: {acc_peak.estimate:.0f} ep [{acc_peak.low:.0f}, {acc_peak.high:.0f}]")
+        axes[1].legend(fontsize=7, loc="upper left")
+    axes[0].axhline(math.log(meta["num_classes"]), color="grey", lw=0.8, ls="--", label="ln(classes)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    axes[2].set_xscale("log")
+    axes[2].set_xlim(e[keep][0], max(e[-1], ARTICLE_EPOCHS["overfit_onset"] * 1.2))
+    axes[2].set_xlabel(f"epoch (1 epoch = {meta['steps_per_epoch']} steps of batch {meta['batch_size']}; log scale)")
+    axes[0].set_title(f"Training phases: {meta['dataset']}, {meta['n_train']} training examples, "
+                      f"{meta['optimizer']} lr {meta['lr']:g}\n(shaded: 95% CI of each boundary; dotted: the article's)")
+    return plots.save(fig, path)
+
+
+def plot_init(curves: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
+    """Initial loss per seed vs ln C, and the distribution of the largest softmax probability."""
+    inits = list(dict.fromkeys((meta["init"], meta["contrast_init"])))
+    c = meta["num_classes"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(inits):
+        loss = curves[f"init_{name}/loss"]
+        ax0.scatter(i + rng.uniform(-0.15, 0.15, loss.size), loss, s=12, alpha=0.7, label=f"{name} init (one dot per seed)")
+        hist = curves[f"init_{name}/max_prob_hist"].sum(0)
+        ax1.stairs(hist / hist.sum(), np.linspace(0, 1, hist.size + 1), label=f"{name} init", fill=False, lw=1.5)
+    ax0.axhline(math.log(c), color="k", ls="--", lw=1, label=f"ln {c} = {math.log(c):.3f} (uniform prediction)")
+    ax0.set_xticks(range(len(inits)), [f"{n} init" for n in inits])
+    ax0.set_xlim(-0.5, len(inits) - 0.5)
+    ax0.set_ylabel("initial test loss (nats)")
+    ax0.set_title("Loss of the untrained net")
+    ax0.legend(fontsize=7)
+    ax1.axvline(1 / c, color="k", ls="--", lw=1, label=f"1/C = {1 / c:.2f} (uniform)")
+    ax1.set_xlabel("largest softmax probability of a test example")
+    ax1.set_ylabel("fraction of test examples (all seeds)")
+    ax1.set_title("How confident the untrained net is")
+    ax1.legend(fontsize=7)
+    return plots.save(fig, path)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fmt(ci: stats.CI, digits: int = 3) -> str:
+    return f"{ci.estimate:.{digits}g} [{ci.low:.{digits}g}, {ci.high:.{digits}g}]"
+
+
+def report(out_dir: Path) -> list[Verdict]:
+    """Detects phases per seed, writes phases.json and two figures, returns M10 and M6 verdicts."""
+    curves = store.read_npz(out_dir / "curves.npz")
+    meta = store.read_json(out_dir / "results.json")
+    det = detect_all(curves)
+    n = det["all_phases"].size
+    frac = {k: stats.bootstrap_ci(det[k].astype(np.float64)) for k in ("fast", "grad_shrinks", "overfits", "all_phases")}
+    bounds = {"fast_end": geometric_ci(det["fast_end"]), "overfit_onset": geometric_ci(det["overfit_onset"])}
+    acc_peak = geometric_ci(det["acc_peak"])
+    grad_ratio = geometric_ci(det["grad_ratio"])
+    grad_ratio3 = geometric_ci(det["grad_ratio_phase3"])
+    grad_max1 = stats.bootstrap_ci(det["grad_max_in_phase1"].astype(np.float64))
+    plot_curves(curves, bounds, meta, out_dir / "phases.png", acc_peak)
+    plot_init(curves, meta, out_dir / "init.png")
+
+    c = meta["num_classes"]
+    init = meta["init"]
+    loss0 = stats.bootstrap_ci(curves["test_loss"][:, 0])
+    acc0 = stats.bootstrap_ci(curves["test_acc"][:, 0])
+    init_ci = {f"{name}/{k}": stats.bootstrap_ci(curves[f"init_{name}/{k}"])
+               for name in dict.fromkeys((init, meta["contrast_init"]))
+               for k in ("loss", "acc", "max_prob", "kl_uniform", "logit_std", "top_class_share")}
+    store.write_json(out_dir / "phases.json", {
+        "per_seed": {k: v for k, v in det.items()},
+        "fractions": {k: v.as_dict() for k, v in frac.items()},
+        "boundaries_epochs": {k: v.as_dict() for k, v in bounds.items()},
+        "test_acc_peak_epochs": acc_peak.as_dict(), "grad_ratio_phase2": grad_ratio.as_dict(),
+        "grad_ratio_phase3": grad_ratio3.as_dict(), "grad_max_in_phase1": grad_max1.as_dict(),
+        "article_epochs": ARTICLE_EPOCHS, "initial": {k: v.as_dict() for k, v in init_ci.items()},
+        "initial_from_history": {"test_loss": loss0.as_dict(), "test_acc": acc0.as_dict()}})
+
+    print(f"phases over {n} seeds: fast {frac['fast'].estimate:.2f}, gradients shrink {frac['grad_shrinks'].estimate:.2f}, "
+          f"overfitting {frac['overfits'].estimate:.2f}, all three {frac['all_phases'].estimate:.2f} (fraction of seeds)")
+    print(f"end of fast learning {_fmt(bounds['fast_end'])} epochs (article 50); overfitting onset "
+          f"{_fmt(bounds['overfit_onset'])} epochs (article 500); test-accuracy peak {_fmt(acc_peak)} epochs; "
+          f"grad-norm ratio end/start of phase 2 {_fmt(grad_ratio)}, of phase 3 {_fmt(grad_ratio3)}; "
+          f"largest gradients in phase 1 in {grad_max1.estimate:.2f} of seeds")
+    m10_measure = (f"fraction of {n} seeds showing fast → gradients shrink → overfitting (fast {frac['fast'].estimate:.2f}, "
+                   f"grad shrinks {frac['grad_shrinks'].estimate:.2f} [end/start ratio {_fmt(grad_ratio, 2)}; "
+                   f"in phase 3 {_fmt(grad_ratio3, 2)}], "
+                   f"overfits {frac['overfits'].estimate:.2f}); fast phase ends at {_fmt(bounds['fast_end'])} epochs "
+                   f"(article 50), overfitting onset (test-loss min) {_fmt(bounds['overfit_onset'])} epochs "
+                   f"(article 500; test-accuracy peak {_fmt(acc_peak)}), {meta['n_train']} train examples")
+    contrast = meta["contrast_init"]
+    m6_measure = (f"initial test loss ({init} init) vs ln {c} = {math.log(c):.3f}; initial test accuracy "
+                  f"{_fmt(acc0)} vs chance {1 / c:.2f}; mean max softmax prob {_fmt(init_ci[f'{init}/max_prob'])} "
+                  f"vs {1 / c:.2f}; KL(p‖uniform) {_fmt(init_ci[f'{init}/kl_uniform'])} nats; most-predicted class "
+                  f"gets {_fmt(init_ci[f'{init}/top_class_share'])} of test examples")
+    if contrast != init:
+        m6_measure += f"; {contrast} init: loss {_fmt(init_ci[f'{contrast}/loss'])}, acc {_fmt(init_ci[f'{contrast}/acc'])}"
+    return [
+        Verdict("M10", m10_measure, frac["all_phases"].estimate, frac["all_phases"].low, frac["all_phases"].high,
+                m10_verdict(frac["all_phases"], bounds["fast_end"], bounds["overfit_onset"]), M10_RULE,
+                "phases.png", "fraction of seeds"),
+        Verdict("M6", m6_measure, loss0.estimate, loss0.low, loss0.high, m6_verdict(loss0, acc0, c), M6_RULE,
+                "init.png", "nats"),
+    ]

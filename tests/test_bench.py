@@ -1,0 +1,255 @@
+"""The throughput benchmark: FLOP counts, planning, ratios, and the tiny profile end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from netalchemy import bench
+from netalchemy import config as C
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def test_flop_counter_matches_a_hand_count_for_a_small_net():
+    # 3-4-2 net, batch 5. forward: 2·5·(3·4 + 4·2) = 200; weight gradients: 200;
+    # input gradients: only the second layer's, 2·5·(4·2) = 80.
+    assert bench.flops_per_step((3, 4, 2), 5) == 200 + 200 + 80
+    assert bench.matmul_flops(2) == 16
+
+
+def _dot_flops(jaxpr) -> int:
+    """2·|output|·|contracted| summed over every dot_general of a jaxpr, nested ones included."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contract_lhs, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[d] for d in contract_lhs]))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(sub, "eqns"):
+                    total += _dot_flops(sub)
+    return total
+
+
+@pytest.mark.parametrize("widths,batch", [((3, 4, 2), 5), ((40, 100, 100, 10), 100), ((7, 3, 5, 4, 2), 9)])
+def test_flop_counter_matches_the_matmuls_jax_grad_actually_does(widths, batch):
+    """An independent count: the dot_generals in the jaxpr of jax.grad with respect to the params."""
+    params = [(jnp.ones((a, b)), jnp.zeros(b)) for a, b in zip(widths[:-1], widths[1:])]
+
+    def loss(params, x):
+        h = x
+        for w, b in params[:-1]:
+            h = jax.nn.relu(h @ w + b)
+        return jnp.sum(h @ params[-1][0] + params[-1][1])
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params, jnp.ones((batch, widths[0])))
+    assert _dot_flops(jaxpr.jaxpr) == bench.flops_per_step(widths, batch)
+
+
+def test_the_issue_figures_for_w1_and_w2():
+    w1, w2 = bench.WORKLOADS["W1"], bench.WORKLOADS["W2"]
+    assert bench.flops_per_step(w1.widths, w1.batch) == 8_200_000  # ≈ 8.2 MFLOP
+    w2_flops = bench.flops_per_step(w2.widths, w2.batch)
+    assert w2_flops == 1_174_798_336
+    assert abs(w2_flops / 1.18e9 - 1) < 0.01  # ≈ 1.18 GFLOP
+
+
+def test_the_share_of_engine_flops_spent_evaluating():
+    w1 = bench.WORKLOADS["W1"]
+    # A real MNIST-1D run: 6000 steps, evaluations at step 0 and every 250 steps (25 in all) of
+    # 5000 examples × 2·15000 FLOPs, against 6000 × 8.2 MFLOP of training.
+    evaluation, training = 25 * 5000 * 30_000, 6000 * 8_200_000
+    assert bench.eval_flop_share(w1, 6000, 250, n_train=4000, n_test=1000) == pytest.approx(
+        evaluation / (evaluation + training))
+    # A short timed call evaluates relatively more often.
+    assert bench.eval_flop_share(w1, 250, 250, n_train=4000, n_test=1000) > 0.1
+
+
+# ----------------------------------------------------------------------------- settings and planning
+
+
+def test_settings_are_overridable_and_validated():
+    s = C.override(bench.PROFILES["tiny"], ["seeds=1,4", "ways=engine,jax_ref", "w1_steps=60"])
+    assert s.seeds == (1, 4) and s.ways == ("engine", "jax_ref") and s.w1_steps == 60
+    with pytest.raises(C.ConfigError, match="ways"):
+        C.override(bench.PROFILES["tiny"], ["ways=engine,tensorflow"])
+    with pytest.raises(C.ConfigError, match="seeds must include 1"):
+        C.override(bench.PROFILES["tiny"], ["seeds=4"])  # tiny has one-seed ways
+    with pytest.raises(C.ConfigError):
+        C.override(bench.PROFILES["tiny"], ["no_such_field=1"])
+    assert set(bench.PROFILES) == {"tiny", "quick", "full"}
+
+
+def test_group_steps_respect_the_budget_and_the_engine_interval():
+    s = bench.BenchSettings(w1_steps=1000, w2_steps=250, max_gflop_per_call=1500, engine_eval_every=250)
+    w1, w2 = bench.WORKLOADS["W1"], bench.WORKLOADS["W2"]
+    assert bench.group_steps(s, w1, 1) == (1000, 250)
+    # 1500 GFLOP / (256 · 8.2 MFLOP) = 714 steps -> 500, a multiple of 250
+    assert bench.group_steps(s, w1, 256) == (500, 250)
+    # 1500 GFLOP / (1024 · 8.2 MFLOP) = 178 steps: shorter than one interval, so one interval
+    assert bench.group_steps(s, w1, 1024) == (178, 178)
+    assert bench.group_steps(s, w2, 32)[0] == 39  # 1500 / (32 · 1.175)
+    for profile in bench.PROFILES.values():
+        for w in profile.workloads:
+            for seeds in profile.seeds:
+                steps, every = bench.group_steps(profile, bench.WORKLOADS[w], seeds)
+                assert steps % every == 0 and steps >= 1
+
+
+def test_planning_skips_what_cannot_run_and_says_why():
+    s = bench.BenchSettings(memory_limit_gb=1.0, min_steps=20)
+    w1, w2 = bench.WORKLOADS["W1"], bench.WORKLOADS["W2"]
+    one = {c["way"]: c for c in bench.plan_cells(s, w1, 1, n_train=4000, n_test=1000, have_torch=False)}
+    assert set(one) == set(bench.WAYS)  # one-seed ways run in the seeds=1 group
+    for way in ("torch_eager", "torch_compile", "torch_func"):
+        assert one[way]["status"] == "skipped" and "PyTorch" in one[way]["reason"]
+    assert all(one[w]["status"] == "ok" for w in ("engine", "engine_chunk", "jax_ref", "flax_nnx"))
+    many = {c["way"]: c for c in bench.plan_cells(s, w1, 32, n_train=4000, n_test=1000, have_torch=True)}
+    assert set(many) == {w for w, way in bench.WAYS.items() if way.vmapped}
+    assert all(c["status"] == "ok" for c in many.values())
+    big = bench.plan_cells(s, w2, 32, n_train=2048, n_test=512, have_torch=True)  # ≈ 2.6 GB > 1 GB
+    assert all(c["status"] == "skipped" and "memory_limit_gb" in c["reason"] for c in big)
+    assert big[0]["engine_estimate_bytes"] > 2**30
+    slow = bench.plan_cells(bench.BenchSettings(max_gflop_per_call=1.0), w2, 1, n_train=2048, n_test=512,
+                            have_torch=True)
+    assert all(c["status"] == "skipped" and "min_steps" in c["reason"] for c in slow)
+
+
+# ----------------------------------------------------------------------------- ratios and the table
+
+
+def _synthetic_results(rates: dict) -> dict:
+    """Results holding one cell per (workload, way, seeds) -> seed-steps/s in `rates`."""
+    cells = []
+    for (workload, way, seeds), rate in rates.items():
+        w = bench.WORKLOADS[workload]
+        cell = {"workload": workload, "way": way, "seeds": seeds, "steps": 100, "status": "ok", "reason": "",
+                "times_s": [seeds * 100 / rate] * 3, "cpu_s": [1.0] * 3, "first_call_s": 5.0,
+                "peak_rss_bytes": 2**29, "rss_after_import_bytes": 2**28, "engine_estimate_bytes": 2**20,
+                "eval_flop_share": 0.1 if way == "engine" else 0.0,
+                "info": {"compilations_after_first_call": 0, "eval_every": 100, "run_chunks": 1} if way == "engine"
+                else {}}
+        bench._derive(cell, machine_gflops=100.0)
+        cells.append(cell)
+    results = {"workloads": {n: {"widths": list(w.widths), "batch": w.batch, "lr": w.lr, "data": w.data,
+                                 "flops_per_step": bench.flops_per_step(w.widths, w.batch)}
+                             for n, w in bench.WORKLOADS.items()},
+               "matmul": {"jax": {"gflops": 100.0, "samples": [100.0]}, "machine_gflops": 100.0, "size": 2048},
+               "cells": cells, "provenance": {}, "wall_s": 1.0}
+    results["ratios"] = bench.ratio_rows(results)
+    results["targets"] = bench.target_rows(results)
+    return results
+
+
+def test_ratios_and_targets_come_from_the_cells():
+    results = _synthetic_results({
+        ("W1", "engine", 1): 2000.0, ("W1", "jax_ref", 1): 4000.0, ("W1", "torch_eager", 1): 1000.0,
+        ("W1", "engine", 32): 40_000.0, ("W1", "jax_ref", 32): 50_000.0, ("W1", "torch_func", 32): 10_000.0,
+        ("W1", "engine", 256): 90_000.0, ("W1", "torch_func", 256): 30_000.0,
+        ("W2", "engine", 1): 20.0, ("W2", "jax_ref", 1): 25.0,
+    })
+    cell = bench.find_cell(results, "W2", "engine", 1)
+    assert cell["gflops"] == pytest.approx(20 * 1.174798336)
+    assert cell["matmul_fraction"] == pytest.approx(20 * 1.174798336 / 100)
+    assert cell["examples_per_s"] == pytest.approx(20 * 128)
+    rows = {(r["workload"], r["seeds"]): r for r in results["ratios"]}
+    assert rows[("W1", 32)]["vs"]["jax_ref"] == pytest.approx(0.8)
+    assert rows[("W1", 32)]["vs"]["torch_eager"] == pytest.approx(40.0)  # eager runs 32 seeds in turn at 1000/s
+    assert rows[("W1", 32)]["vs"]["torch_compile"] is None  # not measured
+    targets = results["targets"]  # in the order of bench.TARGETS
+    assert [t["target"] for t in targets] == [name for name, *_ in bench.TARGETS]
+    value = {name.split(":")[0] + ": " + name.split(":")[1].split("÷")[0].strip(): t["value"]
+             for (name, *_), t in zip(bench.TARGETS, targets)}
+    assert value["W1 @256 seeds: engine"] == pytest.approx(3.0)  # vs torch.func
+    assert value["W1 @32 seeds: engine"] == pytest.approx(40.0)  # vs the eager loop
+    assert targets[2]["value"] == pytest.approx(0.2349596672)  # W2 engine GFLOP/s ÷ matmul
+    assert targets[3]["value"] == pytest.approx(25 * 1.174798336 / 100)  # W2 plain JAX ÷ matmul
+    assert targets[4]["value"] == pytest.approx(0.8) and targets[4]["where"] == "W1 @32 seeds"  # both measured
+    assert targets[5]["value"] == pytest.approx(0.8)  # W2 engine ÷ plain JAX at 1 seed
+    assert targets[6]["value"] == 0  # recompilations
+    table = bench.format_table(results)
+    for name, *_ in bench.TARGETS:
+        assert name in table
+    for way in ("engine", "jax_ref", "torch_eager", "torch_func"):
+        assert f" {way} " in table
+    assert "W1      32" in table  # the ratio row of W1 at 32 seeds
+
+
+def test_missing_targets_are_rows_that_say_not_measured():
+    results = _synthetic_results({("W1", "engine", 1): 2000.0})
+    results["workloads"].pop("W2")
+    results["ratios"], results["targets"] = bench.ratio_rows(results), bench.target_rows(results)
+    assert [t["target"] for t in results["targets"]] == [name for name, *_ in bench.TARGETS]
+    missing = [t for t in results["targets"] if t["value"] is None]
+    assert len(missing) == len(bench.TARGETS) - 1  # only the recompilation count is known
+    assert all(t["note"] for t in missing)
+    assert "not measured" in bench.format_table(results)
+
+
+def test_a_skipped_group_is_one_line_of_the_table():
+    results = _synthetic_results({("W1", "engine", 1): 2000.0})
+    s = bench.BenchSettings(memory_limit_gb=1.0)
+    results["cells"] += bench.plan_cells(s, bench.WORKLOADS["W2"], 32, n_train=2048, n_test=512, have_torch=True)
+    table = bench.format_table(results)
+    skipped = [line for line in table.splitlines() if "memory_limit_gb" in line]
+    assert len(skipped) == 1 and "all 4 ways" in skipped[0]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_worker_failures_come_back_as_errors_not_hangs(tmp_path):
+    broken = bench._Worker(("no_such_module_xyz",), tmp_path, "broken", dict(os.environ))
+    with pytest.raises(bench.WorkerError, match="no_such_module_xyz"):
+        broken.wait_ready(120)
+    worker = bench._Worker((), tmp_path, "plain", dict(os.environ))
+    try:
+        assert worker.wait_ready(120)["rss_after_import"] > 0
+        with pytest.raises(bench.WorkerError, match="KeyError"):
+            worker.request(120, cmd="setup", spec={"way": "no_such_way"})
+        assert worker.finish(120) > 0  # still serving after the error
+    finally:
+        worker.kill()
+
+
+
+def test_without_torch_its_ways_are_skipped_with_a_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    lines = []
+    settings = C.override(bench.PROFILES["tiny"], ["ways=torch_eager,torch_func"])
+    results = bench.run_benchmark(settings, out_dir=tmp_path, log=lines.append)
+    assert any("PyTorch is not installed" in line for line in lines)
+    assert {c["status"] for c in results["cells"]} == {"skipped"}
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "scaling.png").exists()
+
+
+def test_tiny_profile_end_to_end(tmp_path):
+    lines = []
+    results = bench.run_benchmark(bench.PROFILES["tiny"], out_dir=tmp_path, log=lines.append)
+    have_torch = bench.torch_available()
+    for cell in results["cells"]:
+        torch_way = bench.WAYS[cell["way"]].backend == "torch"
+        assert cell["status"] == ("skipped" if torch_way and not have_torch else "ok"), cell["reason"]
+        if cell["status"] == "ok":
+            assert len(cell["times_s"]) == 2 and cell["seed_steps_per_s"] > 0
+            assert cell["examples_per_s"] == pytest.approx(cell["seed_steps_per_s"] * 100)
+            assert cell["peak_rss_bytes"] >= cell["rss_after_import_bytes"] > 0
+            assert cell["first_call_s"] > 0
+    assert {c["way"] for c in results["cells"]} == set(bench.PROFILES["tiny"].ways)
+    assert results["matmul"]["machine_gflops"] > 0
+    engine = bench.find_cell(results, "W1", "engine", 1)
+    assert engine["info"]["compilations_after_first_call"] == 0  # the second identical sweep reuses the programs
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert [c["way"] for c in stored["cells"]] == [c["way"] for c in results["cells"]]
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    table = (tmp_path / "table.txt").read_text()
+    assert table.strip() == bench.format_table(results).strip()
+    for name, *_ in bench.TARGETS:
+        assert name in table

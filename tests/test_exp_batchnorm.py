@@ -1,0 +1,128 @@
+"""Batch norm (M12, A4): Santurkar et al. measures against direct computation, the stability
+statistics and verdict rules on synthetic numbers, and the tiny profile end to end."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from experiments import batchnorm as bn
+from netalchemy import backprop, mlp
+from netalchemy.config import ConfigError, ModelConfig, override
+from netalchemy.experiment import run_experiment
+
+
+def small_net(batch_norm: bool, seed: int = 0):
+    cfg = ModelConfig(hidden=(6, 5), batch_norm=batch_norm, dtype="float64")
+    k_init, k_x, k_y = jax.random.split(jax.random.key(seed), 3)
+    params, state = mlp.init(k_init, cfg, in_features=4, num_classes=3)
+    x = jax.random.normal(k_x, (16, 4), jnp.float64)
+    y = jax.random.randint(k_y, (16,), 0, 3)
+    return cfg, params, state, x, y
+
+
+def reference(params, state, x, y, lr, etas, *, cfg):
+    """The measures written out directly on the flattened parameter vector (one jit)."""
+    loss_of = lambda p: backprop.objective(p, state, x, y, cfg=cfg)[0]  # training mode, batch statistics
+    theta, unravel = ravel_pytree(params)
+    flat_loss = lambda t: loss_of(unravel(t))
+    g = jax.grad(flat_loss)(theta)
+    along = jax.vmap(lambda e: flat_loss(theta - e * g))(etas)
+    change = jax.vmap(lambda e: jnp.linalg.norm(g - jax.grad(flat_loss)(theta - e * g)))(etas)
+    # ICS (Santurkar Def. 2.1) of the output layer: every hidden layer stepped, the output layer not.
+    grads = jax.grad(loss_of)(params)
+    stepped = jax.tree.map(lambda p, d: p - lr * d, params, grads)
+    G = ravel_pytree(grads[-1])[0]
+    G2 = ravel_pytree(jax.grad(loss_of)((*stepped[:-1], params[-1]))[-1])[0]
+    return loss_of(params), along, change, jnp.linalg.norm(g), jnp.linalg.norm(G - G2), G @ G2 / (
+        jnp.linalg.norm(G) * jnp.linalg.norm(G2))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_landscape_measures_match_a_direct_computation(batch_norm):
+    with jax.enable_x64(True):
+        cfg, params, state, x, y = small_net(batch_norm)
+        lr, etas = 0.3, jnp.array([0.1, 0.5, 2.0])
+        measure = jax.jit(bn.measure_landscape, static_argnames="cfg")
+        m = measure(params, state, x, y, cfg=cfg, lr=lr, etas=etas)
+        loss, along, change, gnorm, ics_l2, ics_cos = map(np.asarray, jax.jit(reference, static_argnames="cfg")(
+            params, state, x, y, lr, etas, cfg=cfg))
+        np.testing.assert_allclose(m.loss, loss, rtol=1e-12)
+        np.testing.assert_allclose(m.losses_along, along, rtol=1e-10)
+        np.testing.assert_allclose(m.grad_change, change, rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(m.loss_range, along.max() - along.min(), rtol=1e-10)
+        np.testing.assert_allclose(m.beta, np.max(change / (np.asarray(etas) * gnorm)), rtol=1e-8)
+        np.testing.assert_allclose(m.ics_l2[-1], ics_l2, rtol=1e-8)
+        np.testing.assert_allclose(m.ics_cos[-1], ics_cos, rtol=1e-8)
+        assert m.ics_l2.shape == (2,) and bn.layer_names(3) == ["L2", "out"]
+        # With lr = 0 nothing moves before layer i: no shift at all.
+        still = measure(params, state, x, y, cfg=cfg, lr=0.0, etas=etas)
+        np.testing.assert_allclose(still.ics_l2, 0.0, atol=1e-15)
+        np.testing.assert_allclose(still.ics_cos, 1.0, rtol=1e-12)
+
+
+def test_stable_runs_and_largest_stable_lr_per_seed():
+    lrs = np.array([0.01, 0.1, 1.0, 10.0])
+    diverged = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 1], [1, 1, 1]], bool)  # (lrs, seeds)
+    final = np.array([[2.2, 2.2, 2.2], [1.0, 1.0, 2.3], [0.5, 2.31, 0.4], [0.3, 0.3, 0.3]])
+    stable = bn.stable_runs(diverged, final, threshold=0.9 * math.log(10))
+    np.testing.assert_array_equal(stable, [[0, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    edge = bn.largest_stable_lr(stable, lrs)
+    np.testing.assert_array_equal(edge, [1.0, 0.1, np.nan])
+
+
+def test_ratio_cis():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 0.05, 40), rng.normal(2.0, 0.1, 40)
+    ci = bn.ratio_ci(a, b)
+    assert ci.low < 0.5 < ci.high and abs(ci.estimate - 0.5) < 0.02 and ci.high - ci.low < 0.05
+    assert math.isnan(bn.ratio_ci([np.nan], b).estimate)
+    paired = bn.geometric_ratio_ci(np.array([2.0, 4.0, 8.0]), np.array([1.0, 2.0, 4.0]))
+    assert paired == (pytest.approx(2.0), pytest.approx(2.0), pytest.approx(2.0))
+
+
+def test_m12_verdict_rule():
+    assert bn.m12_verdict(1.5, 3.0, 1.0) == "supported"
+    assert bn.m12_verdict(1.0, 1.0, 1.0) == "contradicted"  # every seed: the same edge
+    assert bn.m12_verdict(0.3, 0.8, 0.9) == "contradicted"
+    assert bn.m12_verdict(1.0, 1.0, 0.0) == "inconclusive"  # both edges off the grid: grid too narrow
+    assert bn.m12_verdict(0.8, 2.0, 1.0) == "inconclusive"
+    assert bn.m12_verdict(None, None, 1.0) == "inconclusive"
+
+
+def test_a4_verdict_rule():
+    lower, higher, unclear = (0.4, 0.8), (1.2, 1.6), (0.8, 1.2)
+    assert bn.a4_verdict(lower, lower, unclear) == "contradicted"  # Santurkar: smoother, ICS not the reason
+    assert bn.a4_verdict(lower, lower, higher) == "contradicted"
+    assert bn.a4_verdict(lower, lower, lower) == "depends"  # smoother, but ICS also reduced
+    assert bn.a4_verdict(lower, unclear, unclear) == "depends"  # the landscape measures disagree
+    assert bn.a4_verdict(lower, higher, unclear) == "depends"
+    assert bn.a4_verdict(higher, unclear, unclear) == "supported"  # no smoothing seen
+    assert bn.a4_verdict(unclear, unclear, lower) == "inconclusive"
+    assert bn.a4_verdict((None, None), (None, None), (None, None)) == "inconclusive"
+    assert bn.direction(0.5, 0.9) == "lower" and bn.direction(1.0, 1.0) == "unclear"
+
+
+def test_settings_and_grid():
+    s = bn.PROFILES["quick"]
+    np.testing.assert_allclose(bn.lr_grid(s), np.logspace(-2, 2, 9))
+    assert bn.lr_grid(bn.PROFILES["full"]).size == 16
+    assert override(s, ["base.optim.lr=0.5"]).base.optim.lr == 0.5
+    with pytest.raises(ConfigError):
+        override(s, ["landscape_steps=55"])  # not a multiple of measure_every
+
+
+def test_tiny_profile_end_to_end(tmp_path):
+    out_dir, verdicts = run_experiment("batchnorm", profile="tiny", root=tmp_path)
+    assert [v.claim for v in verdicts] == list(bn.CLAIMS)
+    for v in verdicts:
+        assert v.value is not None and v.ci_low <= v.value <= v.ci_high
+        assert v.verdict in ("supported", "contradicted", "inconclusive", "depends")
+    for name in ("stability.png", "landscape.png", "ics.png", "summary.json", "verdicts.json"):
+        assert (out_dir / name).exists()
+    land = np.load(out_dir / "landscape-bn.npz")
+    assert land["beta"].shape == (2, 2) and land["ics_cos"].shape == (2, 2, 2)
+    assert np.isfinite(land["beta"]).all()

@@ -1,0 +1,110 @@
+"""experiments/linearity.py: the collapse, the ReLU activity probe, the verdict rules, a tiny run (M4, M5)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import linearity
+from netalchemy import mlp, store
+from netalchemy.config import ModelConfig
+from netalchemy.experiment import VERDICTS, run_experiment
+from netalchemy.stats import CI
+
+
+def stacked_params(hidden, seeds=3, in_features=5, classes=4, dtype=np.float32):
+    """Random dense layers with a leading seeds axis and non-zero biases (numpy: no compile)."""
+    rng = np.random.default_rng(0)
+    widths = (in_features, *hidden, classes)
+    return tuple(mlp.Layer(jnp.asarray(rng.normal(size=(seeds, a, b)) / np.sqrt(a), dtype),
+                           jnp.asarray(rng.normal(size=(seeds, b)), dtype))
+                 for a, b in zip(widths[:-1], widths[1:]))
+
+
+@pytest.mark.parametrize("hidden", [(), (7,), (6, 5, 4)])
+def test_collapse_reproduces_a_linear_net_exactly_in_float64(hidden):
+    with jax.enable_x64(True):
+        cfg = ModelConfig(hidden=hidden, activation="linear", dtype="float64")
+        params, state = stacked_params(hidden, dtype=np.float64), ()
+        x = np.random.default_rng(0).normal(size=(11, 5))
+        net = np.asarray(linearity._logits(params, state, jnp.asarray(x), cfg=cfg))
+        w, b = linearity.collapse(params)
+        assert w.shape == (3, 5, 4) and b.shape == (3, 4)
+        np.testing.assert_allclose(np.einsum("ei,sio->seo", x, w) + b[:, None], net, rtol=1e-12, atol=1e-12)
+
+
+def test_collapse_check_float32_error_is_rounding_and_predictions_agree():
+    cfg = ModelConfig(hidden=(16, 16), activation="linear")
+    params, state = stacked_params((16, 16)), ()
+    x = np.random.default_rng(1).normal(size=(50, 5)).astype(np.float32)
+    y = np.zeros(50, np.int32)
+    out = linearity.collapse_check(params, state, x, y, cfg=cfg)
+    assert np.all(out["collapse_error"] < 1e-5)
+    np.testing.assert_array_equal(out["collapse_agreement"], 1.0)
+    # The collapse does NOT hold for a ReLU net (the check would catch a wrong claim).
+    relu = ModelConfig(hidden=(16, 16))
+    assert np.all(linearity.collapse_check(params, state, x, y, cfg=relu)["collapse_error"] > 1e-2)
+
+
+def test_relu_activity_counts_active_pairs_and_dead_units():
+    cfg = ModelConfig(hidden=(3,))
+    # Unit 0 is on iff x > 0, unit 1 always on (bias 1), unit 2 never on (bias −1, weight 0).
+    w1 = jnp.array([[1.0, 0.0, 0.0]])
+    params = (mlp.Layer(w1, jnp.array([0.0, 1.0, -1.0])), mlp.Layer(jnp.ones((3, 2)), jnp.zeros(2)))
+    params = jax.tree.map(lambda a: a[None], params)  # one seed
+    x = jnp.array([[1.0], [-1.0], [2.0], [-3.0]])
+    active, dead = linearity.relu_activity(params, (), x, cfg=cfg)
+    np.testing.assert_allclose(np.asarray(active), [[(2 + 4 + 0) / 12]])
+    np.testing.assert_allclose(np.asarray(dead), [[1 / 3]])
+
+
+@pytest.mark.parametrize("ci, expected", [
+    (CI(0.0, -0.01, 0.01), "same"), (CI(-0.05, -0.07, -0.03), "different"),
+    (CI(0.0, -0.03, 0.01), "unclear"), (CI(math.nan, math.nan, math.nan), "unclear")])
+def test_equivalence(ci, expected):
+    assert linearity.equivalence(ci) == expected
+
+
+SAME, BETTER = CI(0.0, -0.01, 0.01), CI(0.3, 0.25, 0.35)
+
+
+@pytest.mark.parametrize("error, lin, relu, expected", [
+    (1e-6, [SAME, SAME], [BETTER, BETTER], "supported"),
+    (1e-2, [SAME, SAME], [BETTER, BETTER], "contradicted"),  # the product is not the net
+    (math.nan, [SAME], [BETTER], "contradicted"),
+    (1e-6, [SAME, CI(-0.05, -0.07, -0.03)], [BETTER, BETTER], "depends"),  # depth finds another map
+    (1e-6, [SAME, SAME], [BETTER, CI(0.01, -0.01, 0.03)], "inconclusive"),  # ReLU not clearly better
+    (1e-6, [SAME, CI(0.0, -0.03, 0.01)], [BETTER, BETTER], "inconclusive"),  # CI too wide
+])
+def test_m4_verdict_rule(error, lin, relu, expected):
+    assert linearity.m4_verdict(error, lin, relu) == expected
+
+
+HALF, LOW, WIDE = CI(0.5, 0.48, 0.52), CI(0.2, 0.15, 0.25), CI(0.4, 0.3, 0.5)
+
+
+@pytest.mark.parametrize("init, trained, expected", [
+    ([HALF, HALF], [HALF, HALF], "supported"),
+    ([HALF, HALF], [HALF, LOW], "depends"),  # ~50% at init, much sparser after training
+    ([LOW], [HALF], "depends"),
+    ([LOW, HALF], [LOW], "contradicted"),
+    ([HALF], [WIDE], "inconclusive"),
+    ([], [HALF], "inconclusive"),
+])
+def test_m5_verdict_rule(init, trained, expected):
+    assert linearity.m5_verdict(init, trained) == expected
+
+
+def test_tiny_profile_end_to_end(tmp_path):
+    out_dir, verdicts = run_experiment("linearity", profile="tiny", root=tmp_path)
+    assert [v.claim for v in verdicts] == list(linearity.CLAIMS)
+    assert all(v.verdict in VERDICTS and v.rule for v in verdicts)
+    for v in verdicts:
+        assert (out_dir / v.figure).stat().st_size > 1000
+    r = store.read_npz(out_dir / "results.npz")
+    assert np.all(r["linear-2/collapse_error"] < linearity.COLLAPSE_TOL)
+    np.testing.assert_array_equal(r["linear-2/collapse_agreement"], 1.0)
+    # He init, zero biases, weights symmetric in sign: about half the units are on at init.
+    assert abs(float(np.mean(r["relu-2/active_init"])) - 0.5) < 0.1
