@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/netalchemy run gradcheck
+	$(BIN)/netalchemy audit --profile $(PROFILE)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2

@@ -68,7 +68,7 @@ class Settings:
 PROFILES = {
     "tiny": Settings(architectures=("none", "8-8"), batch_sizes=(1, 5), seeds=1, max_configs=6,
                      train_steps=3, fd_coords=6),
-    "quick": Settings(max_configs=32, fd_coords=12),
+    "quick": Settings(max_configs=12, fd_coords=8),
     "full": Settings(seeds=3),
 }
 

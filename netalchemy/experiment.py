@@ -24,7 +24,7 @@ VERDICTS = ("supported", "contradicted", "inconclusive", "depends")
 PROFILE_NAMES = ("tiny", "quick", "full")
 
 # Every experiment module, in the order of the audit.
-EXPERIMENTS = ("gradcheck", "chance", "phases", "linearity",
+EXPERIMENTS = ("gradcheck", "chance", "hyperparams", "batch_size", "phases", "linearity",
                "regularization", "batchnorm", "stages", "memorization")
 
 

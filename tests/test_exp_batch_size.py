@@ -1,0 +1,103 @@
+"""experiments/batch_size.py: the tiny profile end to end, gradient noise against its exact
+sampling formula, and the verdict rules on synthetic numbers."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import batch_size as B
+from netalchemy import mlp
+from netalchemy.config import ModelConfig
+from netalchemy.experiment import VERDICTS, run_experiment
+
+
+def test_tiny_profile_end_to_end(tmp_path):
+    out, verdicts = run_experiment("batch_size", profile="tiny", root=tmp_path)
+    assert [v.claim for v in verdicts] == list(B.CLAIMS)
+    assert all(v.verdict in VERDICTS and v.rule and v.measurement for v in verdicts)
+    for name in ("verdicts.json", "analysis.json", "table.txt", "grad_noise.png", "throughput.png", "gap.png"):
+        assert (out / name).exists(), name
+    assert B.report(out) == verdicts
+
+
+def test_minibatch_gradient_noise_matches_the_sampling_formula():
+    """E‖g_B − g_N‖² = (1/B − 1/N) · N/(N − 1) · mean_i ‖g_i − g_N‖² for B drawn without replacement."""
+    cfg = ModelConfig(hidden=(8,))
+    n, features, classes, batch = 64, 5, 3, 8
+    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (n, features))
+    y = jax.random.randint(ky, (n,), 0, classes)
+    params, state = mlp.init(kp, cfg, in_features=features, num_classes=classes)
+
+    @jax.jit
+    def spread():
+        per_example = jax.vmap(lambda xi, yi: B.flat_grad(params, state, xi[None], yi[None], cfg=cfg))(x, y)  # (n, P)
+        full = B.flat_grad(params, state, x, y, cfg=cfg)
+        return jnp.max(jnp.abs(per_example.mean(axis=0) - full)), jnp.mean(jnp.sum(jnp.square(per_example - full), 1))
+
+    mean_error, spread = map(float, spread())
+    assert mean_error < 1e-5  # the full gradient is the mean of the per-example gradients
+    exact = (1 / batch - 1 / n) * n / (n - 1) * spread
+    got = float(B.minibatch_gradient_noise(params, state, x, y, jax.random.key(1), cfg=cfg, batch_size=batch,
+                                           minibatches=4096))
+    assert got == pytest.approx(exact, rel=0.05)
+
+
+def test_effective_batch_size_and_slopes():
+    n = 4000
+    sizes = np.array([8, 32, 128, 512, 2048])
+    np.testing.assert_allclose(B.effective_batch_size(sizes, n), 1 / (1 / sizes - 1 / n))
+    rng = np.random.default_rng(0)
+    exact = 3.0 / B.effective_batch_size(sizes, n) * np.exp(0.02 * rng.normal(size=(6, len(sizes))))
+    slopes = B.noise_slopes(sizes, exact, n)
+    np.testing.assert_allclose(slopes, -1.0, atol=0.03)
+    sqrt_law = 3.0 / np.sqrt(sizes) * np.ones((6, 1))
+    np.testing.assert_allclose(B.noise_slopes(sizes, sqrt_law, n), -0.5, atol=0.1)
+
+
+@pytest.mark.parametrize("cis, expected", [
+    ([(-1.05, -0.95), (-1.1, -0.9)], "supported"),
+    ([(-1.05, -0.95), (-0.6, -0.4)], "contradicted"),  # e.g. noise ∝ 1/√B at one point
+    ([(-1.05, -0.95), (-1.3, -0.9)], "inconclusive"),
+    ([(-1.05, -0.95), (None, None)], "inconclusive"),
+])
+def test_noise_part(cis, expected):
+    assert B.noise_part(cis, tolerance=0.15) == expected
+
+
+def test_throughput_and_regularise_parts():
+    assert B.throughput_part(0.3, 0.8) == "supported"
+    assert B.throughput_part(-0.8, -0.3) == "contradicted"
+    assert B.throughput_part(-0.1, 0.3) == "inconclusive"
+    assert B.throughput_part(math.nan, 0.3) == "inconclusive"
+    assert B.regularise_part(0.01, 0.05) == "supported"  # large batches: larger gap
+    assert B.regularise_part(-0.05, -0.01) == "contradicted"
+    assert B.regularise_part(-0.01, 0.05) == "inconclusive"
+
+
+def test_gap_config_gives_equal_epochs():
+    s = B.Settings(epochs=10, evals=5)
+    for b in (8, 32, 512, 4000):
+        cfg = B.gap_config(s, b, 4000)
+        t = cfg.train
+        assert t.batch_size == b and t.steps % t.eval_every == 0 and t.steps // t.eval_every == 5
+        assert 10 * 4000 <= t.steps * b < 10 * 4000 + 5 * b  # examples seen ≈ epochs × N
+
+
+def test_split_test_and_lr_tuning():
+    val, test = B.split_test(1000, 500)
+    assert len(val) == 500 and len(test) == 500 and not set(val) & set(test)
+    np.testing.assert_array_equal(np.sort(np.concatenate([val, test])), np.arange(1000))
+    val_acc = np.array([[0.5, 0.5], [0.9, 0.9], [0.6, 0.6]])
+    diverged = np.array([[False, False], [True, False], [False, False]])
+    assert B.tune_by_validation(val_acc, np.zeros_like(diverged), 0.1) == 1
+    assert B.tune_by_validation(val_acc, diverged, 0.1) == 2  # diverged seed counts as chance: (0.1+0.9)/2 < 0.6
+
+
+def test_comparable_batch_sizes_leave_out_underfit_ones():
+    assert B.comparable_batch_sizes([8, 32, 512, 4000], [0.84, 0.86, 0.56, 0.33], 0.05) == [8, 32]
+    assert B.comparable_batch_sizes([8, 4000], [0.9, 0.88], 0.05) == [8, 4000]
+    assert B.comparable_batch_sizes([8, 4000], [0.9, np.nan], 0.05) == [8]

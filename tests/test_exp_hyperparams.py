@@ -1,0 +1,161 @@
+"""experiments/hyperparams.py: the tiny profile end to end, and the verdict rules on synthetic numbers."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from experiments import hyperparams as H
+from netalchemy import config as C
+from netalchemy import sweep
+from netalchemy.experiment import VERDICTS, run_experiment
+
+
+def test_tiny_profile_end_to_end(tmp_path):
+    out, verdicts = run_experiment("hyperparams", profile="tiny", root=tmp_path)
+    assert [v.claim for v in verdicts] == list(H.CLAIMS)
+    assert all(v.verdict in VERDICTS and v.rule and v.measurement for v in verdicts)
+    for name in ("verdicts.json", "analysis.json", "table.txt", "lr_sweep.png", "learning_curves.png",
+                 "variance_shares.png"):
+        assert (out / name).exists(), name
+    # report works from the files alone, and gives the same verdicts again
+    assert H.report(out) == verdicts
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def test_lr_grid_is_log_spaced_and_inclusive():
+    grid = H.lr_grid(H.Settings(lr_min=1e-4, lr_max=1.0, n_lrs=5))
+    np.testing.assert_allclose(grid, [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+
+
+def test_failed_runs():
+    loss = np.array([0.5, np.nan, math.log(10) + 0.01, 2.0, 0.5])
+    diverged = np.array([False, False, False, False, True])
+    np.testing.assert_array_equal(H.failed_runs(loss, diverged, 10), [False, True, True, False, True])
+
+
+def test_tuned_lr_skips_lrs_with_a_diverged_seed():
+    loss = np.array([[1.0, 1.0], [0.1, 0.1], [0.2, 0.3]])
+    diverged = np.array([[False, False], [False, True], [False, False]])
+    assert H.tuned_lr_index(loss, diverged) == 2
+    assert H.tuned_lr_index(loss, np.zeros_like(diverged)) == 1
+    with pytest.raises(ValueError):
+        H.tuned_lr_index(loss, np.ones_like(diverged))
+
+
+def test_steps_to_target_interpolates_between_evaluations():
+    steps = np.array([0, 10, 20, 30])
+    losses = np.array([[3.0, 2.0, 1.0, 0.5],
+                       [3.0, 3.0, 3.0, 3.0],
+                       [1.0, 0.5, 0.2, 0.1],
+                       [3.0, np.nan, 1.0, 0.5]])
+    got = H.steps_to_target(steps, losses, 1.5)
+    np.testing.assert_allclose(got, [15.0, np.inf, 0.0, 20.0])
+
+
+def test_censored_median_is_an_observed_value():
+    assert H.censored_median(np.array([10.0, 99.0])) == 10.0
+    assert H.censored_median(np.array([10.0, 99.0, 99.0])) == 99.0
+    assert H.censored_median(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == 3.0
+
+
+def test_variance_shares_ci_on_known_grids():
+    rng = np.random.default_rng(0)
+    lr_effect = np.array([0.1, 0.4, 0.6, 0.3])[:, None]
+    lr_dominated = lr_effect + 0.01 * rng.normal(size=(4, 16))
+    shares = H.variance_shares_ci(lr_dominated, n_resamples=300)
+    assert shares["lr"]["estimate"] > 0.95 and shares["lr"]["low"] > 0.9
+    assert H.a3_part((shares["lr_minus_seed"]["low"], shares["lr_minus_seed"]["high"]), margin=0.2) == "supported"
+    seed_dominated = 0.001 * lr_effect + rng.normal(size=(1, 16)) + 0.01 * rng.normal(size=(4, 16))
+    shares = H.variance_shares_ci(seed_dominated, n_resamples=300)
+    assert shares["seed"]["estimate"] > 0.9
+    assert H.a3_part((shares["lr_minus_seed"]["low"], shares["lr_minus_seed"]["high"]), margin=0.2) == "contradicted"
+
+
+def test_window_indices():
+    lrs = np.logspace(-5, 1, 13)
+    np.testing.assert_array_equal(H.window_indices(lrs, 6, 1.0), [4, 5, 6, 7, 8])
+    np.testing.assert_array_equal(H.window_indices(lrs, 0, 1.0), [0, 1, 2])
+    np.testing.assert_array_equal(H.window_indices(np.logspace(-3, 1, 3), 1, 1.0), [0, 1, 2])
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+@pytest.mark.parametrize("parts, expected", [
+    (["supported", "supported"], "supported"),
+    (["contradicted", "contradicted"], "contradicted"),
+    (["supported", "contradicted"], "depends"),
+    (["supported", "depends"], "depends"),
+    (["supported", "inconclusive"], "inconclusive"),
+    ([], "inconclusive"),
+])
+def test_combine(parts, expected):
+    assert H.combine(parts) == expected
+
+
+@pytest.mark.parametrize("slow, unstable, expected", [
+    ((1.0, 2.0), (0.8, 1.0), "supported"),
+    ((0.0, 0.1), (0.0, 0.1), "contradicted"),  # small lr no slower, large lr stable
+    ((1.0, 2.0), (0.0, 0.1), "depends"),
+    ((0.1, 2.0), (0.8, 1.0), "inconclusive"),
+])
+def test_m7_part(slow, unstable, expected):
+    assert H.m7_part(slow, unstable, slow_margin=0.25, unstable_rate=0.5) == expected
+
+
+@pytest.mark.parametrize("faster, better, expected", [
+    ((0.7, 0.9), (0.4, 0.7), "supported"),
+    ((0.7, 0.9), (0.1, 0.3), "depends"),  # faster but less accurate: a trade-off
+    ((0.1, 0.3), (0.4, 0.7), "contradicted"),
+    ((0.4, 0.7), (0.1, 0.3), "contradicted"),  # no faster, less accurate
+    ((0.4, 0.7), (0.4, 0.7), "inconclusive"),
+])
+def test_m8_part(faster, better, expected):
+    assert H.m8_part(faster, better) == expected
+
+
+# ----------------------------------------------------------------------------- the rule chain on synthetic sweeps
+
+
+def fake_sweep(settings: H.Settings, speed: float, rng) -> sweep.SweepResult:
+    """Histories of an optimizer whose loss decays as 2.3·exp(−speed·f(lr)·t) + 0.05; the largest lr diverges."""
+    lrs, n = H.lr_grid(settings), settings.base.seeds.n
+    steps = np.arange(0, settings.base.train.steps + 1, settings.base.train.eval_every, dtype=float)
+    rate = np.geomspace(0.01, 1.0, len(lrs) - 1)  # larger lr, faster (until it diverges)
+    hist = {m: np.zeros((len(lrs) * n, len(steps))) for m in sweep.METRICS}
+    for i in range(len(lrs)):
+        for j in range(n):
+            run = i * n + j
+            if i == len(lrs) - 1:
+                loss = np.full(len(steps), np.nan)
+                loss[0] = 2.3
+                hist["diverged"][run, 1:] = 1
+            else:
+                loss = 2.3 * np.exp(-speed * rate[i] * steps / steps[-1] * 8) + 0.05 * (1 + 0.1 * rng.random())
+            hist["train_loss"][run] = loss
+            hist["step"][run] = steps
+            hist["test_acc"][run] = 0.1 + 0.6 * (1 - np.nan_to_num(loss, nan=2.3) / 2.35) + 0.01 * rng.random()
+    return sweep.SweepResult(settings.base, np.tile(np.arange(n), len(lrs)), np.repeat(lrs, n), hist,
+                             None, None, {}, None)
+
+
+def synthetic_settings(**kw):
+    base = C.override(C.Config(), ["train.steps=1000", "train.eval_every=100", "seeds.n=8"])
+    return dataclasses.replace(H.Settings(base=base, lr_min=1e-3, lr_max=1.0, n_lrs=5, n_resamples=300), **kw)
+
+
+@pytest.mark.parametrize("adaptive_speed, m8", [(5.0, "supported"), (0.3, "contradicted")])
+def test_rule_chain_on_synthetic_sweeps(adaptive_speed, m8):
+    s = synthetic_settings(optimizers=("sgd", "adam"))
+    rng = np.random.default_rng(0)
+    results = {"sgd": fake_sweep(s, 1.0, rng), "adam": fake_sweep(s, adaptive_speed, rng)}
+    a = H.analyse(s, results, num_classes=10)
+    assert a["optimizers"]["sgd"]["tuned_index"] == 3  # the largest lr that does not diverge
+    v = {x.claim: x for x in H.verdicts(s, a)}
+    assert v["M7"].verdict == "supported"
+    assert v["M8"].verdict == m8
+    assert v["A3"].verdict == "supported"
