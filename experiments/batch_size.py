@@ -41,7 +41,7 @@ Verdict rules (pure functions below, unit-tested on synthetic numbers):
               paired (same seed) difference gap(largest B) − gap(smallest B) is above 0 (small
               batches generalize with a smaller gap); contradicted iff below 0; inconclusive if
               fewer than two sizes remain. The raw smallest-vs-largest difference is reported too.
-  M9 = combine(parts): all supported → supported, all contradicted → contradicted, a mix of
+  M9 = combine_verdicts(parts): all supported → supported, all contradicted → contradicted, a mix of
   supported and contradicted → depends, otherwise inconclusive.
 """
 
@@ -58,20 +58,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from experiments.hyperparams import combine
 from netalchemy import backprop, mlp, plots, stats, store, sweep, train
 from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy.config import RANDOMNESS_STREAMS, Config, ModelConfig, OptimConfig, SeedsConfig
-from netalchemy.experiment import Verdict, ci_verdict
+from netalchemy.experiment import Verdict, ci_verdict, combine_verdicts
 
 CLAIMS = ("M9",)
 POINTS = ("init", "trained")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise config_lib.ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -100,7 +94,7 @@ class Settings:
     fit_tolerance: float = 0.05  # batch sizes whose mean train acc is this far below the best are "underfit"
 
     def __post_init__(self) -> None:
-        ok = _check
+        ok = config_lib.check
         ok(min(self.noise_batch_sizes) >= 1 and len(self.noise_batch_sizes) >= 3,
            "noise_batch_sizes: need at least three sizes >= 1")
         ok(len(self.throughput_batch_sizes) >= 2, "throughput_batch_sizes: need at least two sizes")
@@ -427,7 +421,7 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
             f"remain; M9: all parts supported → supported, all contradicted → contradicted, "
             f"supported and contradicted parts → depends, else inconclusive")
     return [Verdict("M9", measurement, t["estimate"], t["low"], t["high"],
-                    combine([noise, parallel, regular]), rule, "grad_noise.png", unit="log-log slope")]
+                    combine_verdicts([noise, parallel, regular]), rule, "grad_noise.png", unit="log-log slope")]
 
 
 def plot_noise(a: dict, path: Path) -> None:

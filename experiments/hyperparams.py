@@ -37,17 +37,17 @@ Verdict rules (pure functions below, unit-tested on synthetic numbers):
   M7: per optimizer, "slow" = the paired (same seed) excess final training loss of the
       smallest grid lr over the tuned lr has a 95% CI above `slow_margin` nats, and
       "unstable" = the failure rate at the largest grid lr has a 95% CI above
-      `unstable_rate`; each part by `ci_verdict`, the two combined by `combine`, then the
-      optimizers combined by `combine`.
+      `unstable_rate`; each part by `ci_verdict`, the two combined by `combine_verdicts`, then the
+      optimizers combined by `combine_verdicts`.
   M8: per non-SGD optimizer, supported if P(it reaches the target in fewer steps than SGD)
       has a 95% CI above 0.5 and its final test accuracy is not significantly worse
       (P(acc > SGD's acc) CI not wholly below 0.5); depends if faster but significantly less
       accurate (a trade-off); contradicted if significantly slower, or no faster and less
-      accurate; combined over optimizers by `combine`.
+      accurate; combined over optimizers by `combine_verdicts`.
   A3: per optimizer, supported if the 95% CI of (lr share − seed share) in the window lies
       above `a3_margin`; contradicted if it lies below 0 (chance explains more than the lr);
-      combined by `combine`.
-`combine`: all parts supported → supported; all contradicted → contradicted; some supported
+      combined by `combine_verdicts`.
+`combine_verdicts`: all parts supported → supported; all contradicted → contradicted; some supported
 and some contradicted (or a part that is itself "depends") → depends; otherwise inconclusive.
 
 References: Bengio (2012) "Practical recommendations for gradient-based training" (the lr as
@@ -62,7 +62,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -70,14 +69,9 @@ from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy import plots, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
-from netalchemy.experiment import Verdict, ci_verdict
+from netalchemy.experiment import Verdict, ci_verdict, combine_verdicts
 
 CLAIMS = ("M7", "M8", "A3")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise config_lib.ConfigError(message)
 
 
 @dataclass(frozen=True)
@@ -99,12 +93,12 @@ class Settings:
     n_resamples: int = 2000  # bootstrap resamples for the variance-share CIs
 
     def __post_init__(self) -> None:
-        _check(self.baseline in self.optimizers, "baseline must be one of optimizers")
-        _check(all(o in config_lib.OPTIMIZERS for o in self.optimizers),
+        config_lib.check(self.baseline in self.optimizers, "baseline must be one of optimizers")
+        config_lib.check(all(o in config_lib.OPTIMIZERS for o in self.optimizers),
                           f"optimizers must be among {', '.join(config_lib.OPTIMIZERS)}")
-        _check(0 < self.lr_min < self.lr_max, "need 0 < lr_min < lr_max")
-        _check(self.n_lrs >= 2, "n_lrs must be >= 2")
-        _check(0 < self.target_quantile <= 1, "target_quantile must be in (0, 1]")
+        config_lib.check(0 < self.lr_min < self.lr_max, "need 0 < lr_min < lr_max")
+        config_lib.check(self.n_lrs >= 2, "n_lrs must be >= 2")
+        config_lib.check(0 < self.target_quantile <= 1, "target_quantile must be in (0, 1]")
 
 
 def _profile(steps: int, eval_every: int, seeds: int, hidden=(100, 100), **kw) -> Settings:
@@ -219,25 +213,11 @@ def window_indices(lrs: np.ndarray, best: int, decades: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- verdict rules
 
 
-def combine(parts: Sequence[str]) -> str:
-    """One verdict from several parts (see the module docstring)."""
-    kinds = set(parts)
-    if not kinds:
-        return "inconclusive"
-    if kinds == {"supported"}:
-        return "supported"
-    if kinds == {"contradicted"}:
-        return "contradicted"
-    if "depends" in kinds or {"supported", "contradicted"} <= kinds:
-        return "depends"
-    return "inconclusive"
-
-
 def m7_part(slow_ci: tuple, unstable_ci: tuple, *, slow_margin: float, unstable_rate: float) -> str:
     """M7 for one optimizer: (low, high) CIs of the small-lr loss excess and the large-lr failure rate."""
     slow = ci_verdict(*slow_ci, slow_margin, claim_holds_if="above")
     unstable = ci_verdict(*unstable_ci, unstable_rate, claim_holds_if="above")
-    return combine([slow, unstable])
+    return combine_verdicts([slow, unstable])
 
 
 def m8_part(faster_ci: tuple, better_acc_ci: tuple) -> str:
@@ -381,7 +361,7 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
         "M7", f"failure rate at the largest lr ({lrs[-1]:g}), lowest over optimizers ({weakest}); "
               f"per optimizer, excess final train loss at lr {lrs[0]:g} over the tuned lr and failure "
               f"rate at lr {lrs[-1]:g}: " + "; ".join(notes),
-        w["estimate"], w["low"], w["high"], combine(parts),
+        w["estimate"], w["low"], w["high"], combine_verdicts(parts),
         f"per optimizer: 'slow' iff the 95% CI of the paired excess final train loss (smallest lr − tuned lr) "
         f"is above {s.slow_margin:g} nats, 'diverges' iff the 95% CI of the failure rate (non-finite loss or "
         f"final train loss ≥ ln(classes)) at the largest lr is above {s.unstable_rate:g}; supported iff both "
@@ -410,7 +390,7 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
               f"lowest over optimizers ({weakest}); {s.baseline} (lr {base['tuned_lr']:.2g}): "
               f"median {_steps_text(base, a)} steps, acc {base['test_acc_at_tuned']['estimate']:.3f}; "
               + "; ".join(notes),
-        value, low, high, combine(parts),
+        value, low, high, combine_verdicts(parts),
         f"lr tuned per optimizer by lowest mean final train loss; per optimizer: supported iff the 95% CI of "
         f"P(fewer steps to target than {s.baseline}) is above 0.5 and the CI of P(higher final test accuracy) is "
         f"not wholly below 0.5; depends iff faster but less accurate; contradicted iff significantly slower, or "
@@ -431,7 +411,7 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
         "A3", f"share of final test-accuracy variance explained by lr minus share explained by seed, lrs within "
               f"{s.a3_window_decades:g} decade(s) of the tuned lr, lowest over optimizers ({weakest}); "
               + "; ".join(notes),
-        d["estimate"], d["low"], d["high"], combine(parts),
+        d["estimate"], d["low"], d["high"], combine_verdicts(parts),
         f"two-way variance shares on the (lr, seed) grid of final test accuracy, diverged runs counted as "
         f"chance accuracy; per optimizer: supported iff the 95% CI (seeds resampled) of lr share − seed share "
         f"is above {s.a3_margin:g}, contradicted iff below 0; combined over optimizers",

@@ -46,7 +46,7 @@ import numpy as np
 
 from netalchemy import config as config_lib
 from netalchemy import data as data_lib
-from netalchemy import mlp, plots, stats, store, sweep, train
+from netalchemy import mlp, plots, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
 
@@ -146,22 +146,6 @@ def relu_activity(params, state, x, *, cfg: ModelConfig) -> tuple[jax.Array, jax
     return jax.vmap(one)(params, state)
 
 
-def initial_params(cfg: Config, seeds: np.ndarray, *, in_features: int, num_classes: int):
-    """The sweep's initial (params, bn_state) for each seed (leading seeds axis).
-
-    Same keys as `sweep.run`: the init stream of each seed, or of `seeds.start` for all
-    seeds when the init stream is shared.
-    """
-    init_seeds = np.asarray(seeds) if "init" in cfg.seeds.vary else np.full(len(seeds), cfg.seeds.start)
-    return _init_many(jnp.asarray(init_seeds), cfg=cfg.model, in_features=in_features, num_classes=num_classes)
-
-
-@partial(jax.jit, static_argnames=("cfg", "in_features", "num_classes"))
-def _init_many(seeds, *, cfg: ModelConfig, in_features: int, num_classes: int):
-    keys = jax.vmap(lambda s: train.stream_key(s, "init"))(seeds)
-    return jax.vmap(lambda k: mlp.init(k, cfg, in_features=in_features, num_classes=num_classes))(keys)
-
-
 def run(s: Settings, out_dir: Path) -> None:
     """One resumable sweep per model (`out_dir/<model>`); writes results.npz and results.json."""
     dataset = data_lib.load(s.base.data)
@@ -178,7 +162,7 @@ def run(s: Settings, out_dir: Path) -> None:
             for k, v in collapse_check(params, state, dataset.x_test, dataset.y_test, cfg=model).items():
                 arrays[f"{name}/{k}"] = v
         if model.activation == "relu" and model.hidden:
-            p0, s0 = initial_params(cfg, result.seeds, in_features=in_features, num_classes=dataset.num_classes)
+            p0, s0 = sweep.initial_params(cfg, result.seeds, in_features=in_features, num_classes=dataset.num_classes)
             for stage, (p, st) in (("init", (p0, s0)), ("trained", (params, state))):
                 active, dead = relu_activity(p, st, jnp.asarray(dataset.x_test), cfg=model)
                 arrays[f"{name}/active_{stage}"] = np.asarray(active)
@@ -362,7 +346,7 @@ def report(out_dir: Path) -> list[Verdict]:
     w_ci = lin_vs_log[worst]
     m4_measure = (f"test accuracy, linear − logistic regression (paired by seed), worst depth ({depths[worst]} hidden); "
                   f"all depths: " + ", ".join(f"{d}: {_fmt(ci, 2)}" for d, ci in zip(depths, lin_vs_log))
-                  + f"; P(linear > logreg) " + ", ".join(f"{_fmt(ci, 2)}" for ci in poi)
+                  + "; P(linear > logreg) " + ", ".join(f"{_fmt(ci, 2)}" for ci in poi)
                   + f"; logreg acc {_fmt(acc['logreg'])}; ReLU − linear " + ", ".join(_fmt(ci, 2) for ci in relu_vs_lin)
                   + f"; collapsed map: max rel. logit error {collapse_err:.1e}, prediction agreement ≥ {agreement:.4f}")
     layer_range = lambda stage: (min(ci.estimate for n in relus for ci in act[(n, stage)]),

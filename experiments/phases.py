@@ -57,7 +57,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from netalchemy import data as data_lib
-from netalchemy import mlp, plots, stats, store, sweep, train
+from netalchemy import mlp, plots, stats, store, sweep
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
 
@@ -110,22 +110,6 @@ PROFILES = {
 # ---------------------------------------------------------------- measurement
 
 
-def initial_params(cfg: Config, seeds: np.ndarray, *, in_features: int, num_classes: int):
-    """The sweep's initial (params, bn_state) for each seed (leading seeds axis).
-
-    Same keys as `sweep.run`: the init stream of each seed, or of `seeds.start` for all
-    seeds when the init stream is shared.
-    """
-    init_seeds = np.asarray(seeds) if "init" in cfg.seeds.vary else np.full(len(seeds), cfg.seeds.start)
-    return _init_many(jnp.asarray(init_seeds), cfg=cfg.model, in_features=in_features, num_classes=num_classes)
-
-
-@partial(jax.jit, static_argnames=("cfg", "in_features", "num_classes"))
-def _init_many(seeds, *, cfg: ModelConfig, in_features: int, num_classes: int):
-    keys = jax.vmap(lambda s: train.stream_key(s, "init"))(seeds)
-    return jax.vmap(lambda k: mlp.init(k, cfg, in_features=in_features, num_classes=num_classes))(keys)
-
-
 @partial(jax.jit, static_argnames="cfg")
 def prediction_stats(params, state, x, y, *, cfg: ModelConfig):
     """Per seed: loss, accuracy, mean max softmax prob, mean KL(p ‖ uniform), logit std, and
@@ -159,7 +143,7 @@ def run(s: Settings, out_dir: Path) -> None:
     x, y = jnp.asarray(dataset.x_test), jnp.asarray(dataset.y_test)
     for name in dict.fromkeys((cfg.model.init, s.contrast_init)):
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=name))
-        params, state = initial_params(c, result.seeds, in_features=in_features, num_classes=dataset.num_classes)
+        params, state = sweep.initial_params(c, result.seeds, in_features=in_features, num_classes=dataset.num_classes)
         for k, v in prediction_stats(params, state, x, y, cfg=c.model).items():
             arrays[f"init_{name}/{k}"] = np.asarray(v)
     store.write_npz(out_dir / "curves.npz", arrays)

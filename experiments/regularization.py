@@ -46,7 +46,7 @@ from netalchemy import config as config_lib
 from netalchemy import mlp, plots, stats, store, sweep
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
-from netalchemy.experiment import Verdict, ci_verdict
+from netalchemy.experiment import Verdict, ci_verdict, combine_verdicts
 
 CLAIMS = ("M11", "M13")
 KINDS = ("dropout", "l1", "l2", "batch_norm")
@@ -231,16 +231,6 @@ def sparsity_verdict(rise: stats.CI, min_rise: float = MIN_SPARSITY_RISE, n_seed
     if n_seeds < MIN_JUDGING_SEEDS:
         return "inconclusive"
     return ci_verdict(_f(rise.low), _f(rise.high), min_rise, claim_holds_if="above")
-
-
-def combine_verdicts(parts: Sequence[str]) -> str:
-    """All parts agree → that verdict; some supported and some contradicted → "depends"; else inconclusive."""
-    parts = list(parts)
-    if parts and all(p == parts[0] for p in parts):
-        return parts[0]
-    if "supported" in parts and "contradicted" in parts:
-        return "depends"
-    return "inconclusive"
 
 
 def _f(x) -> Optional[float]:

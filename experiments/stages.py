@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from netalchemy import mlp, plots, probes, stats, store, sweep, train
+from netalchemy import plots, probes, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
 from netalchemy.experiment import Verdict, ci_verdict
@@ -82,8 +82,7 @@ def run(s: Settings, out_dir: Path) -> None:
     data = load(cfg.data)
     result = sweep.run(cfg, out_dir=out_dir / "sweep", dataset=data, progress=False)
     seeds = result.seeds
-    init = jax.vmap(lambda seed: mlp.init(train.stream_key(seed, "init"), cfg.model,
-                                          in_features=data.x_train.shape[1], num_classes=data.num_classes))(seeds)
+    init = sweep.initial_params(cfg, seeds, in_features=data.x_train.shape[1], num_classes=data.num_classes)
     probe = {
         stage: probe_accuracies(params, bn, data, cfg, l2=s.probe_l2, num_classes=data.num_classes)
         for stage, (params, bn) in (("init", init), ("trained", (result.final.params, result.final.bn_state)))

@@ -28,7 +28,8 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
-def _check(condition: bool, message: str) -> None:
+def check(condition: bool, message: str) -> None:
+    """Raises `ConfigError(message)` unless `condition`: validation for any settings dataclass."""
     if not condition:
         raise ConfigError(message)
 
@@ -47,13 +48,13 @@ class ModelConfig:
     dtype: str = "float32"  # "float32" or "float64" (needs jax_enable_x64)
 
     def __post_init__(self) -> None:
-        _check(all(h >= 1 for h in self.hidden), "model.hidden: every width must be >= 1")
-        _check(self.activation in ("relu", "linear"), "model.activation must be relu or linear")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        _check(0.0 <= self.bn_momentum < 1.0, "model.bn_momentum must be in [0, 1)")
-        _check(self.bn_eps > 0, "model.bn_eps must be > 0")
-        _check(self.init in ("he", "lecun"), "model.init must be he or lecun")
-        _check(self.dtype in ("float32", "float64"), "model.dtype must be float32 or float64")
+        check(all(h >= 1 for h in self.hidden), "model.hidden: every width must be >= 1")
+        check(self.activation in ("relu", "linear"), "model.activation must be relu or linear")
+        check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        check(0.0 <= self.bn_momentum < 1.0, "model.bn_momentum must be in [0, 1)")
+        check(self.bn_eps > 0, "model.bn_eps must be > 0")
+        check(self.init in ("he", "lecun"), "model.init must be he or lecun")
+        check(self.dtype in ("float32", "float64"), "model.dtype must be float32 or float64")
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,12 @@ class OptimConfig:
     clip_norm: float = 0.0  # 0 disables global-norm clipping
 
     def __post_init__(self) -> None:
-        _check(self.name in OPTIMIZERS, f"optim.name must be one of {', '.join(OPTIMIZERS)}")
-        _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr must be a positive number")
-        _check(self.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}")
-        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
-        _check(self.clip_norm >= 0, "optim.clip_norm must be >= 0")
-        _check(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
+        check(self.name in OPTIMIZERS, f"optim.name must be one of {', '.join(OPTIMIZERS)}")
+        check(self.lr > 0 and math.isfinite(self.lr), "optim.lr must be a positive number")
+        check(self.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}")
+        check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        check(self.clip_norm >= 0, "optim.clip_norm must be >= 0")
+        check(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -96,16 +97,16 @@ class TrainConfig:
     memory_budget_gb: float = 4.0  # seeds are run in chunks that fit this budget
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "train.steps must be >= 1")
-        _check(self.batch_size >= 1, "train.batch_size must be >= 1")
-        _check(self.sampling in ("shuffle", "replace"), "train.sampling must be shuffle or replace")
-        _check(self.eval_every >= 1, "train.eval_every must be >= 1")
-        _check(self.l1 >= 0 and self.l2 >= 0, "train.l1 and train.l2 must be >= 0")
-        _check(self.grad in ("autodiff", "hand"), "train.grad must be autodiff or hand")
-        _check(self.chunk_steps >= 1, "train.chunk_steps must be >= 1")
-        _check(self.steps % self.eval_every == 0,
+        check(self.steps >= 1, "train.steps must be >= 1")
+        check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        check(self.sampling in ("shuffle", "replace"), "train.sampling must be shuffle or replace")
+        check(self.eval_every >= 1, "train.eval_every must be >= 1")
+        check(self.l1 >= 0 and self.l2 >= 0, "train.l1 and train.l2 must be >= 0")
+        check(self.grad in ("autodiff", "hand"), "train.grad must be autodiff or hand")
+        check(self.chunk_steps >= 1, "train.chunk_steps must be >= 1")
+        check(self.steps % self.eval_every == 0,
                f"train.steps ({self.steps}) must be a multiple of train.eval_every ({self.eval_every})")
-        _check(self.memory_budget_gb > 0, "train.memory_budget_gb must be > 0")
+        check(self.memory_budget_gb > 0, "train.memory_budget_gb must be > 0")
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,11 @@ class DataConfig:
     data_dir: str = ""  # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "data.name must not be empty")
-        _check(self.train_size >= 0, "data.train_size must be >= 0")
-        _check(0.0 <= self.label_noise <= 1.0, "data.label_noise must be in [0, 1]")
-        _check(self.image_size >= 1, "data.image_size must be >= 1")
-        _check(0.0 < self.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)")
+        check(bool(self.name), "data.name must not be empty")
+        check(self.train_size >= 0, "data.train_size must be >= 0")
+        check(0.0 <= self.label_noise <= 1.0, "data.label_noise must be in [0, 1]")
+        check(self.image_size >= 1, "data.image_size must be >= 1")
+        check(0.0 < self.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,10 @@ class SeedsConfig:
     vary: tuple[str, ...] = RANDOMNESS_STREAMS  # streams not listed are shared by all seeds
 
     def __post_init__(self) -> None:
-        _check(self.n >= 1, "seeds.n must be >= 1")
-        _check(self.start >= 0, "seeds.start must be >= 0")
+        check(self.n >= 1, "seeds.n must be >= 1")
+        check(self.start >= 0, "seeds.start must be >= 0")
         bad = [s for s in self.vary if s not in RANDOMNESS_STREAMS]
-        _check(not bad, f"seeds.vary: unknown stream {bad[0] if bad else ''!r}; "
+        check(not bad, f"seeds.vary: unknown stream {bad[0] if bad else ''!r}; "
                f"choose from {', '.join(RANDOMNESS_STREAMS)}")
 
 

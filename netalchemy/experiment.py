@@ -68,6 +68,23 @@ def ci_verdict(low: Optional[float], high: Optional[float], threshold: float, *,
     raise ValueError(f"claim_holds_if must be 'above' or 'below', got {claim_holds_if!r}")
 
 
+def combine_verdicts(parts: Sequence[str]) -> str:
+    """One verdict from the verdicts of a claim's parts.
+
+    All parts supported → supported; all contradicted → contradicted; a part that depends,
+    or both supported and contradicted parts → depends; otherwise (some part inconclusive,
+    or no parts) → inconclusive.
+    """
+    kinds = set(parts)
+    if kinds == {"supported"}:
+        return "supported"
+    if kinds == {"contradicted"}:
+        return "contradicted"
+    if "depends" in kinds or {"supported", "contradicted"} <= kinds:
+        return "depends"
+    return "inconclusive"
+
+
 def load_module(name: str):
     if name not in EXPERIMENTS:
         raise ExperimentError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")

@@ -17,7 +17,6 @@ summary.json once every chunk is done.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 from functools import partial
@@ -74,6 +73,19 @@ def run_streams(cfg: Config, seeds: np.ndarray) -> train.Streams:
         else:
             keys.append(train.stream_key(cfg.seeds.start, s))
     return train.Streams(*keys)
+
+
+def initial_params(cfg: Config, seeds: Sequence[int], *, in_features: int, num_classes: int):
+    """The sweep's initial (params, bn_state) per run (leading runs axis), with the keys
+    `sweep.run` uses: each seed's init stream, or `seeds.start`'s when the stream is shared."""
+    init_seeds = np.asarray(seeds) if "init" in cfg.seeds.vary else np.full(len(seeds), cfg.seeds.start)
+    return _init_params(jnp.asarray(init_seeds), cfg=cfg.model, in_features=in_features, num_classes=num_classes)
+
+
+@partial(jax.jit, static_argnames=("cfg", "in_features", "num_classes"))
+def _init_params(seeds, *, cfg, in_features: int, num_classes: int):
+    keys = jax.vmap(lambda s: train.stream_key(s, "init"))(seeds)
+    return jax.vmap(lambda k: mlp.init(k, cfg, in_features=in_features, num_classes=num_classes))(keys)
 
 
 def bytes_per_run(cfg: Config, *, in_features: int, num_classes: int, n_train: int, n_test: int) -> int:

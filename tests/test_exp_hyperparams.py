@@ -9,7 +9,7 @@ import pytest
 from experiments import hyperparams as H
 from netalchemy import config as C
 from netalchemy import sweep
-from netalchemy.experiment import VERDICTS, run_experiment
+from netalchemy.experiment import VERDICTS, run_experiment, combine_verdicts
 
 
 def test_tiny_profile_end_to_end(tmp_path):
@@ -94,7 +94,7 @@ def test_window_indices():
     ([], "inconclusive"),
 ])
 def test_combine(parts, expected):
-    assert H.combine(parts) == expected
+    assert combine_verdicts(parts) == expected
 
 
 @pytest.mark.parametrize("slow, unstable, expected", [

@@ -8,7 +8,7 @@ import pytest
 from experiments import regularization as reg
 from netalchemy import mlp, stats
 from netalchemy.config import ModelConfig
-from netalchemy.experiment import VERDICTS, run_experiment
+from netalchemy.experiment import VERDICTS, run_experiment, combine_verdicts
 
 
 def ci(estimate, low, high):
@@ -42,10 +42,10 @@ def test_sparsity_verdict_and_combination():
     assert reg.sparsity_verdict(ci(0.5, 0.4, 0.6)) == "supported"
     assert reg.sparsity_verdict(ci(0.01, 0.0, 0.02)) == "contradicted"
     assert reg.sparsity_verdict(ci(0.05, 0.01, 0.1)) == "inconclusive"
-    assert reg.combine_verdicts(["supported", "supported"]) == "supported"
-    assert reg.combine_verdicts(["contradicted", "contradicted"]) == "contradicted"
-    assert reg.combine_verdicts(["supported", "contradicted"]) == "depends"
-    assert reg.combine_verdicts(["supported", "inconclusive"]) == "inconclusive"
+    assert combine_verdicts(["supported", "supported"]) == "supported"
+    assert combine_verdicts(["contradicted", "contradicted"]) == "contradicted"
+    assert combine_verdicts(["supported", "contradicted"]) == "depends"
+    assert combine_verdicts(["supported", "inconclusive"]) == "inconclusive"
 
 
 def test_best_level_is_chosen_on_selection_seeds_only():

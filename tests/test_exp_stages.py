@@ -1,7 +1,6 @@
 """Layers as stages: probes, CKA correspondence, verdict rules, and the tiny profile end to end."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import stages

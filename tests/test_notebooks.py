@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom (with tiny settings) without an error."""
 
-import os
 from pathlib import Path
 
 import nbformat

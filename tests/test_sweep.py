@@ -1,12 +1,10 @@
 """The training engine: reproducibility, resumption, sharding, divergence, sweeps over lr."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
