@@ -300,10 +300,6 @@ def plot_activity(r: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
 # ---------------------------------------------------------------- report
 
 
-def _fmt(ci: stats.CI, digits: int = 3) -> str:
-    return f"{ci.estimate:.{digits}g} [{ci.low:.{digits}g}, {ci.high:.{digits}g}]"
-
-
 def report(out_dir: Path) -> list[Verdict]:
     """Writes summary.json and two figures; returns the M4 and M5 verdicts."""
     r = store.read_npz(out_dir / "results.npz")
@@ -337,17 +333,17 @@ def report(out_dir: Path) -> list[Verdict]:
         "dead": {f"{n}/{stage}": [ci.as_dict() for ci in cis] for (n, stage), cis in dead.items()},
         "active_pooled": {k: v.as_dict() for k, v in pooled.items()}})
 
-    print("final test accuracy (mean, 95% CI): " + "; ".join(f"{n} {_fmt(ci)}" for n, ci in acc.items()))
+    print("final test accuracy (mean, 95% CI): " + "; ".join(f"{n} {ci.text()}" for n, ci in acc.items()))
     for (n, stage), cis in act.items():
-        print(f"{n} {stage}: active per layer " + ", ".join(_fmt(ci) for ci in cis)
-              + "; dead " + ", ".join(_fmt(ci) for ci in dead[(n, stage)]))
+        print(f"{n} {stage}: active per layer " + ", ".join(ci.text() for ci in cis)
+              + "; dead " + ", ".join(ci.text() for ci in dead[(n, stage)]))
 
     worst = max(range(len(depths)), key=lambda i: abs(lin_vs_log[i].estimate))
     w_ci = lin_vs_log[worst]
     m4_measure = (f"test accuracy, linear − logistic regression (paired by seed), worst depth ({depths[worst]} hidden); "
-                  f"all depths: " + ", ".join(f"{d}: {_fmt(ci, 2)}" for d, ci in zip(depths, lin_vs_log))
-                  + "; P(linear > logreg) " + ", ".join(f"{_fmt(ci, 2)}" for ci in poi)
-                  + f"; logreg acc {_fmt(acc['logreg'])}; ReLU − linear " + ", ".join(_fmt(ci, 2) for ci in relu_vs_lin)
+                  f"all depths: " + ", ".join(f"{d}: {ci.text(2)}" for d, ci in zip(depths, lin_vs_log))
+                  + "; P(linear > logreg) " + ", ".join(f"{ci.text(2)}" for ci in poi)
+                  + f"; logreg acc {acc['logreg'].text()}; ReLU − linear " + ", ".join(ci.text(2) for ci in relu_vs_lin)
                   + f"; collapsed map: max rel. logit error {collapse_err:.1e}, prediction agreement ≥ {agreement:.4f}")
     layer_range = lambda stage: (min(ci.estimate for n in relus for ci in act[(n, stage)]),
                                  max(ci.estimate for n in relus for ci in act[(n, stage)]))
@@ -355,7 +351,7 @@ def report(out_dir: Path) -> list[Verdict]:
     lo_i, hi_i = layer_range("init")
     lo_t, hi_t = layer_range("trained")
     m5_measure = (f"fraction of ReLU units active on a test example after training, mean over layers of "
-                  f"{', '.join(relus)} (per layer {lo_t:.2f}–{hi_t:.2f}); at init {_fmt(pooled['init'])} "
+                  f"{', '.join(relus)} (per layer {lo_t:.2f}–{hi_t:.2f}); at init {pooled['init'].text()} "
                   f"(per layer {lo_i:.2f}–{hi_i:.2f}); dead units after training ≤ {dead_max:.3f} per layer")
     init_cis = [ci for n in relus for ci in act[(n, "init")]]
     trained_cis = [ci for n in relus for ci in act[(n, "trained")]]

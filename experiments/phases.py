@@ -371,10 +371,6 @@ def plot_init(curves: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
 # ---------------------------------------------------------------- report
 
 
-def _fmt(ci: stats.CI, digits: int = 3) -> str:
-    return f"{ci.estimate:.{digits}g} [{ci.low:.{digits}g}, {ci.high:.{digits}g}]"
-
-
 def report(out_dir: Path) -> list[Verdict]:
     """Detects phases per seed, writes phases.json and two figures, returns M10 and M6 verdicts."""
     curves = store.read_npz(out_dir / "curves.npz")
@@ -408,23 +404,23 @@ def report(out_dir: Path) -> list[Verdict]:
 
     print(f"phases over {n} seeds: fast {frac['fast'].estimate:.2f}, gradients shrink {frac['grad_shrinks'].estimate:.2f}, "
           f"overfitting {frac['overfits'].estimate:.2f}, all three {frac['all_phases'].estimate:.2f} (fraction of seeds)")
-    print(f"end of fast learning {_fmt(bounds['fast_end'])} epochs (article 50); overfitting onset "
-          f"{_fmt(bounds['overfit_onset'])} epochs (article 500); test-accuracy peak {_fmt(acc_peak)} epochs; "
-          f"grad-norm ratio end/start of phase 2 {_fmt(grad_ratio)}, of phase 3 {_fmt(grad_ratio3)}; "
+    print(f"end of fast learning {bounds['fast_end'].text()} epochs (article 50); overfitting onset "
+          f"{bounds['overfit_onset'].text()} epochs (article 500); test-accuracy peak {acc_peak.text()} epochs; "
+          f"grad-norm ratio end/start of phase 2 {grad_ratio.text()}, of phase 3 {grad_ratio3.text()}; "
           f"largest gradients in phase 1 in {grad_max1.estimate:.2f} of seeds")
     m10_measure = (f"fraction of {n} seeds showing fast → gradients shrink → overfitting (fast {frac['fast'].estimate:.2f}, "
-                   f"grad shrinks {frac['grad_shrinks'].estimate:.2f} [end/start ratio {_fmt(grad_ratio, 2)}; "
-                   f"in phase 3 {_fmt(grad_ratio3, 2)}], "
-                   f"overfits {frac['overfits'].estimate:.2f}); fast phase ends at {_fmt(bounds['fast_end'])} epochs "
-                   f"(article 50), overfitting onset (test-loss min) {_fmt(bounds['overfit_onset'])} epochs "
-                   f"(article 500; test-accuracy peak {_fmt(acc_peak)}), {meta['n_train']} train examples")
+                   f"grad shrinks {frac['grad_shrinks'].estimate:.2f} [end/start ratio {grad_ratio.text(2)}; "
+                   f"in phase 3 {grad_ratio3.text(2)}], "
+                   f"overfits {frac['overfits'].estimate:.2f}); fast phase ends at {bounds['fast_end'].text()} epochs "
+                   f"(article 50), overfitting onset (test-loss min) {bounds['overfit_onset'].text()} epochs "
+                   f"(article 500; test-accuracy peak {acc_peak.text()}), {meta['n_train']} train examples")
     contrast = meta["contrast_init"]
     m6_measure = (f"initial test loss ({init} init) vs ln {c} = {math.log(c):.3f}; initial test accuracy "
-                  f"{_fmt(acc0)} vs chance {1 / c:.2f}; mean max softmax prob {_fmt(init_ci[f'{init}/max_prob'])} "
-                  f"vs {1 / c:.2f}; KL(p‖uniform) {_fmt(init_ci[f'{init}/kl_uniform'])} nats; most-predicted class "
-                  f"gets {_fmt(init_ci[f'{init}/top_class_share'])} of test examples")
+                  f"{acc0.text()} vs chance {1 / c:.2f}; mean max softmax prob {init_ci[f'{init}/max_prob'].text()} "
+                  f"vs {1 / c:.2f}; KL(p‖uniform) {init_ci[f'{init}/kl_uniform'].text()} nats; most-predicted class "
+                  f"gets {init_ci[f'{init}/top_class_share'].text()} of test examples")
     if contrast != init:
-        m6_measure += f"; {contrast} init: loss {_fmt(init_ci[f'{contrast}/loss'])}, acc {_fmt(init_ci[f'{contrast}/acc'])}"
+        m6_measure += f"; {contrast} init: loss {init_ci[f'{contrast}/loss'].text()}, acc {init_ci[f'{contrast}/acc'].text()}"
     return [
         Verdict("M10", m10_measure, frac["all_phases"].estimate, frac["all_phases"].low, frac["all_phases"].high,
                 m10_verdict(frac["all_phases"], bounds["fast_end"], bounds["overfit_onset"]), M10_RULE,

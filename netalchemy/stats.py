@@ -104,6 +104,10 @@ class CI(NamedTuple):
     low: Any
     high: Any
 
+    def text(self, digits: int = 3) -> str:
+        """'estimate [low, high]' with `digits` significant digits (for reports)."""
+        return f"{self.estimate:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict; NaN becomes ``None``."""
         return {k: _json_value(v) for k, v in self._asdict().items()}
