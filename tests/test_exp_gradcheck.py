@@ -1,0 +1,51 @@
+"""Gradient check experiment: kink detection for finite differences (ReLU and the L1 |w|)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from experiments import gradcheck
+from netalchemy import mlp
+from netalchemy.config import ModelConfig
+
+jax.config.update("jax_enable_x64", True)
+
+
+def _net_with_a_weight_at(value: float):
+    cfg = ModelConfig(hidden=(5,), dtype="float64")
+    params, state = mlp.init(jax.random.key(0), cfg, in_features=3, num_classes=2)
+    params = type(params)([params[0]._replace(w=params[0].w.at[1, 2].set(value)), *params[1:]])
+    x = jax.random.normal(jax.random.key(1), (8, 3), jnp.float64)
+    y = jnp.arange(8) % 2
+    theta, _ = ravel_pytree(params)
+    index = 1 * 5 + 2  # L1.w[1, 2] is the 8th entry of the flat vector (w comes first)
+    assert theta[index] == value
+    bumps = jnp.zeros((1, theta.size)).at[0, index].set(1e-5)
+    return cfg, params, state, x, y, bumps
+
+
+def fd_and_kink(value, l1):
+    cfg, params, state, x, y, bumps = _net_with_a_weight_at(value)
+    return gradcheck.finite_differences(params, state, x, y, bumps, cfg=cfg, l1=l1, l2=0.0,
+                                        key=jax.random.key(2))
+
+
+def test_penalised_mask_marks_exactly_the_weight_matrices():
+    cfg = ModelConfig(hidden=(4, 3), batch_norm=True)
+    params, _ = mlp.init(jax.random.key(0), cfg, in_features=2, num_classes=2)
+    mask, _ = ravel_pytree(gradcheck.penalised_mask(params))
+    assert int(mask.sum()) == 2 * 4 + 4 * 3 + 3 * 2
+
+
+def test_a_weight_within_h_of_zero_is_a_kink_only_under_l1():
+    # |w| at w = 3e-6 with h = 1e-5: the central difference of l1·|w| is l1·0.3, the
+    # derivative l1·1. Flagged under L1, and the same point is smooth without it.
+    _, kink_l1 = fd_and_kink(3e-6, l1=1.0)
+    _, kink_none = fd_and_kink(3e-6, l1=0.0)
+    assert bool(kink_l1[0]) and not bool(kink_none[0])
+    # Away from 0 the L1 term is smooth: no kink, and FD matches the analytic derivative.
+    fd_far, kink_far = fd_and_kink(0.5, l1=1.0)
+    fd_far0, _ = fd_and_kink(0.5, l1=0.0)
+    assert not bool(kink_far[0])
+    np.testing.assert_allclose(float(fd_far[0] - fd_far0[0]), 1.0, rtol=1e-6)  # d|w|/dw = 1
