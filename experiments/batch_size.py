@@ -202,7 +202,6 @@ def training_throughput(cfg: Config, dataset: data_lib.Dataset, *, examples: int
     dtype = cfg.model.dtype
     data = train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
                       jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test, jnp.int32))
-    n = dataset.x_train.shape[0]
     streams = train.Streams(*(train.stream_key(0, s) for s in RANDOMNESS_STREAMS))
     lr = jnp.asarray(cfg.optim.lr, dtype)
     state = train.init_state(streams, lr, cfg=cfg, in_features=dataset.x_train.shape[1],
@@ -210,10 +209,7 @@ def training_throughput(cfg: Config, dataset: data_lib.Dataset, *, examples: int
 
     @jax.jit
     def run_steps(state, streams, data, lr):
-        plan = None
-        if train.uses_plan(cfg, n):
-            plan = train.plan_batches(streams.data, state.step, steps, n=n, batch_size=b)
-        body = lambda st, _: (train.train_step(st, streams, data, lr, cfg=cfg, plan=plan)[0], None)  # noqa: E731
+        body = lambda st, _: (train.train_step(st, streams, data, lr, cfg=cfg)[0], None)  # noqa: E731
         return jax.lax.scan(body, state, None, length=steps)[0]
 
     jax.block_until_ready(run_steps(state, streams, data, lr))  # compile and warm up

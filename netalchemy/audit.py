@@ -105,12 +105,15 @@ def write_report(folder: Path, profile: str, entries, seconds: float) -> None:
                   f"{_ci(r)} | **{r['verdict']}** | {fig} |")
     md += ["", "## Rules and figures", ""]
     for name, out_dir, record in entries:
-        md += [f"### {name}", "", f"Settings: `{record['settings']}`", f"Time: {record['seconds']:.0f} s", ""]
+        md += [f"### {name}", "", f"Settings: `{record['settings']}`", "", _computed(record), ""]
         for v in record["verdicts"]:
             md.append(f"- **{v['claim']} — {v['verdict']}.** Rule: {v['rule']}")
         figures = sorted(p.name for p in out_dir.glob("*.png"))
         md += [""] + [f"![{f}]({out_dir.relative_to(folder)}/{f})" for f in figures] + [""]
-    md += ["## Provenance", "", f"- Total time: {seconds:.0f} s ({seconds / 60:.1f} min)",
+    own = sum(record["seconds"] for _, _, record in entries)
+    md += ["## Provenance", "", f"- Time: {seconds:.0f} s ({seconds / 60:.1f} min) for this command; the "
+           f"experiments' own times add up to {own:.0f} s ({own / 60:.1f} min) — results stored by an earlier "
+           "command with the same settings are reused, and each experiment above says where it was computed",
            f"- Devices: {', '.join(prov['devices'])} ({prov['backend']})",
            f"- Python {prov['python']} on {prov['platform']}",
            "- Versions: " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
@@ -122,6 +125,15 @@ def write_report(folder: Path, profile: str, entries, seconds: float) -> None:
     tmp = folder / ".report.html.tmp"
     tmp.write_text(_html(text, folder))
     tmp.replace(folder / "report.html")
+
+
+def _computed(record: dict) -> str:
+    """Where and when an experiment's stored verdicts were computed, and how long they took."""
+    prov = record.get("provenance") or {}
+    devices = prov.get("devices") or []
+    commit = (prov.get("git_commit") or "unknown")[:10]
+    return (f"Computed in {record['seconds']:.0f} s at commit {commit} on {len(devices)} "
+            f"{prov.get('backend', '?')} device{'s' if len(devices) != 1 else ''}, {prov.get('created', '?')}.")
 
 
 def _inline_image(folder: Path, target: str) -> str:

@@ -171,6 +171,7 @@ class BenchSettings:
     w2_test_size: int = 256
     matmul_size: int = 2048
     torch_threads: int = 0  # 0 = PyTorch's default (one per core)
+    engine_cpu_devices: int = 0  # JAX CPU devices for the engine ways; 0 = one per core, as the CLI
     timeout_s: float = 1800.0  # per worker request
 
     def __post_init__(self) -> None:
@@ -193,7 +194,8 @@ class BenchSettings:
         check(self.max_gflop_per_call > 0 and self.memory_limit_gb > 0, "budgets must be > 0")
         check(self.w2_train_size >= WORKLOADS["W2"].batch and self.w2_test_size >= 1,
               "w2_train_size must be >= the W2 batch (128)")
-        check(self.matmul_size >= 1 and self.torch_threads >= 0, "matmul_size >= 1, torch_threads >= 0")
+        check(self.matmul_size >= 1 and self.torch_threads >= 0 and self.engine_cpu_devices >= 0,
+              "matmul_size >= 1, torch_threads >= 0, engine_cpu_devices >= 0")
 
 
 PROFILES = {
@@ -287,7 +289,15 @@ class _Runner:
         self.run, self.prepare, self.info, self.close = run, prepare, info, close
 
 
+def _engine_devices(spec: dict) -> None:
+    """The engine ways run on the CPU devices the CLI would give them (before JAX runs)."""
+    from netalchemy import devices
+
+    devices.use_cpu_cores(spec["engine_cpu_devices"] or None)
+
+
 def _engine_runner(spec: dict, data: dict) -> _Runner:
+    _engine_devices(spec)
     from netalchemy import sweep
     from netalchemy.data import Dataset
 
@@ -313,7 +323,7 @@ def _engine_runner(spec: dict, data: dict) -> _Runner:
         recompiles = None if calls["compiled"] is None else sum(f._cache_size() for f in jitted) - calls["compiled"]
         per_run = sweep.bytes_per_run(cfg, in_features=w.widths[0], num_classes=w.widths[-1],
                                       n_train=len(dataset.y_train), n_test=len(dataset.y_test))
-        chunk = sweep.runs_per_chunk(cfg, spec["seeds"], per_run, sweep._mesh().size)
+        chunk = sweep.runs_per_chunk(cfg, spec["seeds"], per_run, sweep._mesh(spec["seeds"]).size)
         return {"compilations_after_first_call": recompiles, "eval_every": cfg.train.eval_every,
                 "chunk_steps": cfg.train.chunk_steps, "run_chunks": math.ceil(spec["seeds"] / chunk),
                 "timed_calls": calls["n"] - 1}
@@ -322,6 +332,7 @@ def _engine_runner(spec: dict, data: dict) -> _Runner:
 
 
 def _engine_chunk_runner(spec: dict, data: dict) -> _Runner:
+    _engine_devices(spec)
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
@@ -331,7 +342,7 @@ def _engine_chunk_runner(spec: dict, data: dict) -> _Runner:
     w = WORKLOADS[spec["workload"]]
     n = spec["seeds"]
     cfg = engine_config(w, n, steps=spec["steps"], eval_every=spec["eval_every"])
-    mesh = sweep._mesh()
+    mesh = sweep._mesh(n)
     pad = (-n) % mesh.size
     seeds = np.arange(n + pad)
     axes = sweep.stream_axes(cfg)
@@ -738,7 +749,8 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
     matmul_workers: dict[str, _Worker] = {}
     timeout = settings.timeout_s
     try:
-        base_spec = {"torch_threads": settings.torch_threads, "matmul_size": settings.matmul_size}
+        base_spec = {"torch_threads": settings.torch_threads, "matmul_size": settings.matmul_size,
+                     "engine_cpu_devices": settings.engine_cpu_devices}
         for backend in ("jax", "torch") if have_torch else ("jax",):  # they import while the data is written
             matmul_workers[backend] = _Worker((backend,), scratch, f"matmul-{backend}", env)
         sizes = _write_data(settings, scratch)

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from netalchemy import config as config_lib
-from netalchemy import experiment, store
+from netalchemy import devices, experiment, store
 from netalchemy.data import DataError
 
-USAGE_ERRORS = (config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError)
+USAGE_ERRORS = (config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError,
+                devices.DeviceError)
 
 
 class UsageError(Exception):
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        devices.use_cpu_cores()  # one JAX device per core: sweeps shard their runs over the cores
         return args.func(args)
     except (UsageError, *USAGE_ERRORS) as e:
         print(f"netalchemy: error: {e}", file=sys.stderr)

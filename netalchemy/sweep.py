@@ -179,8 +179,12 @@ class _Checkpoints:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def _mesh() -> Mesh:
-    return Mesh(np.array(jax.devices()), ("runs",))
+def _mesh(n_runs: Optional[int] = None) -> Mesh:
+    """The run axis over the local devices, never more of them than there are runs."""
+    devices = jax.devices()
+    if n_runs is not None:
+        devices = devices[:max(1, min(len(devices), n_runs))]
+    return Mesh(np.array(devices), ("runs",))
 
 
 def _shard_runs(tree, mesh: Mesh, axes=None):
@@ -225,7 +229,8 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         for m in METRICS:
             history[m][:, 1 + done:1 + done + n] = np.asarray(getattr(metrics, m), np.float64)
         done += n
-        ckpt.save(done, {"state": _flat(states), "history": history})
+        if done < intervals_total:  # the finished chunk is written next, as chunk-NNNN.npz
+            ckpt.save(done, {"state": _flat(states), "history": history})
         if progress is not None:
             progress.update(n * cfg.train.eval_every)
             alive = ~history["diverged"][:n_real, done].astype(bool)
@@ -299,7 +304,7 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
     finished = _prepare_dir(out_dir, record)
     if not finished:
         store.write_json(out_dir / "provenance.json", store.provenance())
-        mesh = _mesh()
+        mesh = _mesh(len(seeds))
         dtype = cfg.model.dtype
         data = jax.device_put(train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
                                          jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test, jnp.int32)),

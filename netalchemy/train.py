@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from netalchemy import backprop, losses, mlp, optim
+from netalchemy import backprop, index_shuffle, losses, mlp, optim
 from netalchemy.config import RANDOMNESS_STREAMS, Config
 
 Array = jax.Array
@@ -85,58 +85,26 @@ def init_state(streams: Streams, lr: Array, *, cfg: Config, in_features: int, nu
 def batch_indices(data_key: Array, step: Array, *, n: int, batch_size: int, sampling: str) -> Array:
     """Indices (batch,) of step `step`'s minibatch: the definition of the data order.
 
-    "shuffle": epoch e is the permutation drawn from fold_in(data_key, e), cut into
-    n // batch_size consecutive minibatches (the remainder is dropped); a full batch is the
-    training set in order. "replace": batch_size indices uniform with replacement.
+    "shuffle": epoch e visits the training set in the order of the pseudorandom permutation
+    keyed by fold_in(data_key, e) (`index_shuffle.permute`, read at this step's positions
+    only), cut into n // batch_size consecutive minibatches (the remainder is dropped); a
+    full batch is the training set in order. "replace": batch_size indices uniform with
+    replacement.
     """
     if sampling == "replace":
         return jax.random.randint(jax.random.fold_in(data_key, step), (batch_size,), 0, n)
     per_epoch = n // batch_size
     if per_epoch == 1 and batch_size == n:
         return jnp.arange(n)
-    perm = jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), n)
-    return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
+    positions = (step % per_epoch) * batch_size + jnp.arange(batch_size)
+    return index_shuffle.permute(jax.random.fold_in(data_key, step // per_epoch), positions, n)
 
 
-class BatchPlan(NamedTuple):
-    """The permutations of every epoch a stretch of `length` steps from `first_step` touches.
-
-    Drawing a permutation costs a sort of the whole training set, so it is done once per
-    epoch, not once per step; `plan_indices` gives exactly what `batch_indices` defines.
-    """
-
-    first_epoch: Array  # () int32
-    perms: Array  # (epochs, n) int32
-
-
-def plan_batches(data_key: Array, first_step: Array, length: int, *, n: int, batch_size: int) -> BatchPlan:
-    per_epoch = n // batch_size
-    count = (length - 1) // per_epoch + 2  # enough for any alignment of the stretch
-    first_epoch = first_step // per_epoch
-    epochs = first_epoch + jnp.arange(count)
-    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), n))(epochs)
-    return BatchPlan(first_epoch, perms)
-
-
-def plan_indices(plan: BatchPlan, step: Array, *, n: int, batch_size: int) -> Array:
-    per_epoch = n // batch_size
-    perm = plan.perms[step // per_epoch - plan.first_epoch]
-    return jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
-
-
-def train_step(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config,
-               plan: BatchPlan | None = None):
-    """One optimizer step on one minibatch. Returns (state, (minibatch loss, gradient norm)).
-
-    `plan` (from `plan_batches`) supplies precomputed epoch permutations; without it the
-    minibatch comes straight from `batch_indices`. Both give the same indices.
-    """
+def train_step(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config):
+    """One optimizer step on one minibatch. Returns (state, (minibatch loss, gradient norm))."""
     t = cfg.train
     n = data.x_train.shape[0]
-    if plan is None:
-        idx = batch_indices(streams.data, state.step, n=n, batch_size=t.batch_size, sampling=t.sampling)
-    else:
-        idx = plan_indices(plan, state.step, n=n, batch_size=t.batch_size)
+    idx = batch_indices(streams.data, state.step, n=n, batch_size=t.batch_size, sampling=t.sampling)
     x, y = data.x_train[idx], data.y_train[idx]  # (batch, features), (batch,)
     grad_fn = backprop.gradient_fn(t.grad)
     grads, aux = grad_fn(state.params, state.bn_state, x, y, cfg=cfg.model, l1=t.l1, l2=t.l2,
@@ -145,11 +113,6 @@ def train_step(state: TrainState, streams: Streams, data: Data, lr: Array, *, cf
     params = optax.apply_updates(state.params, updates)
     new = TrainState(state.step + 1, params, aux.state, opt_state, state.diverged_at)
     return new, (aux.loss, optax.tree.norm(grads))
-
-
-def uses_plan(cfg: Config, n: int) -> bool:
-    """Shuffled epochs of more than one minibatch: permutations are worth precomputing."""
-    return cfg.train.sampling == "shuffle" and n // cfg.train.batch_size > 1
 
 
 def evaluate_split(params, bn_state, x: Array, y: Array, *, cfg: Config, max_batch: int = 8192):
@@ -174,14 +137,10 @@ def evaluate(state: TrainState, data: Data, *, cfg: Config, batch_loss=jnp.nan, 
 def train_interval(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config):
     """`eval_every` steps, the divergence check, then an evaluation. Returns (state, Metrics)."""
     start = state
-    n = data.x_train.shape[0]
-    plan = None
-    if uses_plan(cfg, n):
-        plan = plan_batches(streams.data, state.step, cfg.train.eval_every, n=n, batch_size=cfg.train.batch_size)
 
     def body(carry, _):
         s, first_bad = carry
-        s, (loss, gnorm) = train_step(s, streams, data, lr, cfg=cfg, plan=plan)
+        s, (loss, gnorm) = train_step(s, streams, data, lr, cfg=cfg)
         first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(loss), s.step - 1, first_bad)
         return (s, first_bad), (loss, gnorm)
 

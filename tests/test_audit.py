@@ -16,7 +16,8 @@ def test_tiny_audit_writes_ledger_and_self_contained_html(tmp_path):
     assert ledger["M7"]["verdict"] == "not measured"
     html = (folder / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
-    assert "Total time" in report and "jax" in report
+    assert "for this command" in report and "jax" in report
+    assert report.count("Computed in ") == 2 and " on 1 cpu device, " in report
     # A second audit reuses the stored verdicts instead of recomputing them.
     before = (folder / "gradcheck" / "tiny" / "results.json").stat().st_mtime
     audit.run_audit("tiny", root=tmp_path, names=("gradcheck",), log=lambda _: None)
