@@ -63,6 +63,11 @@ def _add_train(sub) -> None:
                        epilog=f"config keys and defaults:\n{keys}")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="train one sweep over several processes (hosts): the address of process 0; every "
+                        "process runs the same command with its own --process-id and a shared --out")
+    p.add_argument("--processes", type=int, default=1, help="number of processes (with --coordinator)")
+    p.add_argument("--process-id", type=int, default=0, help="this process's index, 0 … processes−1")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-3")
     p.set_defaults(func=cmd_train)
 
@@ -87,8 +92,9 @@ def cmd_train(args) -> int:
     cfg = config_lib.override(config_lib.Config(), args.overrides)
     out_dir = args.out / "train" / config_lib.config_hash(cfg)
     result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet)
-    print(sweep.format_summary(result))
-    print(f"\nresults: {out_dir}")
+    if args.process_id == 0:
+        print(sweep.format_summary(result))
+        print(f"\nresults: {out_dir}")
     return 0
 
 
@@ -186,6 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         devices.use_cpu_cores()  # one JAX device per core: sweeps shard their runs over the cores
+        if getattr(args, "coordinator", None):
+            devices.initialize_processes(args.coordinator, args.processes, args.process_id)
         return args.func(args)
     except (UsageError, *USAGE_ERRORS) as e:
         print(f"netalchemy: error: {e}", file=sys.stderr)

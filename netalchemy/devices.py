@@ -12,6 +12,9 @@ records its devices; `NETALCHEMY_CPU_DEVICES=1` reproduces a single-device run.
 
 The `netalchemy` command calls `use_cpu_cores()` before it touches JAX; library users call it
 right after `import jax` (JAX fixes its devices the first time it runs anything).
+
+Beyond one machine, `initialize_processes` joins a sweep over several processes through
+`jax.distributed` (CPU collectives over gloo): the mesh then spans every process's devices.
 """
 
 from __future__ import annotations
@@ -69,3 +72,22 @@ def use_cpu_cores(count: Optional[int] = None) -> Optional[int]:
                       f"({len(jax.devices('cpu'))}); call use_cpu_cores() before JAX runs anything", stacklevel=2)
         return None
     return count
+
+
+def initialize_processes(coordinator: str, processes: int, process_id: int) -> None:
+    """Joins `processes` processes into one JAX runtime (call before JAX runs anything).
+
+    Args:
+      coordinator: "host:port" of process 0, reachable from every process.
+      processes: how many processes take part.
+      process_id: this process's index in 0 … processes − 1.
+    """
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise DeviceError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+    if processes < 1 or not 0 <= process_id < processes:
+        raise DeviceError(f"need processes >= 1 and 0 <= process-id < processes, got {processes} and {process_id}")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=processes, process_id=process_id)

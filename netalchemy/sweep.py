@@ -7,6 +7,11 @@ each chunk trains `train.chunk_steps` steps at a time and is checkpointed with o
 each, so a sweep stopped at any point (Ctrl-C, `kill -9`) resumes where its last checkpoint
 left it and ends bit-identical to a sweep never interrupted.
 
+Several processes (hosts) can share one sweep: after `devices.initialize_processes` every
+process calls `run` with the same arguments and `out_dir` (a shared folder); the mesh spans
+all processes' devices, each run is computed once, results are gathered to every process and
+process 0 writes the files.
+
 Randomness streams not listed in `seeds.vary` are shared by all runs: their keys enter the
 vmapped program unbatched (in_axes None), so e.g. a shared data order is gathered once.
 
@@ -142,8 +147,8 @@ def _predict(states, x, *, cfg):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _flat(tree) -> dict[str, np.ndarray]:
-    return {f"{i:04d}": np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
+def _flat(tree) -> dict[str, Any]:
+    return {f"{i:04d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
 def _unflat(flat: dict[str, np.ndarray], like) -> Any:
@@ -179,6 +184,35 @@ class _Checkpoints:
 # ----------------------------------------------------------------------------- the sweep
 
 
+def _writer() -> bool:
+    """Process 0 writes the files; every process computes and gathers."""
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    """A barrier across processes (nothing to wait for in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _to_host(tree):
+    """numpy copies of global arrays, on every process (gathered across processes)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _put(x, sharding):
+    """device_put that also places typed PRNG keys on devices of other processes."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+
 def _mesh(n_runs: Optional[int] = None) -> Mesh:
     """The run axis over the local devices, never more of them than there are runs."""
     devices = jax.devices()
@@ -191,8 +225,8 @@ def _shard_runs(tree, mesh: Mesh, axes=None):
     """Puts arrays with a leading run axis on the run-sharded layout, the rest replicated."""
     run_sharded, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
     if axes is None:
-        return jax.device_put(tree, run_sharded)
-    return type(tree)(*(jax.device_put(t, run_sharded if a == 0 else replicated) for t, a in zip(tree, axes)))
+        return jax.tree.map(lambda t: _put(t, run_sharded), tree)
+    return type(tree)(*(_put(t, run_sharded if a == 0 else replicated) for t, a in zip(tree, axes)))
 
 
 def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: Path, in_features: int,
@@ -217,7 +251,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         states = _shard_runs(_unflat(tree["state"], states), mesh)
         history = {m: np.asarray(v) for m, v in tree["history"].items()}
     else:
-        first = jax.device_get(_evaluate(states, data, cfg=cfg))
+        first = _to_host(_evaluate(states, data, cfg=cfg))
         for m in METRICS:
             history[m][:, 0] = np.asarray(getattr(first, m), np.float64)
     if progress is not None:
@@ -225,7 +259,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     while done < intervals_total:
         n = min(per_chunk, intervals_total - done)
         states, metrics = _train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=n)
-        metrics = jax.device_get(metrics)
+        metrics = _to_host(metrics)
         for m in METRICS:
             history[m][:, 1 + done:1 + done + n] = np.asarray(getattr(metrics, m), np.float64)
         done += n
@@ -238,8 +272,8 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
             progress.set_postfix(loss=f"{np.mean(loss):.4f}" if loss.size else "all diverged",
                                  diverged=int((~alive).sum()))
     ckpt.close()
-    predictions = np.asarray(_predict(states, data.x_test, cfg=cfg))
-    final = jax.device_get(states)
+    predictions = np.asarray(_to_host(_predict(states, data.x_test, cfg=cfg)))
+    final = _to_host(states)
     return {**{f"history/{m}": v[:n_real] for m, v in history.items()},
             "test_predictions": predictions[:n_real],
             **{f"state/{k}": v[:n_real] for k, v in _flat(final).items()}}
@@ -297,13 +331,20 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
               "dataset": {"name": dataset.name, "n_train": n_train, "n_test": len(dataset.y_test),
                           "features": in_features, "classes": dataset.num_classes}}
     scratch = out_dir is None
+    if scratch and jax.process_count() > 1:
+        raise config_lib.ConfigError("a sweep over several processes needs out_dir, a folder they share")
     if scratch:
         import tempfile
         out_dir = Path(tempfile.mkdtemp(prefix="netalchemy-sweep-"))
     out_dir = Path(out_dir)
-    finished = _prepare_dir(out_dir, record)
+    if _writer():
+        finished = _prepare_dir(out_dir, record)
+    _sync("netalchemy-sweep-prepared")
+    if not _writer():
+        finished = _prepare_dir(out_dir, record)  # only reads: process 0 claimed the folder
     if not finished:
-        store.write_json(out_dir / "provenance.json", store.provenance())
+        if _writer():
+            store.write_json(out_dir / "provenance.json", store.provenance())
         mesh = _mesh(len(seeds))
         dtype = cfg.model.dtype
         data = jax.device_put(train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
@@ -317,19 +358,23 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
             path = out_dir / "chunks" / f"chunk-{c:04d}.npz"
             if path.exists():
                 continue
-            bar = tqdm(total=cfg.train.steps, unit="step", disable=not progress, leave=False,
+            bar = tqdm(total=cfg.train.steps, unit="step", disable=not (progress and _writer()), leave=False,
                        desc=f"seeds {sl.start + 1}-{sl.stop}/{len(seeds)}")
             with bar:
                 arrays = _train_chunk_of_runs(cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
                                               in_features=in_features, num_classes=dataset.num_classes,
                                               progress=bar if progress else None, mesh=mesh)
-            store.write_npz(path, arrays)
-            shutil.rmtree(out_dir / "checkpoints" / f"chunk-{c:04d}", ignore_errors=True)
-        parts = [store.read_npz(out_dir / "chunks" / f"chunk-{c:04d}.npz") for c in range(len(chunks))]
-        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        store.write_npz(out_dir / "history.npz", {**merged, "seeds": seeds, "lrs": run_lrs})
-        history = {m: merged[f"history/{m}"] for m in METRICS}
-        store.write_json(out_dir / "summary.json", summarize(history, run_lrs))
+            if _writer():
+                store.write_npz(path, arrays)
+                shutil.rmtree(out_dir / "checkpoints" / f"chunk-{c:04d}", ignore_errors=True)
+            _sync(f"netalchemy-sweep-chunk-{c}")
+        if _writer():
+            parts = [store.read_npz(out_dir / "chunks" / f"chunk-{c:04d}.npz") for c in range(len(chunks))]
+            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            store.write_npz(out_dir / "history.npz", {**merged, "seeds": seeds, "lrs": run_lrs})
+            history = {m: merged[f"history/{m}"] for m in METRICS}
+            store.write_json(out_dir / "summary.json", summarize(history, run_lrs))
+        _sync("netalchemy-sweep-written")
     result = load(out_dir, dataset=dataset)
     if scratch:
         shutil.rmtree(out_dir, ignore_errors=True)
