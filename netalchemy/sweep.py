@@ -354,6 +354,7 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
                                 n_train=n_train, n_test=len(dataset.y_test))
         size = runs_per_chunk(cfg, len(seeds), per_run, mesh.size)
         chunks = [slice(i, min(i + size, len(seeds))) for i in range(0, len(seeds), size)]
+        trained = {}  # chunk index -> arrays trained by this call (not read back from disk)
         for c, sl in enumerate(chunks):
             path = out_dir / "chunks" / f"chunk-{c:04d}.npz"
             if path.exists():
@@ -364,12 +365,14 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
                 arrays = _train_chunk_of_runs(cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
                                               in_features=in_features, num_classes=dataset.num_classes,
                                               progress=bar if progress else None, mesh=mesh)
+            trained[c] = arrays
             if _writer():
                 store.write_npz(path, arrays)
                 shutil.rmtree(out_dir / "checkpoints" / f"chunk-{c:04d}", ignore_errors=True)
             _sync(f"netalchemy-sweep-chunk-{c}")
         if _writer():
-            parts = [store.read_npz(out_dir / "chunks" / f"chunk-{c:04d}.npz") for c in range(len(chunks))]
+            parts = [trained[c] if c in trained else store.read_npz(out_dir / "chunks" / f"chunk-{c:04d}.npz")
+                     for c in range(len(chunks))]
             merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             store.write_npz(out_dir / "history.npz", {**merged, "seeds": seeds, "lrs": run_lrs})
             history = {m: merged[f"history/{m}"] for m in METRICS}
