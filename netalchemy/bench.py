@@ -20,7 +20,9 @@ gradients the same, the input gradients the same less the first layer's. Biases,
 softmax and the optimizer are left out, so GFLOP/s slightly understates the work done.
 
 Ways (`WAYS`), and exactly what one timed call covers:
-  engine         `sweep.run(cfg, out_dir=<fresh folder>, dataset=...)` as a user runs it:
+  engine         `sweep.run(cfg, out_dir=<fresh folder>, dataset=...)` as a user runs it, on
+                 the CPU devices the `netalchemy` command sets up (one per core, runs sharded
+                 over them; `engine_cpu_devices` overrides):
                  init, evaluation on the full train and test sets at step 0 and every
                  `eval_every` steps, divergence checks, shuffled epochs, an orbax checkpoint
                  every `chunk_steps` (default 1000), the chunk/history/summary files, the final
