@@ -1068,6 +1068,38 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: dict) -> str:
+    """The README's summary: seed-steps/s per way and seed count (one table per workload), the
+    machine, and the targets with their measured values."""
+    prov = results.get("provenance", {})
+    mm = results["matmul"]
+    lines = [f"{prov.get('cpu_count', '?')} CPUs, {prov.get('backend', '?')} backend, jax "
+             f"{prov.get('versions', {}).get('jax')}, torch {prov.get('torch') or 'absent'}; the machine's "
+             f"float32 {mm['size']}² matmul rate {_fmt(mm['machine_gflops'], '.1f')} GFLOP/s; "
+             f"medians of {results['settings']['repeats']} interleaved timed calls; "
+             f"{_fmt(results.get('wall_s'), '.0f')} s in all.", ""]
+    for name, w in results["workloads"].items():
+        cells = [c for c in results["cells"] if c["workload"] == name]
+        seeds = sorted({c["seeds"] for c in cells if c.get("seed_steps_per_s")})
+        if not seeds:
+            continue
+        lines += [f"| {name} ({'-'.join(map(str, w['widths']))}, batch {w['batch']}), seed-steps/s | "
+                  + " | ".join(f"{n} seed{'s' if n > 1 else ''}" for n in seeds) + " |",
+                  "|---|" + "---|" * len(seeds)]
+        for way in WAYS:
+            rates = [rate_at(results, name, way, n) if WAYS[way].vmapped or n == 1 else None for n in seeds]
+            if any(r is not None for r in rates):
+                lines.append(f"| {WAYS[way].label} | " + " | ".join(_fmt(r, ',.0f') for r in rates) + " |")
+        engine = [find_cell(results, name, "engine", n) for n in seeds]
+        lines.append("| engine: % of the matmul rate | " + " | ".join(
+            _fmt(100 * c["matmul_fraction"] if c and c.get("matmul_fraction") else None, ".1f") for c in engine) + " |")
+        lines.append("")
+    lines += ["| target | measured | where |", "|---|---|---|"]
+    for t in results["targets"]:
+        lines.append(f"| {t['target']} | {_fmt(t['value'], '.3g')} | {t['where'] or t['note']} |")
+    return "\n".join(lines)
+
+
 def plot_scaling(results: dict, path: Path) -> Path:
     """Seed-steps/s against seeds trained at once, log-log, one panel per workload."""
     from netalchemy import plots
@@ -1118,13 +1150,15 @@ def plot_scaling(results: dict, path: Path) -> Path:
 
 
 def write_results(results: dict, out_dir: Path) -> dict[str, Path]:
-    """Writes bench.json, table.txt and scaling.png into `out_dir`; returns their paths."""
+    """Writes bench.json, table.txt, summary.md and scaling.png into `out_dir`; returns their paths."""
     from netalchemy import store
 
     out_dir = store.ensure_writable(Path(out_dir))
-    paths = {"json": out_dir / "bench.json", "table": out_dir / "table.txt", "plot": out_dir / "scaling.png"}
+    paths = {"json": out_dir / "bench.json", "table": out_dir / "table.txt", "markdown": out_dir / "summary.md",
+             "plot": out_dir / "scaling.png"}
     store.write_json(paths["json"], results)
     paths["table"].write_text(format_table(results) + "\n")
+    paths["markdown"].write_text(format_markdown(results) + "\n")
     plot_scaling(results, paths["plot"])
     return paths
 

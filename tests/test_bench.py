@@ -180,6 +180,10 @@ def test_ratios_and_targets_come_from_the_cells():
     for way in ("engine", "jax_ref", "torch_eager", "torch_func"):
         assert f" {way} " in table
     assert "W1      32" in table  # the ratio row of W1 at 32 seeds
+    md = bench.format_markdown({**results, "settings": {"repeats": 3}})
+    assert "| netalchemy sweep.run | 2,000 | 40,000 | 90,000 |" in md  # rows are ways, columns seed counts
+    assert "| PyTorch eager | 1,000 | — | — |" in md  # one-seed ways fill the 1-seed column only
+    assert "| W1 @256 seeds: engine ÷ torch.func ensemble | 3 | W1 @256 seeds |" in md
 
 
 def test_missing_targets_are_rows_that_say_not_measured():
@@ -251,5 +255,6 @@ def test_tiny_profile_end_to_end(tmp_path):
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
     table = (tmp_path / "table.txt").read_text()
     assert table.strip() == bench.format_table(results).strip()
+    assert (tmp_path / "summary.md").read_text().strip() == bench.format_markdown(results).strip()
     for name, *_ in bench.TARGETS:
         assert name in table
