@@ -87,6 +87,15 @@ def ledger(entries) -> list[dict]:
     return rows
 
 
+def compact_ledger(rows) -> str:
+    """The ledger as a short markdown table (claim, verdict, value, CI, experiment) for a README."""
+    lines = ["| claim | verdict | value | 95% CI | experiment |", "|---|---|---|---|---|"]
+    for r in rows:
+        value = f"{_fmt(r['value'])} {r['unit']}".strip()
+        lines.append(f"| {r['claim']} | {r['verdict']} | {value} | {_ci(r)} | {r['experiment'] or '—'} |")
+    return "\n".join(lines)
+
+
 def write_report(folder: Path, profile: str, entries, seconds: float) -> None:
     rows = ledger(entries)
     prov = store.provenance()
@@ -119,6 +128,7 @@ def write_report(folder: Path, profile: str, entries, seconds: float) -> None:
            "- Versions: " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
            f"- Git commit: {prov['git_commit']}", f"- Written: {prov['created']}", ""]
     text = "\n".join(md)
+    (folder / "ledger.md").write_text(compact_ledger(rows) + "\n")
     tmp = folder / ".report.md.tmp"
     tmp.write_text(text)
     tmp.replace(folder / "report.md")

@@ -18,6 +18,8 @@ def test_tiny_audit_writes_ledger_and_self_contained_html(tmp_path):
     assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
     assert "for this command" in report and "jax" in report
     assert report.count("Computed in ") == 2 and " on 1 cpu device, " in report
+    compact = (folder / "ledger.md").read_text()
+    assert compact.count("\n| ") == len(audit.CLAIMS) and "| M7 | not measured | — | — | — |" in compact
     # A second audit reuses the stored verdicts instead of recomputing them.
     before = (folder / "gradcheck" / "tiny" / "results.json").stat().st_mtime
     audit.run_audit("tiny", root=tmp_path, names=("gradcheck",), log=lambda _: None)
