@@ -337,11 +337,17 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
         import tempfile
         out_dir = Path(tempfile.mkdtemp(prefix="netalchemy-sweep-"))
     out_dir = Path(out_dir)
+    refused = None
     if _writer():
-        finished = _prepare_dir(out_dir, record)
+        try:
+            finished = _prepare_dir(out_dir, record)
+        except store.StoreError as e:  # raised after the barrier, so no process waits on this one
+            refused = e
     _sync("netalchemy-sweep-prepared")
+    if refused is not None:
+        raise refused
     if not _writer():
-        finished = _prepare_dir(out_dir, record)  # only reads: process 0 claimed the folder
+        finished = _prepare_dir(out_dir, record)  # reads what process 0 wrote, or refuses the same way
     if not finished:
         if _writer():
             store.write_json(out_dir / "provenance.json", store.provenance())

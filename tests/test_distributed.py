@@ -47,3 +47,15 @@ def test_a_bad_coordinator_is_a_one_line_error(tmp_path):
     proc = train(tmp_path, "--coordinator", "nohostport", "--processes", "2")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.strip() == "netalchemy: error: --coordinator must be HOST:PORT, got 'nohostport'"
+
+
+def test_an_unusable_folder_stops_every_process_with_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    port = free_port()
+    procs = [train(blocker, "--coordinator", f"localhost:{port}", "--processes", "2", "--process-id", str(i))
+             for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]  # neither waits forever for the other
+    assert [p.returncode for p in procs] == [2, 2], outs
+    for _, err in outs:
+        assert err.strip().splitlines()[-1].startswith("netalchemy: error: ")
