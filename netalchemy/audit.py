@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import jax
+
 from netalchemy import experiment, store
 
 # The claims of ../shared/CLAIMS.md, in its words (abridged).
@@ -67,6 +69,10 @@ def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Seque
         entries.append((name, out_dir, record))
         log(f"[audit] {name}: {', '.join(v['claim'] + ' ' + v['verdict'] for v in record['verdicts'])} "
             f"({time.perf_counter() - t0:.0f} s)")
+        # Drop the experiment's compiled programs: XLA's CPU code lives in memory mappings, and
+        # thousands of them (gradcheck compiles one program per shape) once exhausted the
+        # kernel's 65 530 mappings per process later in a full audit.
+        jax.clear_caches()
     seconds = time.perf_counter() - started
     write_report(folder, profile, entries, seconds)
     return folder

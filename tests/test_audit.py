@@ -3,8 +3,11 @@
 from netalchemy import audit
 
 
-def test_tiny_audit_writes_ledger_and_self_contained_html(tmp_path):
+def test_tiny_audit_writes_ledger_and_self_contained_html(tmp_path, monkeypatch):
+    cleared = []
+    monkeypatch.setattr(audit.jax, "clear_caches", lambda: cleared.append(1))
     folder = audit.run_audit("tiny", root=tmp_path, names=("gradcheck", "stages"), log=lambda _: None)
+    assert len(cleared) == 2  # compiled programs dropped after each experiment
     report = (folder / "report.md").read_text()
     for claim in audit.CLAIMS:
         assert f"| {claim} |" in report
