@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -103,6 +103,19 @@ def ensure_writable(folder: Path) -> Path:
 PACKAGES = ("jax", "jaxlib", "optax", "flax", "orbax-checkpoint", "tensorflow-datasets", "numpy", "scipy")
 
 
+def _git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# The commit of the code this process imported: read once, so that a long run records the code
+# it ran even if the checkout moves on meanwhile.
+LOADED_COMMIT = _git_commit()
+
+
 def provenance() -> dict[str, Any]:
     """Package versions, platform, devices and git commit: recorded with every result."""
     import jax
@@ -113,11 +126,6 @@ def provenance() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
         "versions": versions,
         "python": platform.python_version(),
@@ -125,6 +133,6 @@ def provenance() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(),
-        "git_commit": commit,
+        "git_commit": LOADED_COMMIT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
