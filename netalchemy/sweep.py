@@ -214,7 +214,7 @@ def _put(x, sharding):
 
 
 def _mesh(n_runs: Optional[int] = None) -> Mesh:
-    """The run axis over the local devices, never more of them than there are runs."""
+    """The run axis over every process's devices, never more of them than there are runs."""
     devices = jax.devices()
     if n_runs is not None:
         devices = devices[:max(1, min(len(devices), n_runs))]
