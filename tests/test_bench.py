@@ -129,7 +129,6 @@ def _synthetic_results(rates: dict) -> dict:
     """Results holding one cell per (workload, way, seeds) -> seed-steps/s in `rates`."""
     cells = []
     for (workload, way, seeds), rate in rates.items():
-        w = bench.WORKLOADS[workload]
         cell = {"workload": workload, "way": way, "seeds": seeds, "steps": 100, "status": "ok", "reason": "",
                 "times_s": [seeds * 100 / rate] * 3, "cpu_s": [1.0] * 3, "first_call_s": 5.0,
                 "peak_rss_bytes": 2**29, "rss_after_import_bytes": 2**28, "engine_estimate_bytes": 2**20,
