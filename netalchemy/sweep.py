@@ -123,24 +123,42 @@ def runs_per_chunk(cfg: Config, n_runs: int, per_run: int, n_devices: int) -> in
 
 
 @partial(jax.jit, static_argnames=("cfg", "axes", "in_features", "num_classes"))
-def _init(streams, lrs, *, cfg, axes, in_features, num_classes):
+def init_states(streams: train.Streams, lrs: jax.Array, *, cfg: Config, axes: train.Streams, in_features: int,
+                num_classes: int) -> train.TrainState:
+    """Initial train states of a batch of runs (every leaf gains a leading (runs,) axis).
+
+    Args:
+      streams: keys per stream, (runs,) for streams whose axis is 0 in `axes`, one key otherwise.
+      lrs: (runs,) learning rates.
+      axes: `stream_axes(cfg)`, the vmap in_axes of each stream.
+    """
     init = partial(train.init_state, cfg=cfg, in_features=in_features, num_classes=num_classes)
     return jax.vmap(init, in_axes=(axes, 0))(streams, lrs)
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def _evaluate(states, data, *, cfg):
+def evaluate_states(states: train.TrainState, data: train.Data, *, cfg: Config) -> train.Metrics:
+    """`train.evaluate` of every run: Metrics with (runs,) fields (batch loss and gradient norm NaN)."""
     return jax.vmap(lambda s: train.evaluate(s, data, cfg=cfg))(states)
 
 
 @partial(jax.jit, static_argnames=("cfg", "axes", "intervals"), donate_argnums=(0,))
-def _train_chunk(states, streams, data, lrs, *, cfg, axes, intervals):
+def train_chunk(states: train.TrainState, streams: train.Streams, data: train.Data, lrs: jax.Array, *,
+                cfg: Config, axes: train.Streams, intervals: int) -> tuple[train.TrainState, train.Metrics]:
+    """The engine's compiled program: `intervals` evaluation intervals of every run, vmapped.
+
+    Each interval is `cfg.train.eval_every` steps. `states` is donated (its buffers are reused).
+
+    Returns:
+      (states after the intervals, Metrics with (runs, intervals) fields).
+    """
     run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals)
     return jax.vmap(lambda st, s, lr: run(st, s, lr=lr), in_axes=(0, axes, 0))(states, streams, lrs)
 
 
 @partial(jax.jit, static_argnames=("cfg",))
-def _predict(states, x, *, cfg):
+def predict_states(states: train.TrainState, x: jax.Array, *, cfg: Config) -> jax.Array:
+    """Predicted classes (runs, batch) int32 of every run on `x` (batch, features), evaluation mode."""
     return jax.vmap(lambda s: train.predict(s.params, s.bn_state, x, cfg=cfg))(states)
 
 
@@ -213,16 +231,22 @@ def _put(x, sharding):
     return jax.device_put(x, sharding)
 
 
-def _mesh(n_runs: Optional[int] = None) -> Mesh:
-    """The run axis over every process's devices, never more of them than there are runs."""
+def device_mesh(n_runs: Optional[int] = None) -> Mesh:
+    """A 1-D Mesh with axis "runs" over every process's devices, never more of them than `n_runs`."""
     devices = jax.devices()
     if n_runs is not None:
         devices = devices[:max(1, min(len(devices), n_runs))]
     return Mesh(np.array(devices), ("runs",))
 
 
-def _shard_runs(tree, mesh: Mesh, axes=None):
-    """Puts arrays with a leading run axis on the run-sharded layout, the rest replicated."""
+def shard_runs(tree: Any, mesh: Mesh, axes: Optional[Sequence[Optional[int]]] = None) -> Any:
+    """Places a pytree on `mesh`: leaves with a leading (runs,) axis sharded over "runs".
+
+    Args:
+      tree: arrays (or typed PRNG keys) whose leading axis is the run axis.
+      axes: for a NamedTuple such as `train.Streams`, per field 0 (sharded) or None
+        (replicated: one value shared by every run); None shards every leaf.
+    """
     run_sharded, replicated = NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec())
     if axes is None:
         return jax.tree.map(lambda t: _put(t, run_sharded), tree)
@@ -236,9 +260,9 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     pad = (-n_real) % mesh.size
     seeds_p, lrs_p = np.concatenate([seeds, np.repeat(seeds[-1:], pad)]), np.concatenate([lrs, np.repeat(lrs[-1:], pad)])
     axes = stream_axes(cfg)
-    streams = _shard_runs(run_streams(cfg, seeds_p), mesh, axes)
-    lr_arr = _shard_runs(jnp.asarray(lrs_p, cfg.model.dtype), mesh)
-    states = _init(streams, lr_arr, cfg=cfg, axes=axes, in_features=in_features, num_classes=num_classes)
+    streams = shard_runs(run_streams(cfg, seeds_p), mesh, axes)
+    lr_arr = shard_runs(jnp.asarray(lrs_p, cfg.model.dtype), mesh)
+    states = init_states(streams, lr_arr, cfg=cfg, axes=axes, in_features=in_features, num_classes=num_classes)
     intervals_total = cfg.train.steps // cfg.train.eval_every
     per_chunk = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
     history = {m: np.full((len(seeds_p), intervals_total + 1), np.nan) for m in METRICS}
@@ -248,17 +272,17 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     restored = ckpt.restore({"state": _flat(states), "history": history})
     if restored is not None:
         done, tree = restored
-        states = _shard_runs(_unflat(tree["state"], states), mesh)
+        states = shard_runs(_unflat(tree["state"], states), mesh)
         history = {m: np.asarray(v) for m, v in tree["history"].items()}
     else:
-        first = _to_host(_evaluate(states, data, cfg=cfg))
+        first = _to_host(evaluate_states(states, data, cfg=cfg))
         for m in METRICS:
             history[m][:, 0] = np.asarray(getattr(first, m), np.float64)
     if progress is not None:
         progress.update(done * cfg.train.eval_every)
     while done < intervals_total:
         n = min(per_chunk, intervals_total - done)
-        states, metrics = _train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=n)
+        states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=n)
         metrics = _to_host(metrics)
         for m in METRICS:
             history[m][:, 1 + done:1 + done + n] = np.asarray(getattr(metrics, m), np.float64)
@@ -272,7 +296,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
             progress.set_postfix(loss=f"{np.mean(loss):.4f}" if loss.size else "all diverged",
                                  diverged=int((~alive).sum()))
     ckpt.close()
-    predictions = np.asarray(_to_host(_predict(states, data.x_test, cfg=cfg)))
+    predictions = np.asarray(_to_host(predict_states(states, data.x_test, cfg=cfg)))
     final = _to_host(states)
     return {**{f"history/{m}": v[:n_real] for m, v in history.items()},
             "test_predictions": predictions[:n_real],
@@ -351,7 +375,7 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
     if not finished:
         if _writer():
             store.write_json(out_dir / "provenance.json", store.provenance())
-        mesh = _mesh(len(seeds))
+        mesh = device_mesh(len(seeds))
         dtype = cfg.model.dtype
         data = jax.device_put(train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
                                          jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test, jnp.int32)),

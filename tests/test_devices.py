@@ -53,6 +53,6 @@ def test_after_jax_has_run_the_devices_stay_and_a_warning_says_so():
 
 def test_a_sweep_never_spreads_over_more_devices_than_runs():
     code = ("from netalchemy import devices; devices.use_cpu_cores(4)\n"
-            "from netalchemy import sweep; print(sweep._mesh(1).size, sweep._mesh(3).size, sweep._mesh(9).size)")
+            "from netalchemy import sweep; print(sweep.device_mesh(1).size, sweep.device_mesh(3).size, sweep.device_mesh(9).size)")
     assert python(code).stdout.split() == ["1", "3", "4"]
-    assert sweep._mesh(5).size <= 5
+    assert sweep.device_mesh(5).size <= 5
