@@ -2,7 +2,10 @@
 
 A `Config` is a tree of frozen dataclasses. `override(cfg, ["optim.lr=3e-3"])` returns
 a new config; unknown keys and bad values raise `ConfigError` with a one-line message.
-Nothing is ever `exec`-ed: values are parsed by the field's declared type.
+Nothing is ever `exec`-ed: values are parsed by the field's declared type, a mistyped
+key or choice gets a "did you mean" suggestion, and counts must be integers in
+[1, 2**31 − 1] (JAX counts steps and seeds in int32). `CHOICES` lists the allowed values
+of every choice key: the one table that validation, suggestions and `--help` read.
 `config_hash(cfg)` is a stable short hash of the resolved config (used to name runs and
 to refuse overwriting a finished run with a different config).
 """
@@ -10,9 +13,11 @@ to refuse overwriting a finished run with a different config).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,12 +31,60 @@ class ConfigError(ValueError):
 RANDOMNESS_STREAMS = ("init", "data", "dropout")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+ACTIVATIONS = ("relu", "linear")
+INITS = ("he", "lecun")
+DTYPES = ("float32", "float64")
+SAMPLINGS = ("shuffle", "replace")
+GRADS = ("autodiff", "hand")
+
+# The allowed values of every choice key (for `seeds.vary`, of each listed stream).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.activation": ACTIVATIONS,
+    "model.init": INITS,
+    "model.dtype": DTYPES,
+    "optim.name": OPTIMIZERS,
+    "optim.schedule": SCHEDULES,
+    "train.sampling": SAMPLINGS,
+    "train.grad": GRADS,
+    "seeds.vary": RANDOMNESS_STREAMS,
+}
+
+MAX_INT = 2**31 - 1  # the largest int32: steps, widths and seeds are int32 inside JAX programs
 
 
 def check(condition: bool, message: str) -> None:
     """Raises `ConfigError(message)` unless `condition`: validation for any settings dataclass."""
     if not condition:
         raise ConfigError(message)
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """" (did you mean 'x'?)" for the option closest to `word` (difflib), or "" if none is close."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(key: str, value: Any) -> None:
+    """Raises `ConfigError` unless `value` is one of `CHOICES[key]`."""
+    options = CHOICES[key]
+    check(value in options, f"{key} must be one of {', '.join(options)}, got {value!r}{did_you_mean(value, options)}")
+
+
+def check_int(key: str, value: Any, low: int = 1, high: int = MAX_INT) -> None:
+    """Raises `ConfigError` unless `value` is an integer (not a bool) in [low, high]."""
+    check(isinstance(value, numbers.Integral) and not isinstance(value, bool),
+          f"{key} must be an integer, got {value!r}")
+    check(low <= value <= high, f"{key} must be in [{low}, {high}], got {_short(value)}")
+
+
+def _short(value: int) -> str:
+    """An integer for a one-line message: 1e+99, not a hundred digits."""
+    if abs(value) < 10**15:
+        return str(value)
+    try:
+        return f"{float(value):.3g}"
+    except OverflowError:
+        return f"a {len(str(abs(value)))}-digit number"
 
 
 @dataclass(frozen=True)
@@ -48,13 +101,14 @@ class ModelConfig:
     dtype: str = "float32"  # "float32" or "float64" (needs jax_enable_x64)
 
     def __post_init__(self) -> None:
-        check(all(h >= 1 for h in self.hidden), "model.hidden: every width must be >= 1")
-        check(self.activation in ("relu", "linear"), "model.activation must be relu or linear")
+        for width in self.hidden:
+            check_int("model.hidden width", width)
+        check_choice("model.activation", self.activation)
         check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         check(0.0 <= self.bn_momentum < 1.0, "model.bn_momentum must be in [0, 1)")
         check(self.bn_eps > 0, "model.bn_eps must be > 0")
-        check(self.init in ("he", "lecun"), "model.init must be he or lecun")
-        check(self.dtype in ("float32", "float64"), "model.dtype must be float32 or float64")
+        check_choice("model.init", self.init)
+        check_choice("model.dtype", self.dtype)
 
 
 @dataclass(frozen=True)
@@ -74,10 +128,10 @@ class OptimConfig:
     clip_norm: float = 0.0  # 0 disables global-norm clipping
 
     def __post_init__(self) -> None:
-        check(self.name in OPTIMIZERS, f"optim.name must be one of {', '.join(OPTIMIZERS)}")
+        check_choice("optim.name", self.name)
         check(self.lr > 0 and math.isfinite(self.lr), "optim.lr must be a positive number")
-        check(self.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}")
-        check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        check_choice("optim.schedule", self.schedule)
+        check_int("optim.warmup_steps", self.warmup_steps, low=0)
         check(self.clip_norm >= 0, "optim.clip_norm must be >= 0")
         check(0 <= self.momentum < 1, "optim.momentum must be in [0, 1)")
 
@@ -97,16 +151,15 @@ class TrainConfig:
     memory_budget_gb: float = 4.0  # seeds are run in chunks that fit this budget
 
     def __post_init__(self) -> None:
-        check(self.steps >= 1, "train.steps must be >= 1")
-        check(self.batch_size >= 1, "train.batch_size must be >= 1")
-        check(self.sampling in ("shuffle", "replace"), "train.sampling must be shuffle or replace")
-        check(self.eval_every >= 1, "train.eval_every must be >= 1")
+        check_int("train.steps", self.steps)
+        check_int("train.batch_size", self.batch_size)
+        check_choice("train.sampling", self.sampling)
+        check_int("train.eval_every", self.eval_every)  # need not divide steps: the last evaluation is at the end
         check(self.l1 >= 0 and self.l2 >= 0, "train.l1 and train.l2 must be >= 0")
-        check(self.grad in ("autodiff", "hand"), "train.grad must be autodiff or hand")
-        check(self.chunk_steps >= 1, "train.chunk_steps must be >= 1")
-        check(self.steps % self.eval_every == 0,
-               f"train.steps ({self.steps}) must be a multiple of train.eval_every ({self.eval_every})")
-        check(self.memory_budget_gb > 0, "train.memory_budget_gb must be > 0")
+        check_choice("train.grad", self.grad)
+        check_int("train.chunk_steps", self.chunk_steps)
+        check(self.memory_budget_gb > 0 and math.isfinite(self.memory_budget_gb),
+              "train.memory_budget_gb must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -124,10 +177,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.name), "data.name must not be empty")
-        check(self.train_size >= 0, "data.train_size must be >= 0")
+        check_int("data.train_size", self.train_size, low=0)
         check(0.0 <= self.label_noise <= 1.0, "data.label_noise must be in [0, 1]")
-        check(self.image_size >= 1, "data.image_size must be >= 1")
+        check_int("data.image_size", self.image_size, high=2**16)
         check(0.0 < self.holdout_fraction < 1.0, "data.holdout_fraction must be in (0, 1)")
+        check_int("data.seed", self.seed, low=0)
 
 
 @dataclass(frozen=True)
@@ -139,11 +193,11 @@ class SeedsConfig:
     vary: tuple[str, ...] = RANDOMNESS_STREAMS  # streams not listed are shared by all seeds
 
     def __post_init__(self) -> None:
-        check(self.n >= 1, "seeds.n must be >= 1")
-        check(self.start >= 0, "seeds.start must be >= 0")
-        bad = [s for s in self.vary if s not in RANDOMNESS_STREAMS]
-        check(not bad, f"seeds.vary: unknown stream {bad[0] if bad else ''!r}; "
-               f"choose from {', '.join(RANDOMNESS_STREAMS)}")
+        check_int("seeds.n", self.n)
+        check_int("seeds.start", self.start, low=0, high=MAX_INT - self.n + 1)  # the last seed fits int32 too
+        for stream in self.vary:
+            check(stream in RANDOMNESS_STREAMS, f"seeds.vary: unknown stream {stream!r}; choose from "
+                  f"{', '.join(RANDOMNESS_STREAMS)}{did_you_mean(stream, RANDOMNESS_STREAMS)}")
 
 
 @dataclass(frozen=True)
@@ -179,7 +233,10 @@ def _parse(text: str, annotation: Any, key: str) -> Any:
                 return False
             raise ValueError
         if annotation is int:
-            value = float(text)
+            try:
+                return int(text)
+            except ValueError:  # 1e3 or 1.5: read as a number, kept only if it is a whole one
+                value = float(text)
             if not value.is_integer():
                 raise ValueError
             return int(value)
@@ -224,13 +281,15 @@ def override(cfg: Any, assignments: Sequence[str]) -> Any:
     return _apply(cfg, tree)
 
 
-def _apply(node: Any, tree: dict[str, Any]) -> Any:
+def _apply(node: Any, tree: dict[str, Any], prefix: str = "", root: Any = None) -> Any:
+    root = node if root is None else root
     names = [f.name for f in dataclasses.fields(node)]
     changes = {}
     for name, sub in tree.items():
-        key = sub[0] if isinstance(sub, tuple) else name
+        key = sub[0] if isinstance(sub, tuple) else _first_key(sub)
         if name not in names:
-            raise ConfigError(f"unknown config key {key!r}: {name!r} is not one of {', '.join(names)}")
+            raise ConfigError(f"unknown config key {key!r}: {name!r} is not one of {', '.join(names)}"
+                              f"{_suggest_key(key, root)}")
         current = getattr(node, name)
         if isinstance(sub, tuple):
             if dataclasses.is_dataclass(current):
@@ -239,9 +298,29 @@ def _apply(node: Any, tree: dict[str, Any]) -> Any:
             changes[name] = _parse(sub[1], _field_types(type(node))[name], key)
         else:
             if not dataclasses.is_dataclass(current):
-                raise ConfigError(f"unknown config key: {name!r} has no fields")
-            changes[name] = _apply(current, sub)
+                raise ConfigError(f"unknown config key {key!r}: {prefix + name} is a value, not a section")
+            changes[name] = _apply(current, sub, f"{prefix}{name}.", root)
     return dataclasses.replace(node, **changes)
+
+
+def _first_key(tree: dict[str, Any]) -> str:
+    """The first full key assigned under a section of the override tree."""
+    sub = next(iter(tree.values()))
+    return sub[0] if isinstance(sub, tuple) else _first_key(sub)
+
+
+def _suggest_key(key: str, root: Any) -> str:
+    """A "did you mean" for a mistyped key: the closest full key, else the key whose last part
+    matches (`lr` → `optim.lr`)."""
+    keys = list(all_keys(root))
+    hint = did_you_mean(key, keys)
+    if hint:
+        return hint
+    by_leaf = {}
+    for k in keys:
+        by_leaf.setdefault(k.rsplit(".", 1)[-1], k)
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1)
+    return f" (did you mean {by_leaf[close[0]]!r}?)" if close else ""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -249,20 +328,45 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def from_dict(data: dict[str, Any], cls: type = Config) -> Any:
-    """Inverse of `to_dict`; unknown keys raise `ConfigError`."""
+def from_dict(data: dict[str, Any], cls: type = Config, prefix: str = "") -> Any:
+    """Inverse of `to_dict`; unknown keys and values of the wrong type raise `ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__} must be a mapping, got {type(data).__name__}")
     types_ = _field_types(cls)
     kwargs = {}
     for name, value in data.items():
         if name not in types_:
-            raise ConfigError(f"unknown config key {name!r} in {cls.__name__}")
+            raise ConfigError(f"unknown config key {prefix + name!r} in {cls.__name__}")
         annotation = types_[name]
         if dataclasses.is_dataclass(annotation):
-            value = from_dict(value, annotation)
-        elif typing.get_origin(annotation) is tuple:
-            value = tuple(value)
+            value = from_dict(value, annotation, f"{prefix}{name}.")
+        else:
+            value = _typed(value, annotation, prefix + name)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a value of a type the field's own checks cannot compare
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _typed(value: Any, annotation: Any, key: str) -> Any:
+    """`value` (read from JSON) checked against the field's type; lists become tuples."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        return tuple(_typed(v, item_type, key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        return _typed(value, next(a for a in typing.get_args(annotation) if a is not type(None)), key)
+    expected = {bool: (bool,), int: (numbers.Integral,), float: (numbers.Real,), str: (str,)}.get(annotation)
+    if expected is None:
+        return value
+    if not isinstance(value, expected) or (annotation is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {annotation.__name__}, got {type(value).__name__} {value!r:.40}")
+    return value
 
 
 def config_hash(cfg: Any) -> str:
