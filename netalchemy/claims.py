@@ -141,10 +141,10 @@ def _parse_source(key: str, table: Any) -> Source:
 
 
 def _parse_claim(index: int, table: Any, sources: dict[str, Source]) -> Claim:
-    where = f"claim #{index + 1}"
+    named = isinstance(table, dict) and isinstance(table.get("id"), str) and table["id"].strip()
+    where = f"claim {table['id'].strip()}" if named else f"claim #{index + 1}"
     _check_keys(table, {f.name for f in Claim.__dataclass_fields__.values()}, where)
     ident = _text(table, "id", where)
-    where = f"claim {ident}"
     match = _ID.fullmatch(ident)
     if match is None:
         raise ClaimsError(f"{where}: id must be a prefix and a number, e.g. 'M1'")
@@ -187,6 +187,9 @@ def _parse(raw: dict) -> ClaimsDocument:
     if not isinstance(sources_raw, dict) or not sources_raw:
         raise ClaimsError("no [sources.<name>] tables")
     sources = {key: _parse_source(key, table) for key, table in sources_raw.items()}
+    prefixes = [s.prefix for s in sources.values()]
+    if len(set(prefixes)) < len(prefixes):
+        raise ClaimsError(f"two sources share an id prefix: {', '.join(prefixes)}")
     claims = [_parse_claim(i, t, sources) for i, t in enumerate(_list_of_tables(raw, "claim"))]
     if not claims:
         raise ClaimsError("no [[claim]] entries")
