@@ -1,6 +1,7 @@
 """The claims file (experiments/claims.toml): complete, consistent with the experiments'
 CLAIMS tuples, quoting the Russian originals; a damaged file is a one-line ClaimsError."""
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -134,3 +135,29 @@ def test_missing_and_undecodable_files(tmp_path):
     path.write_bytes('title = "é"'.encode("latin-1"))
     with pytest.raises(claims.ClaimsError, match="latin1.toml: 'utf-8' codec"):
         claims.load(path)
+
+
+def _normalised(text: str) -> str:
+    """Text compared as the claims file quotes it: line-end hyphenation undone, footnote
+    markers (digits glued to a word) dropped, whitespace ignored."""
+    text = re.sub(r"-\n\s*", "", text)
+    text = re.sub(r"(?<=[^\W\d_])\d+(?=[\s,.;:])", "", text)
+    return re.sub(r"\s+", "", text)
+
+
+def test_normalisation_of_the_originals():
+    assert _normalised("эффек-\nтивность,   батч-нормализация8, увеличивает") == \
+        _normalised("эффективность, батч-нормализация, увеличивает")
+    assert _normalised("Куртов, 2019: 120") == "Куртов,2019:120"  # citations keep their digits
+
+
+@pytest.mark.skipif(not os.environ.get("NETALCHEMY_SEEDS"),
+                    reason="set NETALCHEMY_SEEDS to the folder holding the original texts")
+def test_quotes_occur_verbatim_in_the_originals():
+    folder = Path(os.environ["NETALCHEMY_SEEDS"])
+    doc = claims.load_document()
+    texts = {key: _normalised((folder / source.file).read_text(encoding="utf-8"))
+             for key, source in doc.sources.items()}
+    for claim in doc.claims.values():
+        for part in claim.quote.split("[…]"):
+            assert _normalised(part) in texts[claim.source], (claim.id, part)
