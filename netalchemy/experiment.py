@@ -45,6 +45,8 @@ class Verdict:
     rule: str  # the rule in code that produced the verdict, in words
     figure: Optional[str] = None  # path relative to the experiment's folder
     unit: str = ""
+    flip_point: Optional[float] = None  # the threshold value at which the verdict would change
+    flip_text: str = ""  # e.g. "supported; flips at 0.62" (see verdicts.Rule.flip_text)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

@@ -1,27 +1,34 @@
-"""Statistics over seeds: bootstrap CIs, IQM, probability of improvement, churn,
+"""Statistics over seeds: bootstrap CIs, proportions, IQM, probability of improvement, churn,
 variance shares, linear CKA, log-log slopes, and a JSON-safe per-seed summary.
 
-Pure numpy/scipy functions; nothing here knows about training. Conventions:
+Pure numpy/scipy functions; nothing here knows about training. The intervals come from
+libraries: bootstrap CIs from ``scipy.stats.bootstrap`` (BCa), proportions from
+``scipy.stats.binomtest(...).proportion_ci`` (Wilson score). Hand-written here is only what
+no library does (churn, linear CKA, variance shares), each tested against an independent
+computation. Conventions:
 
 - Per-seed values live on the **last axis** (or form a 1-D array).
 - Non-finite values (NaN, ±inf) mark diverged seeds: the CI and summary functions drop
   them and report how many were finite, so divergence is counted, never averaged in.
 - All randomness comes from ``np.random.default_rng(seed)``: equal seed, equal answer.
 - Results meant for disk are JSON-safe: plain ``float``/``int``, with NaN written as
-  ``None`` (``json.dumps`` would otherwise emit the non-standard token ``NaN``).
+  ``None`` (``json.dumps`` would otherwise emit the non-standard token ``NaN``);
+  :func:`finite_or_none` is the one converter for single numbers.
 
 References
 ----------
-Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 13 (percentile CI).
+Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 14 (BCa intervals).
+Wilson (1927), *Probable inference, the law of succession, and statistical inference*.
 Agarwal et al. (2021), *Deep RL at the Edge of the Statistical Precipice* (IQM,
-probability of improvement; the ``rliable`` library).
+probability of improvement; the ``rliable`` library, whose definitions are matched here).
 Kornblith et al. (2019), *Similarity of Neural Network Representations Revisited* (CKA).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+import warnings
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 import scipy.stats
@@ -32,23 +39,34 @@ __all__ = [
     "LogLogFit",
     "bootstrap_ci",
     "churn",
+    "finite_or_none",
+    "fraction_ci",
     "grid_variance_shares",
     "iqm",
     "linear_cka",
     "mean_pairwise_churn",
+    "paired_bootstrap_ci",
     "probability_of_improvement",
     "probability_of_improvement_ci",
-    "share_explained",
+    "proportion_ci",
     "slope_loglog",
     "summarize",
     "variance_decomposition",
 ]
 
-# Upper bound on the number of elements in one resampled block; keeps memory ~32 MiB.
+# Upper bound on the number of elements in one block of churn comparisons (~32 MiB).
 _CHUNK_ELEMENTS = 1 << 22
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def finite_or_none(x: Any) -> Optional[float]:
+    """``x`` as a plain float, or None when it is missing or not finite (NaN, ±inf)."""
+    if x is None:
+        return None
+    value = float(x)
+    return value if math.isfinite(value) else None
 
 
 def _json_value(x: Any) -> Any:
@@ -62,7 +80,7 @@ def _json_value(x: Any) -> Any:
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
+        return finite_or_none(x)
     return x
 
 
@@ -77,18 +95,6 @@ def _check_confidence(confidence: float, n_resamples: int) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-
-
-def _percentile_interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
-    alpha = 1.0 - confidence
-    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return float(low), float(high)
-
-
-def _chunks(n_resamples: int, width: int) -> list[int]:
-    """Sizes of resample blocks so that one block holds <= _CHUNK_ELEMENTS numbers."""
-    size = max(1, _CHUNK_ELEMENTS // max(width, 1))
-    return [min(size, n_resamples - start) for start in range(0, n_resamples, size)]
 
 
 # ------------------------------------------------------------------------- bootstrap
@@ -113,26 +119,36 @@ class CI(NamedTuple):
         return {k: _json_value(v) for k, v in self._asdict().items()}
 
 
-def _bootstrap_1d(
-    x: np.ndarray,
-    statistic: Callable[..., Any],
-    confidence: float,
-    n_resamples: int,
-    rng: np.random.Generator,
-) -> tuple[float, float, float]:
-    n = x.size
-    if n == 0:
-        return math.nan, math.nan, math.nan
+_NAN_CI = CI(math.nan, math.nan, math.nan)
+
+
+def _scipy_ci(samples: tuple[np.ndarray, ...], statistic: Callable[..., Any], *, paired: bool, confidence: float,
+              n_resamples: int, rng: np.random.Generator) -> tuple[float, float]:
+    """BCa interval from ``scipy.stats.bootstrap``; the percentile interval of the same
+    resamples where BCa is undefined (a bootstrap distribution with no resample below the
+    estimate, e.g. all seeds at accuracy 1 but one)."""
+    kwargs = dict(statistic=statistic, vectorized=True, paired=paired, axis=-1, confidence_level=confidence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = scipy.stats.bootstrap(samples, n_resamples=n_resamples, method="BCa", rng=rng, **kwargs)
+            low, high = result.confidence_interval
+            if not (np.isfinite(low) and np.isfinite(high)):
+                result = scipy.stats.bootstrap(samples, n_resamples=0, method="percentile",
+                                               bootstrap_result=result, rng=rng, **kwargs)
+                low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def _bootstrap_1d(x: np.ndarray, statistic: Callable[..., Any], confidence: float, n_resamples: int,
+                  rng: np.random.Generator) -> CI:
+    if x.size == 0:
+        return _NAN_CI
     estimate = float(statistic(x, axis=-1))
-    if n == 1:
-        return estimate, estimate, estimate
-    boot = np.concatenate(
-        [
-            np.asarray(statistic(x[rng.integers(0, n, size=(size, n))], axis=-1), dtype=np.float64)
-            for size in _chunks(n_resamples, n)
-        ]
-    )
-    return (estimate, *_percentile_interval(boot, confidence))
+    if x.size == 1 or np.all(x == x[0]):
+        return CI(estimate, estimate, estimate)  # every resample is the sample itself
+    return CI(estimate, *_scipy_ci((x,), statistic, paired=False, confidence=confidence,
+                                   n_resamples=n_resamples, rng=rng))
 
 
 def bootstrap_ci(
@@ -143,61 +159,106 @@ def bootstrap_ci(
     n_resamples: int = 10_000,
     seed: int | np.random.Generator = 0,
 ) -> CI:
-    """Percentile-bootstrap CI of ``statistic`` over per-seed values (Efron & Tibshirani
-    1993, ch. 13).
+    """BCa bootstrap CI of ``statistic`` over per-seed values (``scipy.stats.bootstrap``,
+    Efron & Tibshirani 1993, ch. 14).
 
-    ``values`` is 1-D, or N-D with seeds on the last axis (each leading index gets its
-    own interval, drawn in C order from one generator). Non-finite values are dropped
-    first. With ``n`` finite values: ``n == 0`` gives all NaN; ``n == 1`` gives
-    ``low == high == estimate``. ``statistic`` is any callable accepting ``axis=``
-    (``np.mean``, ``np.median``, :func:`iqm`, ...); it is applied to an ``(B, n)`` block
-    of resamples with ``axis=-1``. Resample indices are drawn as one array per block,
-    so the result is reproducible for a fixed ``seed``.
+    ``values`` is 1-D, or N-D with seeds on the last axis (each leading index gets its own
+    interval, drawn in C order from one generator). Non-finite values are dropped first.
+    With ``n`` finite values: ``n == 0`` gives all NaN; ``n == 1`` or all values equal gives
+    ``low == high == estimate``. ``statistic`` must accept ``axis=`` and reduce along it
+    (``np.mean``, ``np.median``, :func:`iqm`, ...). Reproducible for a fixed ``seed``.
     """
     _check_confidence(confidence, n_resamples)
     rng = np.random.default_rng(seed)
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim <= 1:
-        return CI(*_bootstrap_1d(_finite(arr), statistic, confidence, n_resamples, rng))
+        return _bootstrap_1d(_finite(arr), statistic, confidence, n_resamples, rng)
     out = np.empty(arr.shape[:-1] + (3,))
     for index in np.ndindex(*arr.shape[:-1]):
         out[index] = _bootstrap_1d(_finite(arr[index]), statistic, confidence, n_resamples, rng)
     return CI(out[..., 0], out[..., 1], out[..., 2])
 
 
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+
+def paired_bootstrap_ci(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    statistic: Callable[..., Any] = _mean_difference,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | np.random.Generator = 0,
+) -> CI:
+    """BCa CI of ``statistic(a, b, axis=-1)`` for a paired design: seed ``i`` of ``a`` and
+    seed ``i`` of ``b`` are resampled together (``scipy.stats.bootstrap(paired=True)``).
+
+    The default statistic is the mean difference ``mean(a) − mean(b)``; a ratio of means,
+    ``lambda a, b, axis: a.mean(axis) / b.mean(axis)``, is another. Pairs with a non-finite
+    member are dropped. NaN with no pair left; a point interval with one pair or when every
+    resample is the same.
+    """
+    _check_confidence(confidence, n_resamples)
+    x, y = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size == 0:
+        return _NAN_CI
+    estimate = float(statistic(x, y, axis=-1))
+    if x.size == 1 or (np.all(x == x[0]) and np.all(y == y[0])):
+        return CI(estimate, estimate, estimate)
+    return CI(estimate, *_scipy_ci((x, y), statistic, paired=True, confidence=confidence,
+                                   n_resamples=n_resamples, rng=np.random.default_rng(seed)))
+
+
+def proportion_ci(successes: int, trials: int, *, confidence: float = 0.95) -> CI:
+    """A proportion ``k / n`` with its Wilson score interval (Wilson 1927), through
+    ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``.
+
+    Unlike a bootstrap over 0/1 values, 16 of 16 gives ≈ [0.81, 1], not [1, 1]. NaN for
+    ``n == 0``.
+    """
+    k, n = int(successes), int(trials)
+    if n == 0:
+        return _NAN_CI
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= successes <= trials, got {k} of {n}")
+    interval = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return CI(k / n, float(interval.low), float(interval.high))
+
+
+def fraction_ci(flags: ArrayLike, *, confidence: float = 0.95) -> CI:
+    """:func:`proportion_ci` of the True entries of a per-seed boolean (or 0/1) array; NaN
+    entries (seeds that could not be judged) are dropped."""
+    x = _finite(flags)
+    return proportion_ci(int(np.count_nonzero(x)), x.size, confidence=confidence)
+
+
 # ----------------------------------------------------------------------- aggregates
 
 
 def iqm(values: ArrayLike, axis: int | None = -1) -> Any:
-    """Interquartile mean: the mean of the middle 50% of values (Agarwal et al. 2021).
-
-    Equals ``scipy.stats.trim_mean(values, 0.25, axis)``: ``int(0.25 * n)`` values are cut
-    from each end. NaN is not dropped here (filter first, as :func:`summarize` does).
-    ``axis=None`` flattens.
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if axis is None:
-        x, axis = x.ravel(), -1
-    x = np.sort(x, axis=axis)
-    n = x.shape[axis]
-    cut = int(0.25 * n)
-    return np.mean(np.take(x, np.arange(cut, n - cut), axis=axis), axis=axis)
+    """Interquartile mean: the mean of the middle 50% of values (Agarwal et al. 2021), as
+    ``rliable`` computes it: ``scipy.stats.trim_mean(values, 0.25, axis)`` (``int(0.25 n)``
+    values cut from each end). NaN is not dropped here. ``axis=None`` flattens."""
+    return scipy.stats.trim_mean(np.asarray(values, dtype=np.float64), 0.25, axis=axis)
 
 
-def _u_over_nm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mann-Whitney U of x vs y divided by n*m, along the last axis (ties get 1/2)."""
-    n, m = x.shape[-1], y.shape[-1]
-    ranks = scipy.stats.rankdata(np.concatenate([x, y], axis=-1), axis=-1)
-    u = ranks[..., :n].sum(axis=-1) - n * (n + 1) / 2.0
-    return u / (n * m)
+def _u_over_nm(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mann-Whitney U of x over y divided by n*m along ``axis`` (ties count 1/2)."""
+    u = scipy.stats.mannwhitneyu(x, y, axis=axis, method="asymptotic", use_continuity=False).statistic
+    return u / (x.shape[axis] * y.shape[axis])
 
 
 def probability_of_improvement(x: ArrayLike, y: ArrayLike) -> float:
     """``P(X > Y) + 0.5 P(X = Y)`` for independent draws from the two seed samples.
 
-    Equals the Mann-Whitney ``U`` of ``x`` over ``y`` divided by ``n * m``, as in
-    ``rliable`` (Agarwal et al. 2021). Non-finite values are dropped; NaN if either
-    sample is then empty.
+    The Mann-Whitney ``U`` of ``x`` over ``y`` divided by ``n * m``, as in ``rliable``
+    (Agarwal et al. 2021). Non-finite values are dropped; NaN if either sample is then empty.
     """
     a, b = _finite(x), _finite(y)
     if a.size == 0 or b.size == 0:
@@ -213,22 +274,20 @@ def probability_of_improvement_ci(
     n_resamples: int = 10_000,
     seed: int | np.random.Generator = 0,
 ) -> CI:
-    """:func:`probability_of_improvement` with a percentile-bootstrap CI; the seeds of
-    ``x`` and of ``y`` are resampled independently (stratified bootstrap, as ``rliable``).
+    """:func:`probability_of_improvement` with a BCa bootstrap CI; the seeds of ``x`` and of
+    ``y`` are resampled independently (stratified, as ``rliable``). When every seed of one
+    sample beats every seed of the other the interval is [1, 1] (or [0, 0]): no resample can
+    say otherwise.
     """
     _check_confidence(confidence, n_resamples)
-    rng = np.random.default_rng(seed)
     a, b = _finite(x), _finite(y)
     if a.size == 0 or b.size == 0:
-        return CI(math.nan, math.nan, math.nan)
-    n, m = a.size, b.size
-    boot = np.concatenate(
-        [
-            _u_over_nm(a[rng.integers(0, n, size=(size, n))], b[rng.integers(0, m, size=(size, m))])
-            for size in _chunks(n_resamples, n + m)
-        ]
-    )
-    return CI(float(_u_over_nm(a, b)), *_percentile_interval(boot, confidence))
+        return _NAN_CI
+    estimate = float(_u_over_nm(a, b))
+    if estimate in (0.0, 1.0) or (a.size == 1 and b.size == 1):
+        return CI(estimate, estimate, estimate)
+    return CI(estimate, *_scipy_ci((a, b), _u_over_nm, paired=False, confidence=confidence,
+                                   n_resamples=n_resamples, rng=np.random.default_rng(seed)))
 
 
 # ---------------------------------------------------------------------------- churn
@@ -307,19 +366,6 @@ def variance_decomposition(
     return shares
 
 
-def share_explained(grid: ArrayLike, axis: int) -> float:
-    """Fraction of the total variance of a dense grid explained by its ``axis``: the
-    variance of the means over all other axes, broadcast back, over the total variance.
-
-    NaN cells are treated as missing (see :func:`variance_decomposition`).
-    """
-    g = np.asarray(grid, dtype=np.float64)
-    if not -g.ndim <= axis < g.ndim:
-        raise ValueError(f"axis {axis} out of range for a grid of shape {g.shape}")
-    labels = np.indices(g.shape)[axis].ravel()
-    return variance_decomposition(g.ravel(), {"axis": labels})["axis"]
-
-
 def grid_variance_shares(
     grid: ArrayLike, names: tuple[str, str] = ("a", "b")
 ) -> dict[str, float]:
@@ -389,7 +435,7 @@ def summarize(
 
     Keys: ``n`` (all seeds), ``n_finite`` (seeds that did not diverge), and over the
     finite values ``mean``, ``std`` (ddof=1), ``median``, ``iqm``, ``min``, ``max``,
-    ``ci_low``/``ci_high`` (percentile-bootstrap CI of the mean at ``confidence``).
+    ``ci_low``/``ci_high`` (BCa bootstrap CI of the mean at ``confidence``).
     Every number is a plain Python ``int``/``float``; undefined ones (e.g. ``std`` of one
     seed, anything of zero seeds) are ``None`` so the dict survives strict JSON.
     """

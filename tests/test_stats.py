@@ -23,9 +23,9 @@ finite_floats = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 
 def test_bootstrap_ci_covers_true_mean_with_normal_width():
     rng = np.random.default_rng(123)
-    sigma, n = 2.0, 4000
+    sigma, n = 2.0, 400
     x = rng.normal(5.0, sigma, size=n)
-    ci = stats.bootstrap_ci(x, n_resamples=4000, seed=1)
+    ci = stats.bootstrap_ci(x, n_resamples=2000, seed=1)
     assert ci.low < 5.0 < ci.high
     assert ci.low < ci.estimate < ci.high
     assert ci.estimate == pytest.approx(x.mean())
@@ -43,13 +43,93 @@ def test_bootstrap_ci_is_reproducible_per_seed():
     assert a.estimate == c.estimate
 
 
-def test_bootstrap_ci_chunking_matches_unchunked(monkeypatch):
-    x = np.random.default_rng(0).normal(size=50)
-    whole = stats.bootstrap_ci(x, n_resamples=1000, seed=3)
-    # Blocks of one row at a time draw the same index stream from the generator.
-    monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 50)
-    chunked = stats.bootstrap_ci(x, n_resamples=1000, seed=3)
-    assert chunked == pytest.approx(whole)
+def _bca_by_hand(x: np.ndarray, boot: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Efron & Tibshirani (1993) eq. 14.9-14.15: bias z0 from the bootstrap distribution,
+    acceleration a from the jackknife, then adjusted percentiles."""
+    theta = x.mean()
+    z0 = scipy.stats.norm.ppf(np.mean(boot < theta))
+    jack = np.array([np.delete(x, i).mean() for i in range(x.size)])
+    d = jack.mean() - jack
+    a = np.sum(d**3) / (6.0 * np.sum(d**2) ** 1.5)
+    z = scipy.stats.norm.ppf([(1 - confidence) / 2, (1 + confidence) / 2])
+    alphas = scipy.stats.norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
+    return tuple(np.percentile(boot, 100 * alphas))
+
+
+def test_bootstrap_ci_is_bca_on_scipy_resamples():
+    # Skewed data: BCa moves the interval right of the percentile one; an independent BCa
+    # computed from scipy's own resamples (same seed) gives the same ends.
+    x = np.random.default_rng(4).exponential(size=25)
+    ci = stats.bootstrap_ci(x, n_resamples=3000, seed=5)
+    ref = scipy.stats.bootstrap((x,), np.mean, n_resamples=3000, method="BCa", rng=np.random.default_rng(5))
+    assert (ci.low, ci.high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-12)
+    assert (ci.low, ci.high) == pytest.approx(_bca_by_hand(x, ref.bootstrap_distribution), rel=1e-6)
+    percentile = np.percentile(ref.bootstrap_distribution, [2.5, 97.5])
+    assert ci.low > percentile[0] and ci.high > percentile[1]
+
+
+def test_bootstrap_ci_falls_back_to_percentile_where_bca_is_undefined():
+    # Every leave-one-out median is 1, so BCa's jackknife acceleration is 0/0 and scipy's
+    # BCa interval is NaN; the percentile interval of the same resamples is used instead.
+    x = np.array([0.0] + [1.0] * 10 + [2.0], dtype=np.float64)
+    x[-1] += np.random.default_rng(0).uniform()  # not all equal, the shortcut does not apply
+    ci = stats.bootstrap_ci(x, statistic=np.median, n_resamples=2000, seed=0)
+    ref = scipy.stats.bootstrap((x,), np.median, n_resamples=2000, method="percentile", rng=np.random.default_rng(0))
+    assert (ci.low, ci.high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-12)
+    assert ci == (1.0, 1.0, 1.0)
+
+
+def test_paired_bootstrap_resamples_pairs_together():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0.0, 5.0, size=20)  # large between-seed spread, shared by both arms
+    a, b = base + 0.3 + rng.normal(0, 0.05, 20), base
+    paired = stats.paired_bootstrap_ci(a, b, n_resamples=2000, seed=0)
+    ref = scipy.stats.bootstrap((a, b), lambda u, v, axis: u.mean(axis) - v.mean(axis), paired=True,
+                                n_resamples=2000, method="BCa", rng=np.random.default_rng(0))
+    assert (paired.low, paired.high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-12)
+    assert paired.estimate == pytest.approx(0.3, abs=0.05) and paired.low > 0.2 and paired.high < 0.4
+    unpaired = stats.bootstrap_ci(a, n_resamples=2000).high - stats.bootstrap_ci(b, n_resamples=2000).low
+    assert unpaired > 2  # ignoring the pairing would drown the shift in the seed spread
+    ratio = stats.paired_bootstrap_ci([2.0, 4.0, np.nan], [1.0, 2.0, 3.0],
+                                      statistic=lambda u, v, axis: u.mean(axis) / v.mean(axis))
+    assert ratio == (2.0, 2.0, 2.0)  # the NaN pair dropped; both resamples give ratio 2
+    assert all(math.isnan(v) for v in stats.paired_bootstrap_ci([np.nan], [1.0]))
+    with pytest.raises(ValueError, match="differ in length"):
+        stats.paired_bootstrap_ci([1.0, 2.0], [1.0])
+
+
+# ------------------------------------------------------------------------- proportions
+
+
+def _wilson(k: int, n: int, z: float = scipy.stats.norm.ppf(0.975)) -> tuple[float, float]:
+    """Wilson (1927) score interval, written out."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k, n", [(16, 16), (0, 16), (3, 10), (50, 100), (1, 1)])
+def test_proportion_ci_is_wilson(k, n):
+    ci = stats.proportion_ci(k, n)
+    assert ci.estimate == k / n
+    assert (ci.low, ci.high) == pytest.approx(_wilson(k, n), abs=1e-12)
+
+
+def test_proportion_ci_sixteen_of_sixteen_is_not_degenerate():
+    ci = stats.proportion_ci(16, 16)
+    assert ci.high == 1.0 and ci.low == pytest.approx(0.806, abs=1e-3)
+    flags = np.array([1.0] * 16 + [np.nan])
+    assert stats.fraction_ci(flags) == ci  # the NaN seed is not counted
+    assert stats.fraction_ci(np.array([True, False, True, True])) == stats.proportion_ci(3, 4)
+    assert all(math.isnan(v) for v in stats.proportion_ci(0, 0))
+    with pytest.raises(ValueError, match="successes"):
+        stats.proportion_ci(5, 4)
+
+
+def test_finite_or_none():
+    assert stats.finite_or_none(np.float32(0.5)) == 0.5 and type(stats.finite_or_none(np.float32(0.5))) is float
+    assert [stats.finite_or_none(v) for v in (None, math.nan, math.inf, -math.inf)] == [None] * 4
 
 
 def test_bootstrap_ci_ignores_nonfinite():
@@ -141,9 +221,14 @@ def test_probability_of_improvement_ci():
     assert 0.0 <= ci.low <= ci.estimate <= ci.high <= 1.0
     assert ci.low > 0.5  # a one-sigma shift is clearly detected with 30-40 seeds
     assert ci == stats.probability_of_improvement_ci(x, y, n_resamples=2000, seed=0)
+    u = lambda a, b, axis: scipy.stats.mannwhitneyu(a, b, axis=axis).statistic / (a.shape[axis] * b.shape[axis])
+    ref = scipy.stats.bootstrap((x, y), u, n_resamples=2000, method="BCa", rng=np.random.default_rng(0))
+    assert (ci.low, ci.high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-9)
     assert ci != stats.probability_of_improvement_ci(x, y, n_resamples=2000, seed=1)
     # True P(X > Y) for N(1,1) vs N(0,1) is Phi(1/sqrt(2)).
     assert ci.low < scipy.stats.norm.cdf(1 / math.sqrt(2)) < ci.high
+    # Complete separation: no resample can disagree, so the interval is the point.
+    assert stats.probability_of_improvement_ci([5.0, 6.0], [1.0, 2.0]) == (1.0, 1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- churn
@@ -193,8 +278,6 @@ def test_variance_decomposition_one_factor_explains_everything():
     grid = accuracy.reshape(3, 5)
     g = stats.grid_variance_shares(grid, names=("lr", "seed"))
     assert g == pytest.approx({"lr": 1.0, "seed": 0.0, "interaction_residual": 0.0}, abs=1e-12)
-    assert stats.share_explained(grid, axis=0) == pytest.approx(1.0)
-    assert stats.share_explained(grid, axis=-1) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_variance_decomposition_additive_grid_hand_computed():
