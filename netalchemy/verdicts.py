@@ -1,0 +1,314 @@
+"""Verdict rules as objects: a statistic, its threshold(s), the side on which a claim holds, and why.
+
+A :class:`Rule` decides a verdict from a confidence interval, writes its own text for the
+report (:meth:`Rule.describe`, so no rule is typed twice), and reports its **flip point**:
+the threshold value at which its verdict would change. A claim with several parts is judged
+by :func:`judge`: Holm's step-down correction (Holm 1979) over the parts' one-sided tests at a
+family-wise error rate :data:`ALPHA`, then a stated logical combination (:func:`all_hold`,
+:func:`across`) of the corrected part decisions.
+
+Conventions
+-----------
+- A CI is anything with ``estimate``, ``low`` and ``high`` (``stats.CI``); ``None`` or NaN in
+  any of them means "no finite runs" and decides nothing ("inconclusive").
+- One-sided p-values come from the CI itself (:func:`one_sided_p`): a normal approximation
+  anchored on each side of the estimate at the CI's own level, so a single part's test at
+  ``ALPHA`` says exactly what its 95% CI says, whatever method made the interval (BCa
+  bootstrap, Wilson score, t).
+- Comparisons are strict: a CI that ends exactly on a threshold is inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from scipy.stats import norm
+
+from netalchemy.experiment import Verdict
+from netalchemy.stats import finite_or_none
+
+__all__ = ["ALPHA", "Part", "Rule", "across", "all_hold", "holm", "judge", "one_sided_p"]
+
+ALPHA = 0.025  # one-sided family-wise error rate: for one part, "the 95% two-sided CI lies beyond"
+SIDES = ("above", "below", "inside")
+Threshold = Union[float, tuple[float, float]]
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _interval(ci: Any) -> Optional[tuple[float, float, float]]:
+    """(estimate, low, high) as finite floats, or None when any is missing."""
+    values = [finite_or_none(getattr(ci, k, None)) for k in ("estimate", "low", "high")]
+    return None if any(v is None for v in values) else tuple(values)  # type: ignore[return-value]
+
+
+def one_sided_p(ci: Any, threshold: float, alternative: str, *, confidence: float = 0.95) -> float:
+    """p-value of the one-sided test H1: θ > threshold (``alternative="greater"``) or θ < threshold
+    (``"less"``), read off a two-sided CI of level ``confidence``.
+
+    The standard error on each side of the estimate is the half-width on that side over
+    z = Φ⁻¹(1 − (1 − confidence)/2), so p < (1 − confidence)/2 exactly when the CI excludes
+    the threshold on that side; away from that level it is a normal approximation. A missing
+    CI gives 1.0.
+    """
+    values = _interval(ci)
+    if values is None:
+        return 1.0
+    est, low, high = values
+    z = norm.ppf(0.5 + confidence / 2.0)
+    distance = est - threshold if alternative == "greater" else threshold - est
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    # The side of the CI that lies towards the threshold carries the uncertainty that matters.
+    toward_low = (alternative == "greater") == (distance >= 0)
+    se = (est - low if toward_low else high - est) / z
+    if se <= 0:
+        return 0.0 if distance > 0 else 1.0
+    return float(norm.sf(distance / se))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Where a CI of one statistic must lie for a claim to hold.
+
+    Attributes:
+      statistic: the statistic in words ("mean pairwise churn between seeds").
+      threshold: one number for ``holds`` "above"/"below"; ``(low, high)`` for "inside".
+      holds: the side on which the claim holds: "above", "below" or "inside" (the band).
+      reason: why this threshold (printed beside it in the rule text).
+      unit: the statistic's unit, if any ("epochs").
+      min_n: fewer finite seeds than this → inconclusive (a CI over 1–3 seeds means little).
+      contradict_only_if: a condition a contradiction also needs, in words (e.g. "training
+        plateaued"); the caller passes whether it holds as ``settled``.
+      confidence: the CI level the rule reads.
+
+    A CI wholly on the claim's side → "supported"; wholly on the other side (for a band:
+    wholly outside it) → "contradicted"; otherwise "inconclusive".
+    """
+
+    statistic: str
+    threshold: Threshold
+    holds: str
+    reason: str
+    unit: str = ""
+    min_n: int = 0
+    contradict_only_if: str = ""
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.holds not in SIDES:
+            raise ValueError(f"holds must be one of {SIDES}, got {self.holds!r}")
+        band = isinstance(self.threshold, tuple)
+        if band != (self.holds == "inside"):
+            raise ValueError("a band (low, high) threshold goes with holds='inside', a number with above/below")
+        if band and not self.threshold[0] < self.threshold[1]:
+            raise ValueError(f"band must have low < high, got {self.threshold}")
+        if not self.reason:
+            raise ValueError("a rule needs the reason for its threshold")
+
+    @property
+    def edges(self) -> tuple[float, ...]:
+        """The threshold value(s)."""
+        return tuple(self.threshold) if isinstance(self.threshold, tuple) else (float(self.threshold),)
+
+    # ----------------------------------------------------------------------- deciding
+
+    def decide(self, ci: Any, *, n: Optional[int] = None, settled: bool = True) -> str:
+        """'supported', 'contradicted' or 'inconclusive' from a CI (see the class docstring).
+
+        ``n`` is the number of finite seeds behind the CI (checked against ``min_n``);
+        ``settled`` is whether ``contradict_only_if`` holds.
+        """
+        values = _interval(ci)
+        if values is None or (n is not None and n < self.min_n):
+            return "inconclusive"
+        _, low, high = values
+        if self.holds == "inside":
+            a, b = self.threshold  # type: ignore[misc]
+            verdict = ("supported" if a < low and high < b
+                       else "contradicted" if high < a or low > b else "inconclusive")
+        else:
+            t = float(self.threshold)  # type: ignore[arg-type]
+            above, below = low > t, high < t
+            if self.holds == "below":
+                above, below = below, above
+            verdict = "supported" if above else "contradicted" if below else "inconclusive"
+        if verdict == "contradicted" and self.contradict_only_if and not settled:
+            return "inconclusive"
+        return verdict
+
+    def p_values(self, ci: Any) -> tuple[float, float]:
+        """(p for "the claim holds", p for "it fails"): one-sided p-values of the two tests the
+        rule runs at level (1 − confidence)/2, from :func:`one_sided_p`.
+
+        For a band [a, b]: holding needs θ > a and θ < b (two one-sided tests: the larger p);
+        failing needs θ < a or θ > b (the smaller p).
+        """
+        p = lambda t, alt: one_sided_p(ci, t, alt, confidence=self.confidence)  # noqa: E731
+        if self.holds == "inside":
+            a, b = self.threshold  # type: ignore[misc]
+            return max(p(a, "greater"), p(b, "less")), min(p(a, "less"), p(b, "greater"))
+        t = float(self.threshold)  # type: ignore[arg-type]
+        if self.holds == "above":
+            return p(t, "greater"), p(t, "less")
+        return p(t, "less"), p(t, "greater")
+
+    def flip_point(self, ci: Any) -> Optional[float]:
+        """The threshold value at which the verdict would change: the CI end nearest to a
+        threshold edge (for "above t" supported: the CI's low end; contradicted: its high end;
+        inconclusive: the nearer end; for a band, the end nearest to either edge). None when the
+        CI is missing."""
+        values = _interval(ci)
+        if values is None:
+            return None
+        _, low, high = values
+        return min((low, high), key=lambda end: min(abs(end - e) for e in self.edges))
+
+    def flip_text(self, ci: Any, *, n: Optional[int] = None, settled: bool = True) -> str:
+        """'supported; flips at 0.62' — the verdict and its flip point, or why there is none."""
+        verdict = self.decide(ci, n=n, settled=settled)
+        point = self.flip_point(ci)
+        if point is None:
+            return f"{verdict}; no finite CI"
+        if n is not None and n < self.min_n:
+            return f"{verdict}; {n} seeds < {self.min_n}"
+        return f"{verdict}; flips at {_g(point)}"
+
+    # ----------------------------------------------------------------------- describing
+
+    def _where(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.holds == "inside":
+            a, b = self.threshold  # type: ignore[misc]
+            return f"lies inside [{_g(a)}, {_g(b)}]{unit}", "lies wholly outside it"
+        side, other = ("above", "below") if self.holds == "above" else ("below", "above")
+        return f"lies above {_g(float(self.threshold))}{unit}", f"lies {other} it"  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """The rule in words, for the report."""
+        holds, fails = self._where()
+        level = f"{self.confidence:.0%}"
+        text = (f"supported iff the {level} CI of {self.statistic} {holds} ({self.reason}); "
+                f"contradicted iff it {fails}")
+        if self.contradict_only_if:
+            text += f" and {self.contradict_only_if}"
+        text += "; else inconclusive"
+        if self.min_n:
+            text += f" (also with fewer than {self.min_n} seeds)"
+        return text
+
+    def verdict(self, claim: str, ci: Any, *, measurement: str, n: Optional[int] = None, settled: bool = True,
+                figure: Optional[str] = None, unit: Optional[str] = None) -> Verdict:
+        """The ledger row for ``claim`` judged by this rule alone."""
+        values = _interval(ci)
+        return Verdict(
+            claim, measurement, finite_or_none(getattr(ci, "estimate", None)),
+            None if values is None else values[1], None if values is None else values[2],
+            self.decide(ci, n=n, settled=settled), self.describe(), figure,
+            self.unit if unit is None else unit, flip_point=self.flip_point(ci),
+            flip_text=self.flip_text(ci, n=n, settled=settled))
+
+
+# --------------------------------------------------------------------------- claims of several parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a claim: a named rule applied to a CI.
+
+    ``can_contradict=False`` marks a part that a "supported" verdict needs but whose failure
+    alone does not contradict the claim (its contradiction counts as inconclusive).
+    """
+
+    name: str
+    rule: Rule
+    ci: Any
+    n: Optional[int] = None
+    settled: bool = True
+    can_contradict: bool = True
+
+    def p_value(self) -> tuple[float, str]:
+        """The smaller of the rule's two one-sided p-values, with the verdict it would give."""
+        values = _interval(self.ci)
+        if values is None or (self.n is not None and self.n < self.rule.min_n):
+            return 1.0, "inconclusive"
+        p_hold, p_fail = self.rule.p_values(self.ci)
+        return (p_hold, "supported") if p_hold <= p_fail else (p_fail, "contradicted")
+
+
+def holm(parts: Sequence[Part], alpha: float = ALPHA) -> list[str]:
+    """Each part's verdict after Holm's step-down correction over the parts' one-sided tests.
+
+    Every part tests the direction its data point to (the smaller of its two p-values). Sorted
+    ascending, the j-th smallest p (j = 0, 1, …) is rejected while p < alpha / (k − j); the
+    first that is not stops the procedure. A rejected part gets the verdict of its direction,
+    the rest "inconclusive". This controls the chance of any wrong part verdict at ``alpha``
+    (family-wise). With one part it equals the rule's own CI decision.
+    """
+    tests = [part.p_value() for part in parts]
+    out = ["inconclusive"] * len(parts)
+    for rank, index in enumerate(sorted(range(len(parts)), key=lambda i: tests[i][0])):
+        p, direction = tests[index]
+        if not p < alpha / (len(parts) - rank):
+            break
+        out[index] = direction
+    for i, part in enumerate(parts):
+        blocked = (not part.can_contradict) or (part.rule.contradict_only_if and not part.settled)
+        if out[i] == "contradicted" and blocked:
+            out[i] = "inconclusive"
+    return out
+
+
+def all_hold(decisions: Sequence[str]) -> str:
+    """A conjunction: supported iff every part is; contradicted iff any part is; else inconclusive."""
+    if "contradicted" in decisions:
+        return "contradicted"
+    return "supported" if decisions and all(d == "supported" for d in decisions) else "inconclusive"
+
+
+def across(decisions: Sequence[str]) -> str:
+    """One claim over several settings (optimizers, regularizers): all supported → supported; all
+    contradicted → contradicted; a part that depends, or supported and contradicted parts →
+    depends; otherwise (some inconclusive, or none) → inconclusive."""
+    kinds = set(decisions)
+    if kinds == {"supported"}:
+        return "supported"
+    if kinds == {"contradicted"}:
+        return "contradicted"
+    if "depends" in kinds or {"supported", "contradicted"} <= kinds:
+        return "depends"
+    return "inconclusive"
+
+
+def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str]], str], *, how: str,
+          measurement: str, value: Any = None, figure: Optional[str] = None, unit: str = "",
+          alpha: float = ALPHA) -> tuple[Verdict, dict[str, str]]:
+    """The verdict of a claim of several parts, and each part's verdict after Holm.
+
+    ``combine`` maps {part name: corrected verdict} to the claim's verdict; ``how`` says in
+    words what it does (it is appended to the generated rule text). ``value`` is the CI shown
+    in the ledger (default: the first part's). The flip point shown is that of the part
+    whose test is nearest to flipping (the largest p-value); the flip text lists every part's.
+    """
+    if len({p.name for p in parts}) != len(parts):
+        raise ValueError("part names must be distinct")
+    decisions = dict(zip((p.name for p in parts), holm(parts, alpha)))
+    verdict = combine(decisions)
+    rule = (" ".join(f"[{p.name}] {p.rule.describe()}." for p in parts)
+            + f" Parts' one-sided tests corrected by Holm at family-wise α = {alpha:g} ({len(parts)} parts); {how}")
+    flips = [(p.p_value()[0], p.name, p.rule.flip_point(p.ci)) for p in parts]
+    shown = [f for f in flips if f[2] is not None]
+    closest = max(shown, key=lambda f: f[0]) if shown else None
+    flip_text = verdict + "; " + ", ".join(
+        f"{name} {decisions[name]}" + ("" if point is None else f" (flips at {_g(point)})")
+        for _, name, point in flips)
+    ci = parts[0].ci if value is None and parts else value
+    values = _interval(ci) if ci is not None else None
+    return Verdict(
+        claim, measurement, finite_or_none(getattr(ci, "estimate", None)),
+        None if values is None else values[1], None if values is None else values[2], verdict, rule, figure, unit,
+        flip_point=None if closest is None else closest[2], flip_text=flip_text), decisions
