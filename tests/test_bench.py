@@ -1,15 +1,26 @@
-"""The throughput benchmark: FLOP counts, planning, ratios, and the tiny profile end to end."""
+"""The throughput benchmark (benchmarks/, reached through netalchemy.bench): FLOP counts,
+planning, ratios and targets, the tiny profile end to end, and the one line without the folder."""
 
+import importlib
 import json
 import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from netalchemy import bench
+from netalchemy import bench, cli
 from netalchemy import config as C
+
+bench.load()  # registers the `benchmarks` package of this checkout; its modules import from here on
+S, R, report, driver = (importlib.import_module(f"benchmarks.{m}") for m in ("settings", "results", "report",
+                                                                             "driver"))
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -18,8 +29,8 @@ from netalchemy import config as C
 def test_flop_counter_matches_a_hand_count_for_a_small_net():
     # 3-4-2 net, batch 5. forward: 2·5·(3·4 + 4·2) = 200; weight gradients: 200;
     # input gradients: only the second layer's, 2·5·(4·2) = 80.
-    assert bench.flops_per_step((3, 4, 2), 5) == 200 + 200 + 80
-    assert bench.matmul_flops(2) == 16
+    assert S.flops_per_step((3, 4, 2), 5) == 200 + 200 + 80
+    assert S.matmul_flops(2) == 16
 
 
 def _dot_flops(jaxpr) -> int:
@@ -50,26 +61,26 @@ def test_flop_counter_matches_the_matmuls_jax_grad_actually_does(widths, batch):
         return jnp.sum(h @ params[-1][0] + params[-1][1])
 
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params, jnp.ones((batch, widths[0])))
-    assert _dot_flops(jaxpr.jaxpr) == bench.flops_per_step(widths, batch)
+    assert _dot_flops(jaxpr.jaxpr) == S.flops_per_step(widths, batch)
 
 
 def test_the_issue_figures_for_w1_and_w2():
-    w1, w2 = bench.WORKLOADS["W1"], bench.WORKLOADS["W2"]
-    assert bench.flops_per_step(w1.widths, w1.batch) == 8_200_000  # ≈ 8.2 MFLOP
-    w2_flops = bench.flops_per_step(w2.widths, w2.batch)
+    w1, w2 = S.WORKLOADS["W1"], S.WORKLOADS["W2"]
+    assert S.flops_per_step(w1.widths, w1.batch) == 8_200_000  # ≈ 8.2 MFLOP
+    w2_flops = S.flops_per_step(w2.widths, w2.batch)
     assert w2_flops == 1_174_798_336
     assert abs(w2_flops / 1.18e9 - 1) < 0.01  # ≈ 1.18 GFLOP
 
 
 def test_the_share_of_engine_flops_spent_evaluating():
-    w1 = bench.WORKLOADS["W1"]
+    w1 = S.WORKLOADS["W1"]
     # A real MNIST-1D run: 6000 steps, evaluations at step 0 and every 250 steps (25 in all) of
     # 5000 examples × 2·15000 FLOPs, against 6000 × 8.2 MFLOP of training.
     evaluation, training = 25 * 5000 * 30_000, 6000 * 8_200_000
-    assert bench.eval_flop_share(w1, 6000, 250, n_train=4000, n_test=1000) == pytest.approx(
+    assert S.eval_flop_share(w1, 6000, 250, n_train=4000, n_test=1000) == pytest.approx(
         evaluation / (evaluation + training))
     # A short timed call evaluates relatively more often.
-    assert bench.eval_flop_share(w1, 250, 250, n_train=4000, n_test=1000) > 0.1
+    assert S.eval_flop_share(w1, 250, 250, n_train=4000, n_test=1000) > 0.1
 
 
 # ----------------------------------------------------------------------------- settings and planning
@@ -88,36 +99,36 @@ def test_settings_are_overridable_and_validated():
 
 
 def test_group_steps_respect_the_budget_and_the_engine_interval():
-    s = bench.BenchSettings(w1_steps=1000, w2_steps=250, max_gflop_per_call=1500, engine_eval_every=250)
-    w1, w2 = bench.WORKLOADS["W1"], bench.WORKLOADS["W2"]
-    assert bench.group_steps(s, w1, 1) == (1000, 250)
+    s = S.BenchSettings(w1_steps=1000, w2_steps=250, max_gflop_per_call=1500, engine_eval_every=250)
+    w1, w2 = S.WORKLOADS["W1"], S.WORKLOADS["W2"]
+    assert S.group_steps(s, w1, 1) == (1000, 250)
     # 1500 GFLOP / (256 · 8.2 MFLOP) = 714 steps -> 500, a multiple of 250
-    assert bench.group_steps(s, w1, 256) == (500, 250)
+    assert S.group_steps(s, w1, 256) == (500, 250)
     # 1500 GFLOP / (1024 · 8.2 MFLOP) = 178 steps: shorter than one interval, so one interval
-    assert bench.group_steps(s, w1, 1024) == (178, 178)
-    assert bench.group_steps(s, w2, 32)[0] == 39  # 1500 / (32 · 1.175)
+    assert S.group_steps(s, w1, 1024) == (178, 178)
+    assert S.group_steps(s, w2, 32)[0] == 39  # 1500 / (32 · 1.175)
     for profile in bench.PROFILES.values():
         for w in profile.workloads:
             for seeds in profile.seeds:
-                steps, every = bench.group_steps(profile, bench.WORKLOADS[w], seeds)
+                steps, every = S.group_steps(profile, S.WORKLOADS[w], seeds)
                 assert steps % every == 0 and steps >= 1
 
 
 def test_planning_skips_what_cannot_run_and_says_why():
-    s = bench.BenchSettings(memory_limit_gb=1.0, min_steps=20)
-    w1, w2 = bench.WORKLOADS["W1"], bench.WORKLOADS["W2"]
-    one = {c["way"]: c for c in bench.plan_cells(s, w1, 1, n_train=4000, n_test=1000, have_torch=False)}
-    assert set(one) == set(bench.WAYS)  # one-seed ways run in the seeds=1 group
+    s = S.BenchSettings(memory_limit_gb=1.0, min_steps=20)
+    w1, w2 = S.WORKLOADS["W1"], S.WORKLOADS["W2"]
+    one = {c["way"]: c for c in S.plan_cells(s, w1, 1, n_train=4000, n_test=1000, have_torch=False)}
+    assert set(one) == set(S.WAYS)  # one-seed ways run in the seeds=1 group
     for way in ("torch_eager", "torch_compile", "torch_func"):
         assert one[way]["status"] == "skipped" and "PyTorch" in one[way]["reason"]
     assert all(one[w]["status"] == "ok" for w in ("engine", "engine_chunk", "jax_ref", "flax_nnx"))
-    many = {c["way"]: c for c in bench.plan_cells(s, w1, 32, n_train=4000, n_test=1000, have_torch=True)}
-    assert set(many) == {w for w, way in bench.WAYS.items() if way.vmapped}
+    many = {c["way"]: c for c in S.plan_cells(s, w1, 32, n_train=4000, n_test=1000, have_torch=True)}
+    assert set(many) == {w for w, way in S.WAYS.items() if way.vmapped}
     assert all(c["status"] == "ok" for c in many.values())
-    big = bench.plan_cells(s, w2, 32, n_train=2048, n_test=512, have_torch=True)  # ≈ 2.6 GB > 1 GB
+    big = S.plan_cells(s, w2, 32, n_train=2048, n_test=512, have_torch=True)  # ≈ 2.6 GB > 1 GB
     assert all(c["status"] == "skipped" and "memory_limit_gb" in c["reason"] for c in big)
     assert big[0]["engine_estimate_bytes"] > 2**30
-    slow = bench.plan_cells(bench.BenchSettings(max_gflop_per_call=1.0), w2, 1, n_train=2048, n_test=512,
+    slow = S.plan_cells(S.BenchSettings(max_gflop_per_call=1.0), w2, 1, n_train=2048, n_test=512,
                             have_torch=True)
     assert all(c["status"] == "skipped" and "min_steps" in c["reason"] for c in slow)
 
@@ -135,26 +146,31 @@ def _synthetic_results(rates: dict) -> dict:
                 "eval_flop_share": 0.1 if way == "engine" else 0.0,
                 "info": {"compilations_after_first_call": 0, "eval_every": 100, "run_chunks": 1} if way == "engine"
                 else {}}
-        bench._derive(cell, machine_gflops=100.0)
+        R.derive(cell, machine_gflops=100.0)
         cells.append(cell)
     results = {"workloads": {n: {"widths": list(w.widths), "batch": w.batch, "lr": w.lr, "data": w.data,
-                                 "flops_per_step": bench.flops_per_step(w.widths, w.batch)}
-                             for n, w in bench.WORKLOADS.items()},
+                                 "flops_per_step": S.flops_per_step(w.widths, w.batch)}
+                             for n, w in S.WORKLOADS.items()},
                "matmul": {"jax": {"gflops": 100.0, "samples": [100.0]}, "machine_gflops": 100.0, "size": 2048},
                "cells": cells, "provenance": {}, "wall_s": 1.0}
-    results["ratios"] = bench.ratio_rows(results)
-    results["targets"] = bench.target_rows(results)
+    results["ratios"] = R.ratio_rows(results)
+    results["targets"] = R.target_rows(results)
     return results
+
+
+def _target(results: dict, name: str) -> dict:
+    (row,) = [t for t in results["targets"] if t["target"] == name]
+    return row
 
 
 def test_ratios_and_targets_come_from_the_cells():
     results = _synthetic_results({
         ("W1", "engine", 1): 2000.0, ("W1", "jax_ref", 1): 4000.0, ("W1", "torch_eager", 1): 1000.0,
         ("W1", "engine", 32): 40_000.0, ("W1", "jax_ref", 32): 50_000.0, ("W1", "torch_func", 32): 10_000.0,
-        ("W1", "engine", 256): 90_000.0, ("W1", "torch_func", 256): 30_000.0,
-        ("W2", "engine", 1): 20.0, ("W2", "jax_ref", 1): 25.0,
+        ("W1", "engine", 256): 5_000.0, ("W1", "torch_func", 256): 2_000.0,
+        ("W2", "engine", 1): 20.0, ("W2", "engine_chunk", 1): 70.0, ("W2", "jax_ref", 1): 25.0,
     })
-    cell = bench.find_cell(results, "W2", "engine", 1)
+    cell = R.find_cell(results, "W2", "engine", 1)
     assert cell["gflops"] == pytest.approx(20 * 1.174798336)
     assert cell["matmul_fraction"] == pytest.approx(20 * 1.174798336 / 100)
     assert cell["examples_per_s"] == pytest.approx(20 * 128)
@@ -162,44 +178,71 @@ def test_ratios_and_targets_come_from_the_cells():
     assert rows[("W1", 32)]["vs"]["jax_ref"] == pytest.approx(0.8)
     assert rows[("W1", 32)]["vs"]["torch_eager"] == pytest.approx(40.0)  # eager runs 32 seeds in turn at 1000/s
     assert rows[("W1", 32)]["vs"]["torch_compile"] is None  # not measured
-    targets = results["targets"]  # in the order of bench.TARGETS
-    assert [t["target"] for t in targets] == [name for name, *_ in bench.TARGETS]
-    value = {name.split(":")[0] + ": " + name.split(":")[1].split("÷")[0].strip(): t["value"]
-             for (name, *_), t in zip(bench.TARGETS, targets)}
-    assert value["W1 @256 seeds: engine"] == pytest.approx(3.0)  # vs torch.func
-    assert value["W1 @32 seeds: engine"] == pytest.approx(40.0)  # vs the eager loop
-    assert targets[2]["value"] == pytest.approx(0.2349596672)  # W2 engine GFLOP/s ÷ matmul
-    assert targets[3]["value"] == pytest.approx(25 * 1.174798336 / 100)  # W2 plain JAX ÷ matmul
-    assert targets[4]["value"] == pytest.approx(0.8) and targets[4]["where"] == "W1 @32 seeds"  # both measured
-    assert targets[5]["value"] == pytest.approx(0.8)  # W2 engine ÷ plain JAX at 1 seed
-    assert targets[6]["value"] == 0  # recompilations
+    assert [t["target"] for t in results["targets"]] == [t.name for t in R.TARGETS]  # in order, one row each
+    expected = {  # name: (goal, value, status, where)
+        "W1 @256 seeds: engine ÷ torch.func ensemble": ("≥ 3", 2.5, "not met", "W1 @256 seeds"),
+        "W1 @256 seeds: engine GFLOP/s ÷ machine matmul GFLOP/s": ("≥ 0.5", 5000 * 8.2e-3 / 100, "not met", "W1 @256"),
+        "W1 @32 seeds: engine ÷ PyTorch eager fused-Adam loop (32 runs in turn)": ("≥ 10", 40.0, "met", "W1 @32"),
+        "W2 @largest seeds: engine program GFLOP/s ÷ machine matmul GFLOP/s":
+            ("≥ 0.8", 70 * 1.174798336 / 100, "met", "W2 @1 seeds"),
+        "W2 @largest seeds: engine ÷ engine program (files, evaluation, checkpoints)":
+            ("≥ 0.9", 20 / 70, "not met", "W2 @1"),
+        "W2 @largest seeds: engine GFLOP/s ÷ machine matmul GFLOP/s": ("none", 0.2349596672, "reference", "W2 @1"),
+        "W2 @largest seeds: plain-JAX GFLOP/s ÷ machine matmul GFLOP/s":
+            ("none", 25 * 1.174798336 / 100, "reference", "W2 @1"),
+        "W1 @largest seeds: engine ÷ plain-JAX reference (engine overhead)": ("none", 0.8, "reference", "W1 @32"),
+        "W2 @largest seeds: engine ÷ plain-JAX reference (engine overhead)": ("none", 0.8, "reference", "W2 @1"),
+        "engine: compilations during repeated identical sweeps": ("= 0", 0, "met", "4 engine cells"),
+    }
+    assert set(expected) == {t.name for t in R.TARGETS}
+    for name, (goal, value, status, where) in expected.items():
+        row = _target(results, name)
+        assert (row["goal"], row["status"]) == (goal, status), name
+        assert row["value"] == pytest.approx(value), name
+        assert row["where"].startswith(where), name
+    assert _target(results, "W1 @256 seeds: engine ÷ torch.func ensemble")["where"] == "W1 @256 seeds, 100 steps per call"
     table = bench.format_table(results)
-    for name, *_ in bench.TARGETS:
-        assert name in table
+    for t in R.TARGETS:  # each target with its goal, the measured value and met / not met, on one line
+        (line,) = [line for line in table.splitlines() if t.name in line]
+        row = _target(results, t.name)
+        assert re.search(rf"{re.escape(row['goal'])}\s+{re.escape(format(row['value'], '.3g'))}\s+{row['status']}\b",
+                         line), line
     for way in ("engine", "jax_ref", "torch_eager", "torch_func"):
         assert f" {way} " in table
     assert "W1      32" in table  # the ratio row of W1 at 32 seeds
-    md = bench.format_markdown({**results, "settings": {"repeats": 3}})
-    assert "| netalchemy sweep.run | 2,000 | 40,000 | 90,000 |" in md  # rows are ways, columns seed counts
+    md = report.format_markdown({**results, "settings": {"repeats": 3}})
+    assert "| netalchemy sweep.run | 2,000 | 40,000 | 5,000 |" in md  # rows are ways, columns seed counts
     assert "| PyTorch eager | 1,000 | — | — |" in md  # one-seed ways fill the 1-seed column only
-    assert "| W1 @256 seeds: engine ÷ torch.func ensemble | 3 | W1 @256 seeds |" in md
+    assert "| target | goal | measured | met? | where |" in md
+    assert "| W1 @256 seeds: engine ÷ torch.func ensemble | ≥ 3 | 2.5 | not met | W1 @256 seeds, 100 steps per call |" in md
+    assert "| W1 @32 seeds: engine ÷ PyTorch eager fused-Adam loop (32 runs in turn) | ≥ 10 | 40 | met |" in md
+    assert "| engine: compilations during repeated identical sweeps | = 0 | 0 | met | 4 engine cells |" in md
+
+
+def test_a_goal_decides_met_on_its_side_of_the_bound():
+    assert R.verdict((">=", 3.0), 3.0) == "met" and R.verdict((">=", 3.0), 2.999) == "not met"
+    assert R.verdict(("<=", 0.1), 0.05) == "met" and R.verdict(("<=", 0.1), 0.2) == "not met"
+    assert R.verdict(("==", 0), 0) == "met" and R.verdict(("==", 0), 1) == "not met"
+    assert R.verdict((">=", 3.0), None) == "not measured" and R.verdict(None, 1.0) == "reference"
+    assert [R.goal_text(g) for g in ((">=", 0.8), ("<=", 2.0), ("==", 0), None)] == ["≥ 0.8", "≤ 2", "= 0", "none"]
 
 
 def test_missing_targets_are_rows_that_say_not_measured():
     results = _synthetic_results({("W1", "engine", 1): 2000.0})
     results["workloads"].pop("W2")
-    results["ratios"], results["targets"] = bench.ratio_rows(results), bench.target_rows(results)
-    assert [t["target"] for t in results["targets"]] == [name for name, *_ in bench.TARGETS]
+    results["ratios"], results["targets"] = R.ratio_rows(results), R.target_rows(results)
+    assert [t["target"] for t in results["targets"]] == [t.name for t in R.TARGETS]
     missing = [t for t in results["targets"] if t["value"] is None]
-    assert len(missing) == len(bench.TARGETS) - 1  # only the recompilation count is known
+    assert len(missing) == len(R.TARGETS) - 1  # only the recompilation count is known
     assert all(t["note"] for t in missing)
+    assert {t["status"] for t in missing} == {"not measured", "reference"}
     assert "not measured" in bench.format_table(results)
 
 
 def test_a_skipped_group_is_one_line_of_the_table():
     results = _synthetic_results({("W1", "engine", 1): 2000.0})
-    s = bench.BenchSettings(memory_limit_gb=1.0)
-    results["cells"] += bench.plan_cells(s, bench.WORKLOADS["W2"], 32, n_train=2048, n_test=512, have_torch=True)
+    s = S.BenchSettings(memory_limit_gb=1.0)
+    results["cells"] += S.plan_cells(s, S.WORKLOADS["W2"], 32, n_train=2048, n_test=512, have_torch=True)
     table = bench.format_table(results)
     skipped = [line for line in table.splitlines() if "memory_limit_gb" in line]
     assert len(skipped) == 1 and "all 4 ways" in skipped[0]
@@ -209,22 +252,29 @@ def test_a_skipped_group_is_one_line_of_the_table():
 
 
 def test_worker_failures_come_back_as_errors_not_hangs(tmp_path):
-    broken = bench._Worker(("no_such_module_xyz",), tmp_path, "broken", dict(os.environ))
-    with pytest.raises(bench.WorkerError, match="no_such_module_xyz"):
+    broken = driver.Worker(("no_such_module_xyz",), tmp_path, "broken", dict(os.environ))
+    with pytest.raises(driver.WorkerError, match="no_such_module_xyz"):
         broken.wait_ready(120)
-    worker = bench._Worker((), tmp_path, "plain", dict(os.environ))
+    worker = driver.Worker((), tmp_path, "plain", dict(os.environ))
     try:
         assert worker.wait_ready(120)["rss_after_import"] > 0
-        with pytest.raises(bench.WorkerError, match="KeyError"):
+        with pytest.raises(driver.WorkerError, match="KeyError"):
             worker.request(120, cmd="setup", spec={"way": "no_such_way"})
         assert worker.finish(120) > 0  # still serving after the error
     finally:
         worker.kill()
 
 
+def test_a_worker_imports_neither_jax_nor_torch_nor_matplotlib_before_its_way_does():
+    """Each worker's memory is its own way's: the worker module itself is light."""
+    code = (f"{driver.BOOT.split('; from')[0]}; import benchmarks.worker; "
+            "print(sorted({'jax', 'torch', 'matplotlib', 'flax'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(driver.ROOT)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
 
 def test_without_torch_its_ways_are_skipped_with_a_message(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    monkeypatch.setattr(driver, "torch_available", lambda: False)
     lines = []
     settings = C.override(bench.PROFILES["tiny"], ["ways=torch_eager,torch_func"])
     results = bench.run_benchmark(settings, out_dir=tmp_path, log=lines.append)
@@ -236,9 +286,9 @@ def test_without_torch_its_ways_are_skipped_with_a_message(monkeypatch, tmp_path
 def test_tiny_profile_end_to_end(tmp_path):
     lines = []
     results = bench.run_benchmark(bench.PROFILES["tiny"], out_dir=tmp_path, log=lines.append)
-    have_torch = bench.torch_available()
+    have_torch = S.torch_available()
     for cell in results["cells"]:
-        torch_way = bench.WAYS[cell["way"]].backend == "torch"
+        torch_way = S.WAYS[cell["way"]].backend == "torch"
         assert cell["status"] == ("skipped" if torch_way and not have_torch else "ok"), cell["reason"]
         if cell["status"] == "ok":
             assert len(cell["times_s"]) == 2 and cell["seed_steps_per_s"] > 0
@@ -247,13 +297,46 @@ def test_tiny_profile_end_to_end(tmp_path):
             assert cell["first_call_s"] > 0
     assert {c["way"] for c in results["cells"]} == set(bench.PROFILES["tiny"].ways)
     assert results["matmul"]["machine_gflops"] > 0
-    engine = bench.find_cell(results, "W1", "engine", 1)
+    engine = R.find_cell(results, "W1", "engine", 1)
     assert engine["info"]["compilations_after_first_call"] == 0  # the second identical sweep reuses the programs
     stored = json.loads((tmp_path / "bench.json").read_text())
     assert [c["way"] for c in stored["cells"]] == [c["way"] for c in results["cells"]]
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
     table = (tmp_path / "table.txt").read_text()
     assert table.strip() == bench.format_table(results).strip()
-    assert (tmp_path / "summary.md").read_text().strip() == bench.format_markdown(results).strip()
-    for name, *_ in bench.TARGETS:
-        assert name in table
+    assert (tmp_path / "summary.md").read_text().strip() == report.format_markdown(results).strip()
+    for t in R.TARGETS:
+        assert t.name in table
+
+
+# ----------------------------------------------------------------------------- the entry in the library
+
+
+def test_the_entry_reads_through_to_the_benchmarks_folder():
+    assert bench.FOLDER == Path(bench.__file__).resolve().parent.parent / "benchmarks"
+    assert bench.load() is sys.modules["benchmarks"] and bench.load().__file__ == str(bench.FOLDER / "__init__.py")
+    assert bench.PROFILES is S.PROFILES and bench.run_benchmark is driver.run_benchmark
+    assert bench.format_table is report.format_table
+    with pytest.raises(AttributeError):
+        bench.no_such_name  # noqa: B018
+    pyproject = tomllib.loads((bench.FOLDER.parent / "pyproject.toml").read_text())
+    packaged = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not any(p.startswith("benchmarks") for p in packaged)  # a wheel does not carry it
+
+
+def test_the_benchmark_uses_only_the_engines_public_api():
+    sources = "\n".join(p.read_text() for p in bench.FOLDER.glob("*.py"))
+    assert "sweep." in sources
+    assert not re.findall(r"\b(?:sweep|train|store|devices)\._\w", sources)
+
+
+def test_without_the_folder_the_command_says_in_one_line_how_to_get_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "FOLDER", tmp_path / "site-packages" / "benchmarks")  # as a wheel installs it
+    with pytest.raises(bench.BenchmarksMissing, match="clone the netalchemy repository"):
+        bench.PROFILES  # noqa: B018
+    monkeypatch.setattr(cli.devices, "use_cpu_cores", lambda *a, **k: None)  # JAX already runs in this process
+    out = tmp_path / "runs"
+    assert cli.main(["bench", "--profile", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("netalchemy: error: the benchmark is not installed") and "\n" not in err
+    assert "pip install -e '.[bench]'" in err and not out.exists()

@@ -1,0 +1,196 @@
+"""The benchmark's outputs: the plain-text table, the README's markdown summary, the scaling figure.
+
+Every table lists each target with its goal, the measured value and met / not met
+(`results.TARGETS`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from matplotlib.figure import Figure
+
+from netalchemy import plots, store
+
+from .results import find_cell, rate_at
+from .settings import PEERS, WAYS
+
+
+def _fmt(value: Optional[float], spec: str, missing: str = "—") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _pct(fraction: Optional[float]) -> Optional[float]:
+    return None if fraction is None else 100 * fraction
+
+
+def _mb(nbytes: Optional[int]) -> str:
+    return _fmt(nbytes / 2**20 if nbytes else None, ".0f")
+
+
+def _header(results: dict) -> list[str]:
+    prov, mm = results.get("provenance", {}), results["matmul"]
+    lines = [f"netalchemy benchmark · {prov.get('platform', '?')} · {prov.get('cpu_count', '?')} CPUs · "
+             f"jax {prov.get('versions', {}).get('jax')} · torch {prov.get('torch') or 'absent'} · "
+             f"{_fmt(results.get('wall_s'), '.0f')} s",
+             f"float32 matmul {mm['size']}×{mm['size']}: " + ", ".join(
+                 f"{b} {_fmt(mm[b]['gflops'], '.1f')} GFLOP/s" for b in ("jax", "torch") if b in mm)
+             + f"; machine rate {_fmt(mm['machine_gflops'], '.1f')} GFLOP/s"]
+    for name, w in results["workloads"].items():
+        lines.append(f"{name}: {'-'.join(map(str, w['widths']))}, batch {w['batch']}, Adam lr {w['lr']:g}, "
+                     f"{w['flops_per_step'] / 1e6:,.1f} MFLOP per seed-step (matmuls), data: {w['data']}")
+    return lines
+
+
+def _cell_note(c: dict) -> str:
+    if c["way"] == "engine" and c["info"]:
+        return (f"eval_every {c['info']['eval_every']} ({100 * c['eval_flop_share']:.0f}% of FLOPs), "
+                f"{c['info']['run_chunks']} run chunk(s), {c['info']['compilations_after_first_call']} recompiles")
+    if c["way"] == "engine_chunk" and c["info"]:
+        return f"eval_every {c['info']['eval_every']} ({100 * c['eval_flop_share']:.0f}% of FLOPs)"
+    if c["info"].get("adam"):
+        return f"Adam {c['info']['adam']}, {c['info']['threads']} threads"
+    return c["reason"]
+
+
+def _cell_lines(results: dict) -> list[str]:
+    header = (f"{'work':4s} {'way':14s} {'seeds':>5s} {'steps':>5s} {'median s':>8s} {'seed-steps/s':>12s} "
+              f"{'examples/s':>11s} {'GFLOP/s':>7s} {'%matmul':>7s} {'1st call+':>9s} {'cpu×':>4s} "
+              f"{'peak MB':>7s} {'+MB':>6s} {'est MB':>7s}  note")
+    lines, shown = [header, "-" * len(header)], set()
+    for c in results["cells"]:
+        group = [d for d in results["cells"] if (d["workload"], d["seeds"]) == (c["workload"], c["seeds"])]
+        if all(d["status"] == "skipped" and d["reason"] == c["reason"] for d in group):
+            if (c["workload"], c["seeds"]) not in shown:  # a skipped group is one line
+                shown.add((c["workload"], c["seeds"]))
+                lines.append(f"{c['workload']:4s} {f'all {len(group)} ways':14s} {c['seeds']:5d} {c['steps']:5d} "
+                             f"{'skipped':>8s} {'':>70s} {_mb(c.get('engine_estimate_bytes')):>7s}  {c['reason']}")
+            continue
+        grown = (c["peak_rss_bytes"] - c["rss_after_import_bytes"]
+                 if c.get("peak_rss_bytes") and c.get("rss_after_import_bytes") else None)
+        lines.append(
+            f"{c['workload']:4s} {c['way']:14s} {c['seeds']:5d} {c['steps']:5d} "
+            f"{_fmt(c.get('median_s'), '8.3f', c['status']):>8s} "
+            f"{_fmt(c.get('seed_steps_per_s'), ',.0f'):>12s} {_fmt(c.get('examples_per_s'), ',.0f'):>11s} "
+            f"{_fmt(c.get('gflops'), '.2f'):>7s} {_fmt(_pct(c.get('matmul_fraction')), '.1f'):>7s} "
+            f"{_fmt(c.get('first_call_extra_s'), '.1f'):>9s} {_fmt(c.get('cpu_utilisation'), '.1f'):>4s} "
+            f"{_mb(c.get('peak_rss_bytes')):>7s} {_mb(grown):>6s} {_mb(c.get('engine_estimate_bytes')):>7s}  "
+            f"{_cell_note(c)}")
+    return lines
+
+
+def format_table(results: dict) -> str:
+    """The benchmark as plain text: throughput per cell, ratios, targets (goal, measured, met), notes."""
+    lines = _header(results) + [""] + _cell_lines(results)
+    lines += ["", "engine seed-steps/s ÷ peer seed-steps/s (one-seed peers train the seeds one after another)"]
+    header = f"{'work':4s} {'seeds':>5s} " + " ".join(f"{p:>13s}" for p in PEERS) + f" {'%matmul':>8s}"
+    lines += [header, "-" * len(header)]
+    for r in results["ratios"]:
+        if r["engine_seed_steps_per_s"] is not None:
+            lines.append(f"{r['workload']:4s} {r['seeds']:5d} " + " ".join(f"{_fmt(r['vs'][p], '.2f'):>13s}"
+                                                                          for p in PEERS)
+                         + f" {_fmt(_pct(r['engine_matmul_fraction']), '.1f'):>8s}")
+    header = f"  {'target':76s} {'goal':>6s} {'measured':>8s}  {'':12s} where"
+    lines += ["", header, "  " + "-" * (len(header) - 2)]
+    for t in results["targets"]:
+        lines.append(f"  {t['target']:76s} {t['goal']:>6s} {_fmt(t['value'], '.3g'):>8s}  {t['status']:12s} "
+                     f"{t['where'] or t['note']}".rstrip())
+    lines += ["", "median s: one timed call (median over the repeats); 1st call+: first call minus the median "
+              "(compilation, warm-up); cpu×: CPU seconds per wall second of the process; peak MB: peak RSS of "
+              "the worker process; +MB: its growth after the imports; est MB: the engine's estimate "
+              "bytes_per_run × seeds. goal none: a reference figure without a target."]
+    return "\n".join(lines)
+
+
+def format_markdown(results: dict) -> str:
+    """The README's summary: seed-steps/s per way and seed count (one table per workload), the
+    machine, and each target with its goal, measured value and met / not met."""
+    prov, mm = results.get("provenance", {}), results["matmul"]
+    lines = [f"{prov.get('cpu_count', '?')} CPUs, {prov.get('backend', '?')} backend, jax "
+             f"{prov.get('versions', {}).get('jax')}, torch {prov.get('torch') or 'absent'}; the machine's "
+             f"float32 {mm['size']}² matmul rate {_fmt(mm['machine_gflops'], '.1f')} GFLOP/s; "
+             f"medians of {results['settings']['repeats']} interleaved timed calls; "
+             f"{_fmt(results.get('wall_s'), '.0f')} s in all.", ""]
+    for name, w in results["workloads"].items():
+        seeds = sorted({c["seeds"] for c in results["cells"] if c["workload"] == name and c.get("seed_steps_per_s")})
+        if not seeds:
+            continue
+        lines += [f"| {name} ({'-'.join(map(str, w['widths']))}, batch {w['batch']}), seed-steps/s | "
+                  + " | ".join(f"{n} seed{'s' if n > 1 else ''}" for n in seeds) + " |",
+                  "|---|" + "---|" * len(seeds)]
+        for way in WAYS:
+            rates = [rate_at(results, name, way, n) if WAYS[way].vmapped or n == 1 else None for n in seeds]
+            if any(r is not None for r in rates):
+                lines.append(f"| {WAYS[way].label} | " + " | ".join(_fmt(r, ',.0f') for r in rates) + " |")
+        engine = [find_cell(results, name, "engine", n) for n in seeds]
+        lines.append("| engine: % of the matmul rate | " + " | ".join(
+            _fmt(_pct(c.get("matmul_fraction")) if c else None, ".1f") for c in engine) + " |")
+        lines.append("")
+    lines += ["| target | goal | measured | met? | where |", "|---|---|---|---|---|"]
+    for t in results["targets"]:
+        lines.append(f"| {t['target']} | {t['goal']} | {_fmt(t['value'], '.3g')} | {t['status']} | "
+                     f"{t['where'] or t['note']} |")
+    return "\n".join(lines)
+
+
+def _scaling_panel(ax, results: dict, name: str) -> None:
+    """One workload: seed-steps/s against seeds, min–max bars, the matmul-rate bound."""
+    measured = [c for c in results["cells"] if c["workload"] == name and c.get("seed_steps_per_s")]
+    seeds = sorted({c["seeds"] for c in measured}) or [1]
+    span = [min(seeds) / 1.5, max(seeds) * 1.5]
+    for i, way in enumerate(WAYS):
+        ok = [c for c in measured if c["way"] == way]
+        if not ok:
+            continue
+        xs, ys = [c["seeds"] for c in ok], [c["seed_steps_per_s"] for c in ok]
+        lo = [y - c["seeds"] * c["steps"] / max(c["times_s"]) for y, c in zip(ys, ok)]
+        hi = [c["seeds"] * c["steps"] / min(c["times_s"]) - y for y, c in zip(ys, ok)]
+        if WAYS[way].vmapped:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", color=f"C{i}", capsize=3, label=WAYS[way].label)
+        else:
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="s", color=f"C{i}", capsize=3, ls="none")
+            ax.plot(span, [ys[0]] * 2, ls="--", color=f"C{i}", label=f"{WAYS[way].label} (1 seed; N seeds in turn)")
+    machine = results["matmul"].get("machine_gflops")
+    if machine and measured:
+        bound = machine * 1e9 / results["workloads"][name]["flops_per_step"]
+        ax.axhline(bound, color="k", ls=":", lw=1, label=f"matmul-rate bound ({machine:.0f} GFLOP/s)")
+    w = results["workloads"][name]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlim(*span)
+    ax.set_xticks(seeds, [str(n) for n in seeds])
+    ax.minorticks_off()
+    ax.set_xlabel("seeds trained at once")
+    ax.set_ylabel("seed-steps per second (median, min–max bars)")
+    ax.set_title(f"{name}: {'-'.join(map(str, w['widths']))} MLP, batch {w['batch']}, Adam")
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    else:
+        ax.text(0.5, 0.5, "nothing measured", transform=ax.transAxes, ha="center")
+
+
+def plot_scaling(results: dict, path: Path) -> Path:
+    """Seed-steps/s against seeds trained at once, log-log, one panel per workload."""
+    names = list(results["workloads"])
+    fig = Figure(figsize=(6.5 * max(len(names), 1), 6.2), layout="constrained")  # no pyplot backend needed
+    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        _scaling_panel(ax, results, name)
+    prov = results.get("provenance", {})
+    fig.suptitle(f"Training throughput · {prov.get('cpu_count', '?')} CPUs, backend {prov.get('backend', '?')} · "
+                 f"median of {results.get('settings', {}).get('repeats', '?')} timed calls per point", fontsize=10)
+    return plots.save(fig, path)
+
+
+def write_results(results: dict, out_dir: Path) -> dict[str, Path]:
+    """Writes bench.json, table.txt, summary.md and scaling.png into `out_dir`; returns their paths."""
+    out_dir = store.ensure_writable(Path(out_dir))
+    paths = {"json": out_dir / "bench.json", "table": out_dir / "table.txt", "markdown": out_dir / "summary.md",
+             "plot": out_dir / "scaling.png"}
+    store.write_json(paths["json"], results)
+    paths["table"].write_text(format_table(results) + "\n")
+    paths["markdown"].write_text(format_markdown(results) + "\n")
+    plot_scaling(results, paths["plot"])
+    return paths
