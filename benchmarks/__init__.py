@@ -27,7 +27,8 @@ Ways (`settings.WAYS`), one module each side:
   engine, engine_chunk               `engine.py`: `sweep.run` as a user runs it (a fresh
                                      folder per call, checkpoints and files included), and
                                      the engine's compiled program `sweep.train_chunk` alone
-  jax_ref, flax_nnx                  `peers_jax.py`: plain JAX scan+vmap; Flax NNX's loop
+  jax_ref                            `peers_jax.py`: plain JAX scan+vmap
+  flax_nnx                           `peers_flax.py`: Flax NNX's training loop
   torch_eager, torch_compile,        `peers_torch.py`: PyTorch's eager loop, torch.compile,
   torch_func                         and a torch.func ensemble over seeds
 The matmul rate is the median over repeats of one 2048×2048 float32 `a @ b` (jit-compiled in

@@ -60,7 +60,7 @@ WAYS = {
     "engine": Way("netalchemy sweep.run", "jax", True, ("netalchemy.sweep",), "engine:sweep_runner"),
     "engine_chunk": Way("engine program (train_chunk)", "jax", True, ("netalchemy.sweep",), "engine:program_runner"),
     "jax_ref": Way("plain JAX scan+vmap", "jax", True, ("jax", "optax"), "peers_jax:jax_ref_runner"),
-    "flax_nnx": Way("Flax NNX loop", "jax", False, ("flax.nnx", "optax"), "peers_jax:flax_nnx_runner"),
+    "flax_nnx": Way("Flax NNX loop", "jax", False, ("flax.nnx", "optax"), "peers_flax:flax_nnx_runner"),
     "torch_eager": Way("PyTorch eager", "torch", False, ("torch",), "peers_torch:eager_runner"),
     "torch_compile": Way("torch.compile", "torch", False, ("torch",), "peers_torch:compiled_runner"),
     "torch_func": Way("torch.func ensemble", "torch", True, ("torch", "torch.func"), "peers_torch:ensemble_runner"),

@@ -340,3 +340,33 @@ def test_without_the_folder_the_command_says_in_one_line_how_to_get_it(monkeypat
     err = capsys.readouterr().err.strip()
     assert err.startswith("netalchemy: error: the benchmark is not installed") and "\n" not in err
     assert "pip install -e '.[bench]'" in err and not out.exists()
+
+
+def test_every_way_names_a_builder_that_exists():
+    worker = importlib.import_module("benchmarks.worker")
+    for name, way in S.WAYS.items():
+        if way.backend == "torch" and not S.torch_available():
+            continue
+        assert callable(worker.builder({"way": name})), name
+    assert callable(worker.builder({"way": "matmul", "backend": "jax"}))
+
+
+def test_the_engine_program_runner_trains_without_recompiling(monkeypatch):
+    """engine_chunk (not in the tiny profile) in this process: two calls, one compilation."""
+    engine = importlib.import_module("benchmarks.engine")
+    from netalchemy import sweep
+
+    monkeypatch.setattr(engine, "_use_devices", lambda spec: None)  # JAX already runs in this process
+    rng = np.random.default_rng(0)
+    data = {"x_train": rng.standard_normal((300, 40), dtype=np.float32), "y_train": rng.integers(0, 10, 300),
+            "x_test": rng.standard_normal((50, 40), dtype=np.float32), "y_test": rng.integers(0, 10, 50)}
+    data = {k: v.astype(np.int32) if k.startswith("y") else v for k, v in data.items()}
+    runner = engine.program_runner({"workload": "W1", "seeds": 3, "steps": 20, "eval_every": 10,
+                                    "engine_cpu_devices": 0}, data)
+    counts = [sweep.train_chunk._cache_size()]
+    for _ in range(2):
+        runner.prepare()
+        runner.run()
+        counts.append(sweep.train_chunk._cache_size())
+    assert counts[1] - counts[0] <= 1 and counts[2] == counts[1]  # one program (or a cached one), then reused
+    assert runner.info() == {"eval_every": 10}
