@@ -18,7 +18,8 @@ import numpy as np
 from netalchemy import plots, probes, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
-from netalchemy.experiment import Verdict, ci_verdict
+from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, judge
 
 CLAIMS = ("M14", "A5")
 STAGES = ("nigredo", "albedo", "citrinitas", "rubedo")
@@ -100,57 +101,69 @@ def run(s: Settings, out_dir: Path) -> None:
         "test_acc": result.history["test_acc"][:, -1], "depth": len(cfg.model.hidden)})
 
 
-def m14_verdict(probe_trained: np.ndarray) -> tuple[str, float, float, float, str]:
-    """From (seeds, layers) probe accuracies: does each hidden layer beat the one before?"""
+# ---------------------------------------------------------------------------- verdict rules
+
+STEP = Rule("the paired (same seed) gain in probe accuracy from one layer to the next", 0.0, "above",
+            "any reliable gain: the layer's features are more linearly readable than its input's")
+OVERALL = Rule("the paired gain in probe accuracy from the input to the last hidden layer", 0.0, "above",
+               "no gain at all over the raw input would mean the layers add no readable features")
+HOMOLOGY = Rule("the share of hidden layers whose best CKA match in another seed is the same layer",
+                CORRESPONDENCE_THRESHOLD, "above",
+                "three layers in four matched to themselves is shared structure, not a chance alignment")
+
+
+def m14_verdict(probe_trained: np.ndarray, measurement: str = "", figure: str | None = None) -> Verdict:
+    """From (seeds, layers) probe accuracies: does each hidden layer beat the one before?
+
+    Supported iff every step is; contradicted iff the overall gain is; otherwise depends
+    (abstraction rises, then saturates or falls).
+    """
     hidden = probe_trained[:, :-1]  # input and hidden layers (logits excluded)
-    steps = [stats.bootstrap_ci(hidden[:, k + 1] - hidden[:, k]) for k in range(hidden.shape[1] - 1)]
-    overall = stats.bootstrap_ci(hidden[:, -1] - hidden[:, 0])
-    if all(c.low > 0 for c in steps):
-        verdict = "supported"
-    elif overall.high <= 0:
-        verdict = "contradicted"
-    else:
-        verdict = "depends"
-    rule = ("supported iff every consecutive step (input → hidden 1 → … → last hidden) raises probe accuracy "
-            "with a 95% CI above 0; contradicted iff the last hidden layer is not better than the input "
-            "(CI of the difference ≤ 0); otherwise depends (abstraction rises, then saturates or falls)")
-    return verdict, overall.estimate, overall.low, overall.high, rule
+    parts = [Part(f"layer {k}→{k + 1}", STEP, stats.paired_bootstrap_ci(hidden[:, k + 1], hidden[:, k]))
+             for k in range(hidden.shape[1] - 1)]
+    parts.append(Part("input→last", OVERALL, stats.paired_bootstrap_ci(hidden[:, -1], hidden[:, 0])))
+
+    def combine(d):
+        if all(d[p.name] == "supported" for p in parts[:-1]):
+            return "supported"
+        return "contradicted" if d["input→last"] == "contradicted" else "depends"
+
+    return judge("M14", parts, combine, how="supported iff every layer step is supported; contradicted iff "
+                 "input→last is contradicted; else depends", measurement=measurement, value=parts[-1].ci,
+                 figure=figure, unit="accuracy")[0]
 
 
-def a5_verdict(cross: np.ndarray, probe_verdict: str) -> tuple[str, float, float, float, str]:
-    """Homology: corresponding layers of different seeds are each other's best CKA match."""
-    matches = np.array([correspondence(c) for c in cross])
-    ci = stats.bootstrap_ci(matches)
-    homology = ci_verdict(ci.low, ci.high, CORRESPONDENCE_THRESHOLD, claim_holds_if="above")
-    stages = probe_verdict in ("supported", "depends")
-    if homology == "supported" and stages:
-        verdict = "supported"
-    elif homology == "contradicted" and not stages:
-        verdict = "contradicted"
-    else:
-        verdict = "depends"
-    rule = (f"homology holds iff the CI of the share of hidden layers matched to the same layer of another "
-            f"seed (argmax CKA) lies above {CORRESPONDENCE_THRESHOLD}; stages hold iff M14 is supported or "
-            f"depends; supported iff both hold, contradicted iff neither, else depends")
-    return verdict, ci.estimate, ci.low, ci.high, rule
+def a5_verdict(cross: np.ndarray, probe_verdict: str, measurement: str = "", figure: str | None = None) -> Verdict:
+    """Homology (corresponding layers of different seeds are each other's best CKA match) and stages
+    (M14 supported or depends): supported iff both hold, contradicted iff neither, else depends."""
+    ci = stats.bootstrap_ci([correspondence(c) for c in cross])
+    stages_hold = probe_verdict in ("supported", "depends")
+
+    def combine(d):
+        if d["homology"] == "supported" and stages_hold:
+            return "supported"
+        return "contradicted" if d["homology"] == "contradicted" and not stages_hold else "depends"
+
+    return judge("A5", [Part("homology", HOMOLOGY, ci)], combine,
+                 how=f"stages hold iff M14 is supported or depends (M14: {probe_verdict}); supported iff homology "
+                     f"is supported and stages hold, contradicted iff homology is contradicted and stages do not, "
+                     f"else depends", measurement=measurement, figure=figure, unit="share of layers")[0]
 
 
 def report(out_dir: Path) -> list[Verdict]:
     r = store.read_npz(out_dir / "results.npz")
     names = layer_names(int(r["depth"]))
     figures = _figures(r, names, out_dir)
-    m14, value, low, high, rule14 = m14_verdict(r["probe_trained"])
-    a5, v5, l5, h5, rule5 = a5_verdict(r["cka_cross"], m14)
     diag = np.mean([np.diag(c)[1:-1].mean() for c in r["cka_cross"]])
     off = np.mean([c[1:-1, 1:-1][~np.eye(c.shape[0] - 2, dtype=bool)].mean() for c in r["cka_cross"]])
     accs = ", ".join(f"{n} {a:.3f}" for n, a in zip(names, r["probe_trained"].mean(0)))
-    return [
-        Verdict("M14", f"probe accuracy gain from input to the last hidden layer (trained; per layer: {accs})",
-                value, low, high, m14, rule14, figures[0]),
-        Verdict("A5", f"share of hidden layers whose best CKA match in another seed is the same layer "
-                      f"(same-layer CKA {diag:.2f} vs other layers {off:.2f}; seeds disagree on "
-                      f"{np.mean(r['pair_churn']):.1%} of test predictions)", v5, l5, h5, a5, rule5, figures[1]),
-    ]
+    m14 = m14_verdict(r["probe_trained"], f"probe accuracy gain from input to the last hidden layer (trained; "
+                                          f"per layer: {accs})", figures[0])
+    a5 = a5_verdict(r["cka_cross"], m14.verdict,
+                    f"share of hidden layers whose best CKA match in another seed is the same layer (same-layer "
+                    f"CKA {diag:.2f} vs other layers {off:.2f}; seeds disagree on {np.mean(r['pair_churn']):.1%} "
+                    f"of test predictions)", figures[1])
+    return [m14, a5]
 
 
 def _figures(r, names: list[str], out_dir: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""What the layers of a trained net hold: activations, ReLU sparsity, linear probes.
+"""What the layers of a trained net hold: activations per layer and linear probes.
 
 References: Alain & Bengio 2016 (linear classifier probes); Kornblith et al. 2019
 (similarity of representations, see `stats.linear_cka`).
@@ -25,13 +25,6 @@ def representations(params: mlp.Params, state: mlp.State, x: Array, *, cfg: Mode
     """
     out = mlp.forward(params, state, x, cfg=cfg, train=False)
     return (x.astype(out.logits.dtype), *(c.outputs for c in out.hidden), out.logits)
-
-
-@partial(jax.jit, static_argnames="cfg")
-def active_fraction(params: mlp.Params, state: mlp.State, x: Array, *, cfg: ModelConfig) -> Array:
-    """Fraction of ReLU units with a positive input, per hidden layer, averaged over `x`: (layers,)."""
-    out = mlp.forward(params, state, x, cfg=cfg, train=False)
-    return jnp.stack([jnp.mean(c.pre_activation > 0) for c in out.hidden])
 
 
 def ridge_probe_accuracy(train_features: Array, train_labels: Array, test_features: Array, test_labels: Array,

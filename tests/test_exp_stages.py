@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from experiments import stages
 from netalchemy import mlp, probes
@@ -19,14 +20,14 @@ def test_ridge_probe_reads_a_linearly_separable_code_and_not_noise():
     assert abs(acc(noise) - 1 / 3) < 0.12
 
 
-def test_representations_and_active_fraction():
+def test_representations():
     cfg = ModelConfig(hidden=(7, 5))
     params, state = mlp.init(jax.random.key(0), cfg, in_features=3, num_classes=2)
     x = jax.random.normal(jax.random.key(1), (50, 3))
     reps = probes.representations(params, state, x, cfg=cfg)
     assert [r.shape for r in reps] == [(50, 3), (50, 7), (50, 5), (50, 2)]
-    frac = probes.active_fraction(params, state, x, cfg=cfg)
-    np.testing.assert_allclose(frac[0], np.mean(np.asarray(reps[1]) > 0))
+    np.testing.assert_allclose(reps[1], np.maximum(np.asarray(x) @ np.asarray(params[0].w) + np.asarray(params[0].b), 0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_correspondence_counts_hidden_layers_matched_to_themselves():
@@ -40,21 +41,27 @@ def test_correspondence_counts_hidden_layers_matched_to_themselves():
 def test_verdict_rules_on_synthetic_numbers():
     seeds = 20
     rising = np.tile([0.2, 0.4, 0.6, 0.8, 0.9], (seeds, 1)) + np.random.default_rng(0).normal(0, 0.01, (seeds, 5))
-    assert stages.m14_verdict(rising)[0] == "supported"
+    m14 = stages.m14_verdict(rising)
+    assert m14.verdict == "supported" and m14.value == pytest.approx(0.6, abs=0.01)  # 0.8 − 0.2 (logits excluded)
+    # The step nearest to flipping is the smallest gain, 0.2, whose CI low end is the flip point.
+    assert 0.19 < m14.flip_point < 0.2 and "layer 2→3 supported" in m14.flip_text
     flat_then = rising.copy()
     flat_then[:, 3] = flat_then[:, 2]
-    assert stages.m14_verdict(flat_then)[0] == "depends"
+    assert stages.m14_verdict(flat_then).verdict == "depends"
     falling = rising[:, ::-1].copy()
-    assert stages.m14_verdict(falling)[0] == "contradicted"
+    assert stages.m14_verdict(falling).verdict == "contradicted"
     matched = np.stack([np.eye(6) * 0.5 + 0.4] * 10)
-    assert stages.a5_verdict(matched, "supported")[0] == "supported"
-    assert stages.a5_verdict(matched, "contradicted")[0] == "depends"
+    a5 = stages.a5_verdict(matched, "supported")
+    assert a5.verdict == "supported" and (a5.value, a5.flip_point) == (1.0, 1.0)
+    assert "(M14: supported)" in a5.rule and stages.HOMOLOGY.describe() in a5.rule
+    assert stages.a5_verdict(matched, "contradicted").verdict == "depends"
     scrambled = np.stack([np.roll(np.eye(6), 1, axis=1) * 0.5 + 0.4] * 10)
-    assert stages.a5_verdict(scrambled, "contradicted")[0] == "contradicted"
+    assert stages.a5_verdict(scrambled, "contradicted").verdict == "contradicted"
 
 
 def test_tiny_profile_end_to_end(tmp_path):
     out_dir, verdicts = run_experiment("stages", profile="tiny", root=tmp_path)
     assert [v.claim for v in verdicts] == ["M14", "A5"]
     assert all(v.value is not None and v.ci_low <= v.value <= v.ci_high for v in verdicts)
+    assert all(v.flip_point is not None and v.flip_text.startswith(v.verdict) for v in verdicts)
     assert (out_dir / "probes.png").exists() and (out_dir / "cka.png").exists() and (out_dir / "verdicts.json").exists()
