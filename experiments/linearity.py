@@ -23,7 +23,7 @@ net's initial logits grow as 2^depth.
   per hidden layer, at initialization (the sweep's own initial weights) and after training;
   also the fraction of "dead" units (inactive on every test example).
 
-Verdict rules (pure functions below, unit-tested on synthetic numbers): `m4_verdict`,
+Verdict rules (rule objects below, unit-tested on synthetic numbers): `m4_verdict`,
 `m5_verdict`.
 
 References: Saxe et al. (2014) "Exact solutions to the nonlinear dynamics of learning in
@@ -38,6 +38,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,7 @@ from netalchemy import data as data_lib
 from netalchemy import mlp, plots, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, judge
 
 CLAIMS = ("M4", "M5")
 
@@ -178,67 +180,68 @@ def run(s: Settings, out_dir: Path) -> None:
 # ---------------------------------------------------------------- verdict rules
 
 
-def equivalence(ci: stats.CI, margin: float = EQUIV_MARGIN) -> str:
-    """"same" if the CI of a difference lies within ±margin, "different" if it lies wholly
-    outside, else "unclear" (also for a missing CI)."""
-    if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
-        return "unclear"
-    if -margin <= ci.low and ci.high <= margin:
-        return "same"
-    if ci.low > margin or ci.high < -margin:
-        return "different"
-    return "unclear"
+COLLAPSE = Rule("the worst relative error of the collapsed map W1·…·WL (+ effective bias) against the linear "
+                "net's logits, over seeds and depths", COLLAPSE_TOL, "below",
+                "float32 round-off of a product of a few matrices stays far below it; a real mismatch does not")
+SAME = Rule("the paired (same seed) test-accuracy difference linear − logistic regression", (-EQUIV_MARGIN, EQUIV_MARGIN),
+            "inside", "two points of accuracy: the same function class reaching about the same solution")
+RELU_BETTER = Rule("the paired test-accuracy difference ReLU − linear at the same depth", EQUIV_MARGIN, "above",
+                   "more than the equivalence margin: the nonlinearity adds what depth alone cannot")
+ACTIVE = Rule("the active fraction of a hidden layer of a ReLU net", ACTIVE_BAND, "inside",
+              "'~50% active' read generously: between about a third and two thirds")
 
 
-M4_RULE = (f"contradicted if the collapsed map W1·…·WL (+ effective bias) misses the linear net's logits by a "
-           f"relative error > {COLLAPSE_TOL:g} for any seed; supported if it matches AND, at every depth, the 95% "
-           f"CI of (linear − logistic regression) test accuracy (paired by seed) lies within ±{EQUIV_MARGIN:g} AND "
-           f"the CI of (ReLU − linear) accuracy lies above +{EQUIV_MARGIN:g}; depends if it matches but some "
-           f"linear depth's accuracy CI lies wholly outside ±{EQUIV_MARGIN:g} of logistic regression's (same "
-           f"function class, different solution found); else inconclusive")
+def m4_verdict(collapse_error: float, linear_vs_logreg: list[stats.CI], relu_vs_linear: list[stats.CI],
+               depths: Sequence[int] | None = None, measurement: str = "", value: stats.CI | None = None) -> Verdict:
+    """M4 from the worst collapse error and the accuracy-difference CIs, one per depth: contradicted
+    if the collapse misses; depends if it matches but some linear depth differs from logistic
+    regression (same function class, different solution found); supported if every depth is the
+    same and ReLU beats linear at every depth; else inconclusive."""
+    depths = list(depths or range(1, len(linear_vs_logreg) + 1))
+    err = float(collapse_error) if np.isfinite(collapse_error) else np.finfo(np.float64).max  # NaN: no collapse
+    parts = [Part("collapse", COLLAPSE, stats.CI(err, err, err))]
+    parts += [Part(f"same@{d}", SAME, ci) for d, ci in zip(depths, linear_vs_logreg)]
+    parts += [Part(f"relu@{d}", RELU_BETTER, ci, can_contradict=False) for d, ci in zip(depths, relu_vs_linear)]
+
+    def combine(d):
+        if d["collapse"] != "supported":
+            return "contradicted" if d["collapse"] == "contradicted" else "inconclusive"
+        same = [d[f"same@{x}"] for x in depths]
+        if "contradicted" in same:
+            return "depends"
+        rest = same + [d[f"relu@{x}"] for x in depths]
+        return "supported" if all(v == "supported" for v in rest) else "inconclusive"
+
+    return judge("M4", parts, combine, how="contradicted iff collapse is; depends iff collapse holds but some "
+                 "same@depth is contradicted; supported iff every part is supported; else inconclusive",
+                 measurement=measurement, value=value or (linear_vs_logreg[0] if linear_vs_logreg else None),
+                 figure="accuracy.png", unit="accuracy")[0]
 
 
-def m4_verdict(collapse_error: float, linear_vs_logreg: list[stats.CI], relu_vs_linear: list[stats.CI]) -> str:
-    """M4 from the worst collapse error and the accuracy-difference CIs, one per depth."""
-    if not np.isfinite(collapse_error) or collapse_error > COLLAPSE_TOL:
-        return "contradicted"
-    same = [equivalence(ci) for ci in linear_vs_logreg]
-    if "different" in same:
-        return "depends"
-    relu_better = [np.isfinite(ci.low) and ci.low > EQUIV_MARGIN for ci in relu_vs_linear]
-    if all(v == "same" for v in same) and all(relu_better):
-        return "supported"
-    return "inconclusive"
+def m5_verdict(init_cis: list[stats.CI], trained_cis: list[stats.CI], measurement: str = "",
+               value: stats.CI | None = None) -> Verdict:
+    """M5 from the per-layer active-fraction CIs at init and after training. A stage is 'in' if every
+    layer's part is supported, 'out' if some layer's is contradicted; supported if in at both stages,
+    depends if in at one and out at the other, contradicted if out at both, else inconclusive."""
+    parts = [Part(f"{stage} {i}", ACTIVE, ci) for stage, cis in (("init", init_cis), ("trained", trained_cis))
+             for i, ci in enumerate(cis)]
 
+    def combine(d):
+        def status(stage):
+            got = [v for k, v in d.items() if k.startswith(stage + " ")]
+            return "out" if "contradicted" in got else "in" if got and all(v == "supported" for v in got) else "?"
+        a, b = status("init"), status("trained")
+        if a == b == "in":
+            return "supported"
+        if {a, b} == {"in", "out"}:
+            return "depends"
+        return "contradicted" if a == b == "out" else "inconclusive"
 
-def band_status(cis: list[stats.CI], band: tuple[float, float] = ACTIVE_BAND) -> str:
-    """"in" if every CI lies within the band, "out" if some CI lies wholly outside, else "unclear"."""
-    low, high = band
-    if any(not (np.isfinite(ci.low) and np.isfinite(ci.high)) for ci in cis) or not cis:
-        return "unclear"
-    if all(low <= ci.low and ci.high <= high for ci in cis):
-        return "in"
-    if any(ci.high < low or ci.low > high for ci in cis):
-        return "out"
-    return "unclear"
-
-
-M5_RULE = (f"per stage (init, trained), 'in' if the 95% CI of the active fraction of every hidden layer of every "
-           f"ReLU net lies within [{ACTIVE_BAND[0]:g}, {ACTIVE_BAND[1]:g}], 'out' if some layer's CI lies wholly "
-           f"outside; supported if in at both stages, depends if in at one and out at the other, contradicted if "
-           f"out at both, else inconclusive")
-
-
-def m5_verdict(init_cis: list[stats.CI], trained_cis: list[stats.CI]) -> str:
-    """M5 from the per-layer active-fraction CIs at init and after training."""
-    a, b = band_status(init_cis), band_status(trained_cis)
-    if a == b == "in":
-        return "supported"
-    if {a, b} == {"in", "out"}:
-        return "depends"
-    if a == b == "out":
-        return "contradicted"
-    return "inconclusive"
+    return judge("M5", parts, combine, how="per stage (init, trained), in iff every layer is supported, out iff "
+                 "some layer is contradicted; supported iff in at both, depends iff in at one and out at the other, "
+                 "contradicted iff out at both, else inconclusive", measurement=measurement,
+                 value=value or (trained_cis[0] if trained_cis else None), figure="activity.png",
+                 unit="fraction active")[0]
 
 
 # ---------------------------------------------------------------- figures
@@ -306,8 +309,8 @@ def report(out_dir: Path) -> list[Verdict]:
     meta = store.read_json(out_dir / "results.json")
     depths = meta["depths"]
     acc = {n: stats.bootstrap_ci(r[f"{n}/test_acc"]) for n in meta["models"]}
-    lin_vs_log = [stats.bootstrap_ci(r[f"linear-{d}/test_acc"] - r["logreg/test_acc"]) for d in depths]
-    relu_vs_lin = [stats.bootstrap_ci(r[f"relu-{d}/test_acc"] - r[f"linear-{d}/test_acc"]) for d in depths]
+    lin_vs_log = [stats.paired_bootstrap_ci(r[f"linear-{d}/test_acc"], r["logreg/test_acc"]) for d in depths]
+    relu_vs_lin = [stats.paired_bootstrap_ci(r[f"relu-{d}/test_acc"], r[f"linear-{d}/test_acc"]) for d in depths]
     poi = [stats.probability_of_improvement_ci(r[f"linear-{d}/test_acc"], r["logreg/test_acc"]) for d in depths]
     collapse_err = max(float(np.max(r[f"linear-{d}/collapse_error"])) for d in depths)
     agreement = min(float(np.min(r[f"linear-{d}/collapse_agreement"])) for d in depths)
@@ -355,9 +358,5 @@ def report(out_dir: Path) -> list[Verdict]:
                   f"(per layer {lo_i:.2f}–{hi_i:.2f}); dead units after training ≤ {dead_max:.3f} per layer")
     init_cis = [ci for n in relus for ci in act[(n, "init")]]
     trained_cis = [ci for n in relus for ci in act[(n, "trained")]]
-    return [
-        Verdict("M4", m4_measure, w_ci.estimate, w_ci.low, w_ci.high,
-                m4_verdict(collapse_err, lin_vs_log, relu_vs_lin), M4_RULE, "accuracy.png", "accuracy"),
-        Verdict("M5", m5_measure, pooled["trained"].estimate, pooled["trained"].low, pooled["trained"].high,
-                m5_verdict(init_cis, trained_cis), M5_RULE, "activity.png", "fraction active"),
-    ]
+    return [m4_verdict(collapse_err, lin_vs_log, relu_vs_lin, depths, m4_measure, w_ci),
+            m5_verdict(init_cis, trained_cis, m5_measure, pooled["trained"])]

@@ -64,7 +64,8 @@ def test_relu_activity_counts_active_pairs_and_dead_units():
     (CI(0.0, -0.01, 0.01), "same"), (CI(-0.05, -0.07, -0.03), "different"),
     (CI(0.0, -0.03, 0.01), "unclear"), (CI(math.nan, math.nan, math.nan), "unclear")])
 def test_equivalence(ci, expected):
-    assert linearity.equivalence(ci) == expected
+    names = {"supported": "same", "contradicted": "different", "inconclusive": "unclear"}
+    assert names[linearity.SAME.decide(ci)] == expected
 
 
 SAME, BETTER = CI(0.0, -0.01, 0.01), CI(0.3, 0.25, 0.35)
@@ -79,7 +80,14 @@ SAME, BETTER = CI(0.0, -0.01, 0.01), CI(0.3, 0.25, 0.35)
     (1e-6, [SAME, CI(0.0, -0.03, 0.01)], [BETTER, BETTER], "inconclusive"),  # CI too wide
 ])
 def test_m4_verdict_rule(error, lin, relu, expected):
-    assert linearity.m4_verdict(error, lin, relu) == expected
+    assert linearity.m4_verdict(error, lin, relu).verdict == expected
+
+
+def test_m4_row_flips_at_the_closest_part():
+    v = linearity.m4_verdict(1e-6, [SAME], [BETTER], depths=[2])
+    assert v.verdict == "supported" and (v.value, v.ci_low, v.ci_high) == (0.0, -0.01, 0.01)
+    assert v.flip_point == -0.01  # the equivalence part is the closest call; its low end is 0.01 from −0.02
+    assert "same@2 supported (flips at -0.01)" in v.flip_text and linearity.SAME.describe() in v.rule
 
 
 HALF, LOW, WIDE = CI(0.5, 0.48, 0.52), CI(0.2, 0.15, 0.25), CI(0.4, 0.3, 0.5)
@@ -94,7 +102,13 @@ HALF, LOW, WIDE = CI(0.5, 0.48, 0.52), CI(0.2, 0.15, 0.25), CI(0.4, 0.3, 0.5)
     ([], [HALF], "inconclusive"),
 ])
 def test_m5_verdict_rule(init, trained, expected):
-    assert linearity.m5_verdict(init, trained) == expected
+    assert linearity.m5_verdict(init, trained).verdict == expected
+
+
+def test_m5_row_value_and_flip_point():
+    v = linearity.m5_verdict([HALF], [CI(0.5, 0.45, 0.6)], value=CI(0.5, 0.45, 0.6))
+    assert v.verdict == "supported" and v.ci_high == 0.6
+    assert v.flip_point == 0.6  # 0.05 from the upper edge 0.65 (the low end is 0.10 from 0.35)
 
 
 def test_tiny_profile_end_to_end(tmp_path):
