@@ -407,9 +407,7 @@ def first_diverging_lr(table: dict[str, np.ndarray], lrs: np.ndarray) -> Optiona
 
 
 def _plot_stability(tables, edges, lrs, threshold, path):
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, (ax1, ax2) = plots.subplots(1, 2, figsize=(12, 4.8))
     for v in VARIANTS:
         t = tables[v]
         rate = t["diverged"].mean(axis=1)
@@ -422,42 +420,40 @@ def _plot_stability(tables, edges, lrs, threshold, path):
             ax2.axvline(np.nanmedian(edges[v]), color=COLORS[v], ls=":", lw=1)
     ax1.set_xscale("log")
     ax1.set_xlabel("SGD learning rate")
-    ax1.set_ylabel("fraction of seeds diverged (NaN/Inf loss)")
+    ax1.set_ylabel("fraction of seeds diverged\n(NaN/Inf loss)")
     ax1.set_ylim(-0.03, 1.03)
-    ax1.set_title("Divergence (SGD)  — band: 95% bootstrap CI", fontsize=10)
-    ax1.legend(fontsize=8)
+    ax1.set_title("Divergence (SGD); band: 95% bootstrap CI", fontsize=10)
     ax2.set_xscale("log")
     ax2.axhline(threshold, color="gray", ls="--", lw=1, label=f"stability threshold {threshold:.3g}")
     ax2.set_xlabel("SGD learning rate")
-    ax2.set_ylabel("final train loss (nats; diverged runs omitted)")
-    ax2.set_title("Final train loss — dotted: median largest stable lr", fontsize=10)
-    ax2.legend(fontsize=7)
+    ax2.set_ylabel("final train loss (nats)\ndiverged runs omitted")
+    ax2.set_title("Final train loss; dotted: median largest stable lr", fontsize=10)
+    h1, l1 = ax1.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    fig.legend(h1 + h2, l1 + l2, loc="outside lower center", ncol=3, fontsize=8)  # beside the data, not on it
     return plots.save(fig, path)
 
 
 def _plot_landscape(land, path):
-    import matplotlib.pyplot as plt
-
     panels = [("loss_range", "loss range along −g (nats)", "Loss landscape: max_η L − min_η L"),
               ("grad_pred", "max_η ‖∇L(θ) − ∇L(θ − ηg)‖", "Gradient predictiveness (ℓ2 change)"),
               ("beta", "max_η ‖Δ∇L‖ / ‖ηg‖", "Effective β-smoothness"),
               ("loss", "minibatch loss L(θ) (nats)", "Training loss at the measured points")]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
-    for ax, (key, ylabel, title) in zip(axes, panels):
+    fig, axes = plots.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for ax, (key, ylabel, title) in zip(axes.flat, panels):
         for v in VARIANTS:
             plots.seed_band(ax, land[v]["steps"], land[v][key], label=LABELS[v], color=COLORS[v], log_y=True)
-        ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     return plots.save(fig, path)
 
 
 def _plot_ics(ics, layers, path):
-    import matplotlib.pyplot as plt
-
     panels = [("ics_l2", "‖G − G′‖ (ℓ2)"), ("ics_rel", "‖G − G′‖ / ‖G‖"), ("ics_cos", "cos(G, G′)")]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plots.subplots(1, 3, figsize=(13, 4.6))
     x = np.arange(len(layers))
     width = 0.38
     for ax, (key, ylabel) in zip(axes, panels):
@@ -470,8 +466,8 @@ def _plot_ics(ics, layers, path):
         ax.set_xticks(x, layers)
         ax.set_xlabel("layer (its predecessors updated first)")
         ax.set_ylabel(ylabel + ", mean over training")
-        ax.legend(fontsize=7)
-    fig.suptitle("Internal covariate shift (Santurkar et al. 2018, Def. 2.1): gradient of layer i before vs after "
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
+    fig.suptitle("Internal covariate shift (Santurkar et al. 2018, Def. 2.1): gradient of layer i before vs after\n"
                  "layers < i take their SGD step; error bars: 95% bootstrap CI over seeds", fontsize=10)
     return plots.save(fig, path)
 

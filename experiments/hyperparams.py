@@ -439,7 +439,7 @@ def plot_lr_sweep(s: Settings, results: dict, a: dict, path: Path) -> None:
     """Final train loss and test accuracy vs lr per optimizer; failure rate as marker size."""
     lrs = np.asarray(a["lrs"])
     colors = _opt_colors(results)
-    fig, axes = plots.plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plots.subplots(1, 2, figsize=(12, 5.2))
     for name, r in results.items():
         o = a["optimizers"][name]
         div = _grid(r, "diverged", len(lrs)).astype(bool)
@@ -462,10 +462,12 @@ def plot_lr_sweep(s: Settings, results: dict, a: dict, path: Path) -> None:
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=7)
+    # One legend below both panels, never over the data: each optimizer once, then both reference lines.
+    handles, labels = axes[0].get_legend_handles_labels()
+    h1, l1 = axes[1].get_legend_handles_labels()
+    fig.legend(handles + h1[-1:], labels + l1[-1:], loc="outside lower center", ncol=3, fontsize=7)
     fig.suptitle(f"M7: lr sweep, {s.base.train.steps} steps, batch {s.base.train.batch_size}. Marker size = failure "
-                 f"rate (non-finite or loss ≥ ln C); ✕ at the bottom, sized by rate = diverged (NaN/Inf); "
+                 f"rate (non-finite or loss ≥ ln C);\n✕ at the bottom, sized by rate = diverged (NaN/Inf); "
                  f"dotted = tuned lr", fontsize=9)
     plots.save(fig, path)
 
@@ -473,7 +475,7 @@ def plot_lr_sweep(s: Settings, results: dict, a: dict, path: Path) -> None:
 def plot_learning_curves(s: Settings, results: dict, a: dict, path: Path) -> None:
     """Train loss and test accuracy vs step at each optimizer's tuned lr, with seed bands."""
     colors = _opt_colors(results)
-    fig, axes = plots.plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plots.subplots(1, 2, figsize=(12, 4.8))
     for name, r in results.items():
         o = a["optimizers"][name]
         n = r.cfg.seeds.n
@@ -487,7 +489,8 @@ def plot_learning_curves(s: Settings, results: dict, a: dict, path: Path) -> Non
     axes[1].set_ylabel("test accuracy")
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
     fig.suptitle("M8: each optimizer at its own tuned lr (lowest mean final train loss)", fontsize=9)
     plots.save(fig, path)
 
@@ -496,7 +499,7 @@ def plot_variance_shares(a: dict, path: Path) -> None:
     """Bars: accuracy-variance shares of lr, seed and interaction, window and whole grid, 95% CIs."""
     names = list(a["optimizers"])
     parts = (("lr", "learning rate"), ("seed", "seed"), ("interaction_residual", "interaction / residual"))
-    fig, axes = plots.plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    fig, axes = plots.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, key, title in zip(axes, ("shares_window", "shares_full_grid"),
                               (f"lrs within {a['window_decades']:g} decade(s) of the tuned lr", "whole lr grid")):
         x = np.arange(len(names))
@@ -510,7 +513,7 @@ def plot_variance_shares(a: dict, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("share of final test-accuracy variance")
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle("A3: what explains the spread of accuracy — the learning rate or the seed? (95% CI, seeds resampled)",
                  fontsize=9)
     plots.save(fig, path)
