@@ -23,7 +23,6 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import jax
 import numpy as np
@@ -33,6 +32,7 @@ from netalchemy import plots, stats, store, sweep, train
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
 from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, all_hold, judge
 
 CLAIMS = ("A6",)
 MEMORIZED = 0.95  # train accuracy on random labels whose CI lower bound counts as "fits them (~100%)"
@@ -137,47 +137,29 @@ def run(s: Settings, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------- verdict rules
 
 
-def fit_verdict(train_acc: stats.CI, has_plateaued: bool, threshold: float = MEMORIZED) -> str:
-    """Does the net fit random labels? supported if the train-accuracy CI lower bound is ≥ threshold;
-    contradicted if its upper bound is below threshold *and* training has plateaued; else inconclusive
-    (e.g. still rising: train longer)."""
-    low, high = _f(train_acc.low), _f(train_acc.high)
-    if low is None or high is None:
-        return "inconclusive"
-    if low >= threshold:
-        return "supported"
-    if high < threshold and has_plateaued:
-        return "contradicted"
-    return "inconclusive"
+FIT = Rule("the final train accuracy on fully random labels", MEMORIZED, "above",
+           "'reaches ~100%' (Zhang et al. 2017) with room for a few stubborn examples", unit="accuracy",
+           min_n=MIN_SEEDS, contradict_only_if=f"train accuracy rose < {PLATEAU_TOLERANCE} over the last quarter "
+                                               f"of training (plateaued; still rising means: train longer)")
 
 
-def chance_verdict(test_acc: stats.CI, chance: float, tolerance: float = CHANCE_TOLERANCE) -> str:
-    """Is test accuracy at chance? supported if the whole CI lies within chance ± tolerance, contradicted
-    if it lies wholly outside that band, else inconclusive."""
-    low, high = _f(test_acc.low), _f(test_acc.high)
-    if low is None or high is None:
-        return "inconclusive"
-    if low >= chance - tolerance and high <= chance + tolerance:
-        return "supported"
-    if low > chance + tolerance or high < chance - tolerance:
-        return "contradicted"
-    return "inconclusive"
+def chance_rule(chance: float) -> Rule:
+    """Test accuracy at chance: inside chance ± CHANCE_TOLERANCE."""
+    return Rule("the final test accuracy (clean labels) after training on random labels",
+                (chance - CHANCE_TOLERANCE, chance + CHANCE_TOLERANCE), "inside",
+                f"1/num_classes ± {CHANCE_TOLERANCE:g}: nothing that transfers was learned", unit="accuracy",
+                min_n=MIN_SEEDS)
 
 
-def a6_verdict(fit: str, chance: str, n_seeds: int = MIN_SEEDS) -> str:
-    """Both parts supported → supported; either contradicted → contradicted; else inconclusive
-    (always with fewer than MIN_SEEDS seeds)."""
-    if n_seeds < MIN_SEEDS:
-        return "inconclusive"
-    if fit == "supported" and chance == "supported":
-        return "supported"
-    if "contradicted" in (fit, chance):
-        return "contradicted"
-    return "inconclusive"
-
-
-def _f(x) -> Optional[float]:
-    return float(x) if x is not None and np.isfinite(x) else None
+def a6_verdict(train_acc: stats.CI, test_acc: stats.CI, chance: float, *, has_plateaued: bool, n_seeds: int,
+               measurement: str = "") -> Verdict:
+    """A6 = both parts (fits the random labels; test accuracy at chance) hold: supported iff both
+    are supported, contradicted iff either is contradicted (after Holm), else inconclusive."""
+    parts = [Part("fit", FIT, train_acc, n=n_seeds, settled=has_plateaued),
+             Part("chance", chance_rule(chance), test_acc, n=n_seeds)]
+    return judge("A6", parts, lambda d: all_hold(list(d.values())), how="A6 supported iff both parts are, "
+                 "contradicted iff either is, else inconclusive", measurement=measurement,
+                 figure="accuracy_vs_noise.png", unit="accuracy")[0]
 
 
 def _fmt(c: stats.CI, digits: int = 3) -> str:
@@ -300,16 +282,11 @@ def report(out_dir: Path) -> list[Verdict]:
     plot_steps_to_fit(rows, threshold, budget, out_dir / "steps_to_fit.png")
     plot_curves(r, levels, chance, out_dir / "curves.png")
 
-    rule = (f"at label noise 1.0: fit part supported iff the train-accuracy CI lower bound ≥ {MEMORIZED}, contradicted "
-            f"iff its upper bound < {MEMORIZED} and train accuracy rose < {PLATEAU_TOLERANCE} over the last quarter of "
-            f"training (plateaued), else inconclusive; chance part supported iff the test-accuracy CI lies within "
-            f"1/num_classes ± {CHANCE_TOLERANCE}, contradicted iff wholly outside it; A6 supported iff both parts are, "
-            f"contradicted iff either is, else inconclusive (also with < {MIN_SEEDS} seeds)")
     random = next((row for row in rows if row["noise"] == 1.0), None)
     if random is None:
-        return [Verdict("A6", "label noise 1.0 (random labels) was not run", None, None, None, "inconclusive", rule,
-                        "accuracy_vs_noise.png")]
-    fit, at_chance = fit_verdict(random["train_acc"], random["plateaued"]), chance_verdict(random["test_acc"], chance)
+        missing = stats.CI(np.nan, np.nan, np.nan)
+        return [a6_verdict(missing, missing, chance, has_plateaued=False, n_seeds=0,
+                           measurement="label noise 1.0 (random labels) was not run")]
     growth = ""
     clean = next((row for row in rows if row["noise"] == 0.0), None)
     if clean is not None:
@@ -317,8 +294,8 @@ def report(out_dir: Path) -> list[Verdict]:
         growth = (f"; steps to train acc ≥ {threshold:g}: {_fmt(clean['steps_to_fit'], 0)} with clean labels "
                   f"({clean['fitted']}/{clean['seeds']} fitted) vs {_fmt(random['steps_to_fit'], 0)} with random ones "
                   f"({random['fitted']}/{random['seeds']} fitted), per-seed ratio {_fmt(ratio, 2)}")
-    t = random["train_acc"]
-    return [Verdict(
-        "A6", f"train accuracy on fully random labels ({meta['n_train']} examples, {budget} steps; fit part {fit}); "
-              f"test accuracy {_fmt(random['test_acc'])} vs chance {chance:g} (chance part {at_chance}){growth}",
-        _f(t.estimate), _f(t.low), _f(t.high), a6_verdict(fit, at_chance, random["seeds"] - random["diverged"]), rule, "accuracy_vs_noise.png", "accuracy")]
+    return [a6_verdict(
+        random["train_acc"], random["test_acc"], chance, has_plateaued=random["plateaued"],
+        n_seeds=random["seeds"] - random["diverged"],
+        measurement=f"train accuracy on fully random labels ({meta['n_train']} examples, {budget} steps); test "
+                    f"accuracy {_fmt(random['test_acc'])} vs chance {chance:g}{growth}")]

@@ -47,7 +47,7 @@ def test_steps_to_fit_and_plateau():
     (ci(np.nan, np.nan, np.nan), True, "inconclusive"),
 ])
 def test_fit_verdict(train, plateau, expected):
-    assert mem.fit_verdict(train, plateau) == expected
+    assert mem.FIT.decide(train, settled=plateau, n=8) == expected
 
 
 @pytest.mark.parametrize("test, expected", [
@@ -56,15 +56,22 @@ def test_fit_verdict(train, plateau, expected):
     (ci(0.14, 0.12, 0.17), "inconclusive"),
 ])
 def test_chance_verdict(test, expected):
-    assert mem.chance_verdict(test, 0.1) == expected
+    assert mem.chance_rule(0.1).decide(test) == expected
 
 
 def test_a6_combination():
-    assert mem.a6_verdict("supported", "supported") == "supported"
-    assert mem.a6_verdict("contradicted", "supported") == "contradicted"
-    assert mem.a6_verdict("supported", "contradicted") == "contradicted"
-    assert mem.a6_verdict("inconclusive", "supported") == "inconclusive"
-    assert mem.a6_verdict("supported", "supported", n_seeds=2) == "inconclusive"  # too few seeds
+    fits, fails, unsure = ci(0.99, 0.97, 1.0), ci(0.6, 0.55, 0.65), ci(0.95, 0.9, 0.99)
+    chance, above = ci(0.10, 0.09, 0.11), ci(0.40, 0.38, 0.42)
+    a6 = lambda train, test, n=8: mem.a6_verdict(train, test, 0.1, has_plateaued=True, n_seeds=n)  # noqa: E731
+    v = a6(fits, chance)
+    assert v.verdict == "supported" and (v.value, v.ci_low, v.ci_high) == (0.99, 0.97, 1.0)
+    assert v.flip_point == 0.97  # the fit part (0.02 above 0.95) is the closer call; its low end
+    assert mem.FIT.describe() in v.rule and "Holm" in v.rule
+    assert a6(fails, chance).verdict == "contradicted"
+    assert a6(fits, above).verdict == "contradicted"
+    assert a6(unsure, chance).verdict == "inconclusive"
+    assert a6(fits, chance, n=2).verdict == "inconclusive"  # too few seeds
+    assert mem.a6_verdict(fails, chance, 0.1, has_plateaued=False, n_seeds=8).verdict == "inconclusive"
 
 
 def test_plateau_with_few_evaluations_compares_the_last_two():
