@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import sys
 
 import jax
 import numpy as np
@@ -206,6 +207,68 @@ def test_unknown_dataset_is_a_one_line_data_error():
     assert "\n" not in str(err.value) and "mnist1d" in str(err.value)
     with pytest.raises(DataError, match="did you mean 'mnist'"):
         load(DataConfig(name="mnisst"))
+
+
+LINUX = sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../x", r"data.name='../x' is not a dataset name: expected name\[/config\]\[:version\]"),
+    ("/etc/passwd", "is not a dataset name"),
+    ("mnist/../../x", "is not a dataset name"),
+    ("mnist 2", "is not a dataset name"),
+    ("mnist:9.9.9", r"dataset 'mnist' has no version 9.9.9 \(available: 3.0.1\)"),
+    ("mnist:3.0", "is not a dataset name"),
+    ("mnist1d:2.0.0", r"dataset 'mnist1d' has no version 2.0.0 \(available: 1.0.0\)"),
+    ("fashion_mnist:3.0.1", r"'fashion_mnist' has no version 3.0.1 \(available: 1.0.0\)"),
+    ("mnist/foo", r"dataset 'mnist' has no config 'foo' \(it has no configs\)"),
+    ("mnist1d/foo", "dataset 'mnist1d' has no config 'foo'"),
+    ("cifar10_corrupted/fog_9", r"no config 'fog_9' \(configs: brightness_1, "),
+])
+def test_bad_dataset_names_are_one_line_errors_before_anything_is_written(tmp_path, name,
+                                                                           message):
+    with pytest.raises(DataError, match=message) as err:
+        load(DataConfig(name=name, data_dir=str(tmp_path / "tfds")))
+    assert "\n" not in str(err.value)
+    assert not os.path.exists(tmp_path / "tfds" / "mnist") and not os.path.exists(tmp_path / "x")
+
+
+def test_versions_that_exist_are_accepted(mnist1d_dir):
+    for name in ("mnist1d:1.0.0", "mnist1d:1.*.*"):
+        assert load(DataConfig(name=name, data_dir=mnist1d_dir)).x_train.shape == (4000, 40)
+
+
+@pytest.mark.parametrize("data_dir, message", [
+    pytest.param("/proc/nope", r"data.data_dir=/proc/nope cannot be created \(No such file",
+                 marks=pytest.mark.skipif(not LINUX, reason="Linux /proc")),
+    pytest.param("/proc", r"data.data_dir=/proc is not writable .* set data.data_dir",
+                 marks=pytest.mark.skipif(not LINUX, reason="Linux /proc")),
+    ("{file}", r"data.data_dir=.*a-file is not a folder"),
+    ("{file}/sub", r"data.data_dir=.*a-file/sub cannot be created"),
+])
+@pytest.mark.parametrize("name", ["mnist1d", "fashion_mnist", "mnist"])
+def test_a_data_dir_that_cannot_be_used_is_a_one_line_error(tmp_path, data_dir, message, name):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError, match=message) as err:
+        load(DataConfig(name=name, data_dir=data_dir.format(file=tmp_path / "a-file")))
+    assert "\n" not in str(err.value)
+    assert sorted(os.listdir(tmp_path)) == ["a-file"] and not os.path.exists("/proc/mnist1d")
+
+
+@pytest.mark.parametrize("override", ["data.name=../x", "data.name=mnist:9.9.9",
+                                      "data.data_dir=/proc/nope"])
+def test_cli_bad_data_is_exit_2_one_line_nothing_written(tmp_path, override, capsys,
+                                                         monkeypatch):
+    if "/proc" in override and not LINUX:
+        pytest.skip("Linux /proc")
+    from netalchemy import cli
+
+    monkeypatch.setattr(cli.devices, "use_cpu_cores", lambda *a, **k: None)  # keep JAX as is
+    status = cli.main(["train", "--quiet", "--out", str(tmp_path / "runs"), override,
+                       "seeds.n=1", "train.steps=10", "train.eval_every=10"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("netalchemy: error: ") and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def test_train_size_larger_than_the_split_is_a_data_error(mnist1d_dir):
