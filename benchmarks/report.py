@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from matplotlib.figure import Figure
-
 from netalchemy import plots, store
 
 from .results import find_cell, rate_at
@@ -174,8 +172,7 @@ def _scaling_panel(ax, results: dict, name: str) -> None:
 def plot_scaling(results: dict, path: Path) -> Path:
     """Seed-steps/s against seeds trained at once, log-log, one panel per workload."""
     names = list(results["workloads"])
-    fig = Figure(figsize=(6.5 * max(len(names), 1), 6.2), layout="constrained")  # no pyplot backend needed
-    axes = fig.subplots(1, max(len(names), 1), squeeze=False)
+    fig, axes = plots.subplots(1, max(len(names), 1), figsize=(6.5 * max(len(names), 1), 6.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         _scaling_panel(ax, results, name)
     prov = results.get("provenance", {})
