@@ -24,8 +24,8 @@ Choosing "the best strength" and testing it on the same seeds would favour a luc
 (winner's curse), so the best level of each kind is chosen by mean test accuracy on the first
 half of the seeds and judged on the other half. The probability of improvement
 P(acc_reg > acc_none) (Agarwal et al. 2021) is computed with `stats.probability_of_improvement_ci`
-(seeds resampled independently, which ignores the pairing and is conservative); the changes in
-gap, test accuracy and sparsity use the paired per-seed differences.
+(BCa; seeds resampled independently, which ignores the pairing and is conservative); the changes in
+gap, test accuracy and sparsity use paired BCa bootstrap CIs (`stats.paired_bootstrap_ci`).
 
 Optimizer note: L1/L2 are added to the loss and the result is optimized with Adam, so L2 is
 *not* decoupled weight decay (Loshchilov & Hutter 2019); with Adam the L1 subgradient does
@@ -46,7 +46,8 @@ from netalchemy import config as config_lib
 from netalchemy import mlp, plots, stats, store, sweep
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
-from netalchemy.experiment import Verdict, ci_verdict, combine_verdicts
+from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, across, all_hold, holm, judge
 
 CLAIMS = ("M11", "M13")
 KINDS = ("dropout", "l1", "l2", "batch_norm")
@@ -204,43 +205,36 @@ def best_level(test_acc_by_level: Sequence[np.ndarray], selection: np.ndarray) -
     return None if not means or max(means) == -np.inf else int(np.argmax(means))
 
 
+BETTER = Rule("P(test acc with the regularizer > without), Mann-Whitney U / (n·m) over the judging seeds",
+              NO_IMPROVEMENT, "above", "0.5 is a regularizer that changes nothing", unit="probability",
+              min_n=MIN_JUDGING_SEEDS)
+GAP = Rule("the paired (same seed) change in generalization gap (train − test acc)", 0.0, "below",
+           "a gap that shrinks is less overfitting; a gap that grows alone does not contradict better test "
+           "accuracy", min_n=MIN_JUDGING_SEEDS)
+SPARSER = Rule("the paired rise in the fraction of near-zero weights under the chosen L1 strength", MIN_SPARSITY_RISE,
+               "above", f"{MIN_SPARSITY_RISE:.0%} more weights near zero is sparsity one would notice",
+               min_n=MIN_JUDGING_SEEDS)
+
+
+def improvement_parts(c: dict, label: str = "") -> list[Part]:
+    """The two parts of "improves generalization" for one comparison from `compare`."""
+    prefix = f"{label} " if label else ""
+    n = c["n_judging"]
+    return [Part(f"{prefix}P(better)", BETTER, c["poi"], n=n),
+            Part(f"{prefix}gap", GAP, c["gap_change"], n=n, can_contradict=False)]
+
+
 def improvement_verdict(poi: stats.CI, gap_change: stats.CI, n_seeds: int = MIN_JUDGING_SEEDS) -> str:
-    """Does a regularizer improve generalization over no regularization?
-
-    Judged on `n_seeds` seeds; fewer than MIN_JUDGING_SEEDS give "inconclusive".
-
-    supported:    the probability-of-improvement CI (test accuracy) lies above 0.5 and the
-                  CI of the paired change in generalization gap lies below 0 (the gap shrinks);
-    contradicted: the probability-of-improvement CI lies below 0.5 (it makes test accuracy worse);
-    inconclusive: otherwise (including a missing CI).
-    """
-    if n_seeds < MIN_JUDGING_SEEDS:
-        return "inconclusive"
-    p = ci_verdict(_f(poi.low), _f(poi.high), NO_IMPROVEMENT, claim_holds_if="above")
-    g = ci_verdict(_f(gap_change.low), _f(gap_change.high), 0.0, claim_holds_if="below")
-    if p == "supported" and g == "supported":
-        return "supported"
-    if p == "contradicted":
-        return "contradicted"
-    return "inconclusive"
-
-
-def sparsity_verdict(rise: stats.CI, min_rise: float = MIN_SPARSITY_RISE, n_seeds: int = MIN_JUDGING_SEEDS) -> str:
-    """L1 makes weights sparse: supported if the CI of the paired rise in the near-zero fraction lies
-    above `min_rise`, contradicted if it lies below it, else inconclusive (also with < MIN_JUDGING_SEEDS seeds)."""
-    if n_seeds < MIN_JUDGING_SEEDS:
-        return "inconclusive"
-    return ci_verdict(_f(rise.low), _f(rise.high), min_rise, claim_holds_if="above")
-
-
-def _f(x) -> Optional[float]:
-    """A finite float, or None."""
-    return float(x) if x is not None and np.isfinite(x) else None
+    """Does a regularizer improve generalization over no regularization? Both parts after Holm:
+    supported iff P(better) lies above 0.5 and the gap shrinks; contradicted iff P(better) lies
+    below 0.5 (the gap part cannot contradict); else inconclusive (also with < MIN_JUDGING_SEEDS)."""
+    parts = improvement_parts({"poi": poi, "gap_change": gap_change, "n_judging": n_seeds})
+    return all_hold(holm(parts))
 
 
 def paired_change(a: np.ndarray, b: np.ndarray) -> stats.CI:
-    """Bootstrap CI (over seeds) of the mean of the per-seed difference a − b."""
-    return stats.bootstrap_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    """Paired BCa bootstrap CI (over seeds) of the mean of the per-seed difference a − b."""
+    return stats.paired_bootstrap_ci(a, b)
 
 
 # ----------------------------------------------------------------------------- report
@@ -391,44 +385,36 @@ def report(out_dir: Path) -> list[Verdict]:
 
     # M11: dropout.
     d = cmp["dropout"]
-    rule11 = (f"{split}: supported iff the CI of P(test acc with dropout > without) lies above {NO_IMPROVEMENT} "
-              f"and the CI of the paired change in gap (train − test acc) lies below 0; contradicted iff the "
-              f"P(improvement) CI lies below {NO_IMPROVEMENT}; else inconclusive (also with < {MIN_JUDGING_SEEDS} judging seeds). Co-adaptation is not judged "
-              f"(reported: mean |corr| of last-layer units)")
-    if d is None:
-        m11 = Verdict("M11", "no dropout variant ran", None, None, None, "inconclusive", rule11, "strengths.png")
-    else:
-        m11 = Verdict(
-            "M11", f"P(test acc with dropout {d['level']:g} > without), {d['n_judging']} seeds; paired change in "
-                   f"test acc {_ci(d['test_change'])}, in gap {_ci(d['gap_change'])}, in mean |corr| of "
-                   f"last-layer units {_ci(d['coadaptation_change'])}",
-            _f(d["poi"].estimate), _f(d["poi"].low), _f(d["poi"].high), d["verdict"], rule11, "strengths.png",
-            "probability")
+    how11 = (f"{split}; supported iff both parts are supported, contradicted iff P(better) is; co-adaptation is "
+             f"not judged (reported: mean |corr| of last-layer units)")
+    missing = {"poi": stats.CI(np.nan, np.nan, np.nan), "gap_change": stats.CI(np.nan, np.nan, np.nan), "n_judging": 0}
+    m11 = judge("M11", improvement_parts(d or missing), lambda v: all_hold(list(v.values())), how=how11,
+                measurement="no dropout variant ran" if d is None else
+                f"P(test acc with dropout {d['level']:g} > without), {d['n_judging']} seeds; paired change in "
+                f"test acc {_ci(d['test_change'])}, in gap {_ci(d['gap_change'])}, in mean |corr| of "
+                f"last-layer units {_ci(d['coadaptation_change'])}", figure="strengths.png", unit="probability")[0]
 
     # M13: L1 and L2 against overfitting; L1 sparsity.
     l1, l2 = cmp["l1"], cmp["l2"]
-    overfit_parts = [c["verdict"] for c in (l1, l2) if c is not None] or ["inconclusive"]
-    overfit = combine_verdicts(overfit_parts)
-    sparse = sparsity_verdict(l1["sparsity_rise"], n_seeds=l1["n_judging"]) if l1 is not None else "inconclusive"
-    m13_verdict = combine_verdicts([overfit, sparse])
-    rule13 = (f"{split}. Overfitting part, for L1 and for L2 separately: as M11 (P(improvement) CI above "
-              f"{NO_IMPROVEMENT} and gap-change CI below 0 → supported; P(improvement) CI below {NO_IMPROVEMENT} → "
-              f"contradicted; else inconclusive), combined: both agree → that verdict, one supported and one "
-              f"contradicted → depends, else inconclusive. Sparsity part: the paired rise in the fraction of "
-              f"weights with |w| < {rel:g}×sqrt(2/fan_in) at the chosen L1 strength has a CI above "
-              f"{MIN_SPARSITY_RISE} → supported, below → contradicted, else inconclusive; every part needs ≥ {MIN_JUDGING_SEEDS} judging seeds. Overall: both parts agree → "
-              f"that verdict; supported vs contradicted → depends; else inconclusive")
-    parts = []
-    for c, label in ((l1, "L1"), (l2, "L2")):
-        if c is not None:
-            parts.append(f"{label} {c['level']:g}: P(better) {c['poi'].estimate:.2f} [{c['poi'].low:.2f}, "
-                         f"{c['poi'].high:.2f}], gap change {_ci(c['gap_change'])} → {c['verdict']}")
+    parts13 = [*(improvement_parts(l1, "L1") if l1 else []), *(improvement_parts(l2, "L2") if l2 else [])]
     if l1 is not None:
-        parts.append(f"near-zero weight fraction rise under L1 {_ci(l1['sparsity_rise'])} → {sparse}")
+        parts13.append(Part("sparsity", SPARSER, l1["sparsity_rise"], n=l1["n_judging"]))
+
+    def combine13(v):
+        kinds = [all_hold([v[f"{k} P(better)"], v[f"{k} gap"]]) for k, c in (("L1", l1), ("L2", l2)) if c]
+        return across([across(kinds or ["inconclusive"]), v.get("sparsity", "inconclusive")])
+
+    how13 = (f"{split}, the weight threshold |w| < {rel:g}×sqrt(2/fan_in). Overfitting part: for L1 and for L2 "
+             f"as M11 (both parts → supported, P(better) contradicted → contradicted), the two combined across "
+             f"(agree → that verdict, supported vs contradicted → depends, else inconclusive); overall: "
+             f"overfitting part and sparsity combined the same way")
+    texts = [f"{label} {c['level']:g}: P(better) {c['poi'].estimate:.2f} [{c['poi'].low:.2f}, {c['poi'].high:.2f}], "
+             f"gap change {_ci(c['gap_change'])}" for c, label in ((l1, "L1"), (l2, "L2")) if c is not None]
+    if l1 is not None:
+        texts.append(f"near-zero weight fraction rise under L1 {_ci(l1['sparsity_rise'])}")
     value = l2 if l2 is not None else l1
-    m13 = Verdict(
-        "M13", f"value: P(test acc with the best {'L2' if l2 is not None else 'L1'} > without) ({'; '.join(parts) or 'no L1/L2 variant ran'}); "
-               f"overfitting part {overfit}, sparsity part {sparse}",
-        None if value is None else _f(value["poi"].estimate), None if value is None else _f(value["poi"].low),
-        None if value is None else _f(value["poi"].high), m13_verdict, rule13, "strengths.png", "probability")
+    m13 = judge("M13", parts13 or improvement_parts(missing), combine13 if parts13 else lambda v: "inconclusive",
+                how=how13, measurement=f"value: P(test acc with the best {'L2' if l2 is not None else 'L1'} > without) "
+                                       f"({'; '.join(texts) or 'no L1/L2 variant ran'})",
+                value=None if value is None else value["poi"], figure="strengths.png", unit="probability")[0]
     return [m11, m13]

@@ -8,7 +8,7 @@ import pytest
 from experiments import regularization as reg
 from netalchemy import mlp, stats
 from netalchemy.config import ModelConfig
-from netalchemy.experiment import VERDICTS, run_experiment, combine_verdicts
+from netalchemy.experiment import VERDICTS, run_experiment
 
 
 def ci(estimate, low, high):
@@ -38,14 +38,21 @@ def test_improvement_verdict(poi, gap, expected):
     assert reg.improvement_verdict(poi, gap) == expected
 
 
-def test_sparsity_verdict_and_combination():
-    assert reg.sparsity_verdict(ci(0.5, 0.4, 0.6)) == "supported"
-    assert reg.sparsity_verdict(ci(0.01, 0.0, 0.02)) == "contradicted"
-    assert reg.sparsity_verdict(ci(0.05, 0.01, 0.1)) == "inconclusive"
-    assert combine_verdicts(["supported", "supported"]) == "supported"
-    assert combine_verdicts(["contradicted", "contradicted"]) == "contradicted"
-    assert combine_verdicts(["supported", "contradicted"]) == "depends"
-    assert combine_verdicts(["supported", "inconclusive"]) == "inconclusive"
+def test_sparsity_rule():
+    assert reg.SPARSER.decide(ci(0.5, 0.4, 0.6)) == "supported"
+    assert reg.SPARSER.decide(ci(0.01, 0.0, 0.02)) == "contradicted"
+    assert reg.SPARSER.decide(ci(0.05, 0.01, 0.1)) == "inconclusive"
+    assert reg.SPARSER.decide(ci(0.5, 0.4, 0.6), n=3) == "inconclusive"  # too few judging seeds
+    assert reg.SPARSER.flip_point(ci(0.5, 0.4, 0.6)) == 0.4
+
+
+def test_improvement_needs_both_parts_after_holm():
+    assert reg.improvement_verdict(ci(0.9, 0.7, 1.0), ci(-0.1, -0.15, -0.05)) == "supported"
+    # Each part alone is just supported (one-sided p = sf(0.1 / (0.09 / 1.96)) ≈ 0.015 < 0.025), but
+    # Holm's first step needs p < 0.025 / 2 = 0.0125: neither part passes.
+    close_poi, close_gap = ci(0.6, 0.51, 0.69), ci(-0.1, -0.19, -0.01)
+    assert reg.BETTER.decide(close_poi) == "supported" and reg.GAP.decide(close_gap) == "supported"
+    assert reg.improvement_verdict(close_poi, close_gap) == "inconclusive"
 
 
 def test_best_level_is_chosen_on_selection_seeds_only():
@@ -96,4 +103,4 @@ def test_mean_abs_correlation():
 def test_too_few_judging_seeds_give_no_verdict():
     clear_win, shrinking = ci(1.0, 1.0, 1.0), ci(-0.1, -0.1, -0.1)
     assert reg.improvement_verdict(clear_win, shrinking, n_seeds=1) == "inconclusive"
-    assert reg.sparsity_verdict(ci(0.5, 0.5, 0.5), n_seeds=3) == "inconclusive"
+    assert reg.SPARSER.decide(ci(0.5, 0.5, 0.5), n=3) == "inconclusive"
