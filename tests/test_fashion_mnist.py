@@ -21,6 +21,7 @@ import pytest
 import requests
 import tensorflow_datasets as tfds
 
+from netalchemy import presets
 from netalchemy.config import DataConfig
 from netalchemy.data import DataError, clear_cache, load
 from netalchemy.data import fashion_mnist_builder as fm
@@ -289,3 +290,55 @@ def test_parse_classes_accepts_empty_and_sequences():
     assert load_module.parse_classes("", 10) == ()
     assert load_module.parse_classes(" 6, 0 ", 10) == (6, 0)
     assert load_module.parse_classes((3, 1), 4) == (3, 1)
+
+
+# --------------------------------------------------------------------------------- presets
+
+
+def _article(data_dir) -> tuple:
+    """(Config, data config) of the article preset, reading data from `data_dir`."""
+    from netalchemy.config import Config, override
+
+    items = (*presets.overrides("article"), f"data.data_dir={data_dir}")
+    if "classes" in {f.name for f in dataclasses.fields(DataConfig)}:
+        cfg = override(Config(), items)
+        return cfg, cfg.data
+    cfg = override(Config(), [o for o in items if not o.startswith("data.classes=")])
+    classes = dict(o.split("=", 1) for o in items)["data.classes"]
+    return cfg, ClassesConfig(**dataclasses.asdict(cfg.data), classes=classes)
+
+
+def test_every_preset_has_a_one_line_description_and_valid_overrides():
+    from netalchemy.config import Config, override
+
+    assert set(presets.DESCRIPTIONS) == set(presets.PRESETS)
+    for name, items in presets.PRESETS.items():
+        assert presets.DESCRIPTIONS[name] and "\n" not in presets.DESCRIPTIONS[name]
+        assert all("=" in item for item in items)
+        if "classes" not in {f.name for f in dataclasses.fields(DataConfig)}:
+            items = [o for o in items if not o.startswith("data.classes=")]
+        override(Config(), items)  # every key exists and every value parses
+
+
+def test_unknown_preset_is_a_one_line_error_with_a_suggestion():
+    from netalchemy.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown preset 'articel' \(did you mean 'article'\?\)"):
+        presets.overrides("articel")
+
+
+def test_article_preset_is_the_essays_4096_512_256_2_network(tmp_path):
+    from netalchemy import mlp
+
+    arrays = write_fashion(tmp_path, n_train=50, n_test=20)
+    cfg, data_cfg = _article(tmp_path)
+    data = load(data_cfg)
+    n_train = int(np.isin(arrays["train_labels"], [0, 6]).sum())
+    assert data.x_train.shape == (n_train, 64 * 64) and data.num_classes == 2
+    shirt = arrays["train_labels"][np.isin(arrays["train_labels"], [0, 6])] == 6
+    np.testing.assert_array_equal(data.y_train, shirt.astype(np.int32))  # T-shirt 0, shirt 1
+    params, _ = mlp.init(jax.random.key(0), cfg.model, in_features=data.x_train.shape[1],
+                         num_classes=data.num_classes)
+    assert [layer.w.shape for layer in params] == [(4096, 512), (512, 256), (256, 2)]
+    assert cfg.train.steps % cfg.train.eval_every == 0
+    assert cfg.train.steps * cfg.train.batch_size == 20 * 12000  # 20 epochs of the real pair
