@@ -35,7 +35,7 @@ ln(classes) (the loss of a uniform prediction), the test accuracy vs 1/classes, 
 largest softmax probability vs 1/classes and KL(p ‖ uniform) = ln C − H(p) per example.
 The same numbers for LeCun init (variance 1/fan_in, no ReLU gain) are reported for contrast.
 
-Verdict rules (pure functions below, unit-tested on synthetic numbers): see `m10_verdict`
+Verdict rules (rule objects below, unit-tested on synthetic numbers): see `m10_verdict`
 and `m6_verdict`.
 
 References: Satopää et al. (2011) "Finding a 'Kneedle' in a haystack"; Prechelt (1998)
@@ -60,6 +60,7 @@ from netalchemy import data as data_lib
 from netalchemy import mlp, plots, stats, store, sweep
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, judge
 
 CLAIMS = ("M10", "M6")
 
@@ -241,64 +242,61 @@ def geometric_ci(values: np.ndarray) -> stats.CI:
 # ---------------------------------------------------------------- verdict rules
 
 
-def boundary_match(ci: stats.CI, reference: float, factor: float = BOUNDARY_FACTOR) -> str:
-    """"matches" if the CI lies within [ref/factor, ref·factor], "differs" if it lies wholly
-    outside, else "unclear" (also for a missing CI)."""
-    low, high = ci.low, ci.high
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "unclear"
-    if reference / factor <= low and high <= reference * factor:
-        return "matches"
-    if high < reference / factor or low > reference * factor:
-        return "differs"
-    return "unclear"
+PHASES = (f"the fraction of seeds showing, in order, fast learning (phase-1 loss rate ≥ {RATE_RATIO:g}× phase-2 "
+          f"rate, phase 1 ending at the knee of the smoothed train loss before the test-loss minimum), gradients "
+          f"shrinking (grad norm at the test-loss minimum < {GRAD_SHRINK:g}× at the knee) and overfitting (test loss "
+          f"ends ≥ {OVERFIT_RISE:.0%} above its minimum while train loss ends ≥ {TRAIN_FALL:.0%} below its value "
+          f"there) (Wilson interval)")
+MOST_SEEDS = Rule(PHASES, MOST, "above", "'the' phases of training should appear in most runs, not a lucky few",
+                  unit="fraction of seeds")
 
 
-M10_RULE = (f"per seed, three phases in order = fast (phase-1 loss rate ≥ {RATE_RATIO:g}× phase-2 rate, phase 1 "
-            f"ending at the knee of the smoothed train loss before the test-loss minimum) AND gradients shrink "
-            f"(grad norm at the test-loss minimum < {GRAD_SHRINK:g}× at the knee) AND overfitting (test loss ends "
-            f"≥ {OVERFIT_RISE:.0%} above its minimum while train loss ends ≥ {TRAIN_FALL:.0%} below its value "
-            f"there). Supported if the 95% CI of the fraction of such seeds is above {MOST:g} and both boundaries' "
-            f"CIs (geometric mean) lie within ×/÷{BOUNDARY_FACTOR:g} of the article's 50 and 500 epochs; depends if "
-            f"the phases exist but a boundary's CI is not within that band; contradicted if the fraction's CI is "
-            f"below {MOST:g}; else inconclusive")
+def boundary_rule(name: str, reference: float, factor: float = BOUNDARY_FACTOR) -> Rule:
+    """A boundary (geometric mean over seeds, epochs) within ×/÷ `factor` of the article's `reference`."""
+    return Rule(f"the {name.replace('_', ' ')} (geometric mean over seeds)", (reference / factor, reference * factor),
+                "inside", f"×/÷{factor:g} around the article's {reference:g} epochs: its round numbers are "
+                          f"orders of magnitude, not measurements", unit="epochs")
 
 
-def m10_verdict(fraction: stats.CI, fast_end: stats.CI, overfit_onset: stats.CI) -> str:
-    """M10 from the fraction of seeds showing all three phases and the boundary CIs (epochs)."""
-    if not np.isfinite(fraction.low):
-        return "inconclusive"
-    if fraction.low > MOST:
-        matches = [boundary_match(fast_end, ARTICLE_EPOCHS["fast_end"]),
-                   boundary_match(overfit_onset, ARTICLE_EPOCHS["overfit_onset"])]
-        return "supported" if all(m == "matches" for m in matches) else "depends"
-    if fraction.high < MOST:
-        return "contradicted"
-    return "inconclusive"
+def m10_verdict(fraction: stats.CI, fast_end: stats.CI, overfit_onset: stats.CI, measurement: str = "") -> Verdict:
+    """M10 from the fraction of seeds showing all three phases and the boundary CIs (epochs):
+    supported if most seeds show the phases and both boundaries match the article's; depends if
+    the phases exist but a boundary does not match; contradicted if most seeds do not show them."""
+    parts = [Part("most seeds", MOST_SEEDS, fraction),
+             Part("fast end", boundary_rule("end of fast learning", ARTICLE_EPOCHS["fast_end"]), fast_end),
+             Part("overfit onset", boundary_rule("overfitting onset", ARTICLE_EPOCHS["overfit_onset"]), overfit_onset)]
+
+    def combine(d):
+        if d["most seeds"] == "supported":
+            return "supported" if d["fast end"] == d["overfit onset"] == "supported" else "depends"
+        return "contradicted" if d["most seeds"] == "contradicted" else "inconclusive"
+
+    return judge("M10", parts, combine, how="supported iff all three parts are; depends iff most seeds is "
+                 "supported but a boundary is not; contradicted iff most seeds is contradicted; else inconclusive",
+                 measurement=measurement, figure="phases.png", unit="fraction of seeds")[0]
 
 
-M6_RULE = (f"accuracy at chance = the 95% CI of the initial test accuracy within 1/C ± {ACC_TOLERANCE:g}; "
-           f"uniform = the CI of the initial test loss within ln C × (1 ± {LOSS_TOLERANCE:g}). Supported if both; "
-           f"depends if at chance but the loss CI lies wholly above ln C × (1 + {LOSS_TOLERANCE:g}) (knows "
-           f"nothing, yet confidently non-uniform: chaos rather than ignorance); contradicted if the accuracy CI "
-           f"lies wholly above 1/C + {ACC_TOLERANCE:g}; else inconclusive")
-
-
-def m6_verdict(loss: stats.CI, accuracy: stats.CI, num_classes: int) -> str:
-    """M6 from the CIs of the initial test loss and accuracy (see M6_RULE)."""
-    if not (np.isfinite(loss.low) and np.isfinite(accuracy.low)):
-        return "inconclusive"
+def m6_verdict(loss: stats.CI, accuracy: stats.CI, num_classes: int, measurement: str = "") -> Verdict:
+    """M6 from the CIs of the initial test loss and accuracy: supported if at chance and uniform;
+    depends if at chance but the loss lies wholly above the band (knows nothing, yet confidently
+    non-uniform: chaos rather than ignorance); contradicted if the accuracy lies away from chance."""
     chance, ln_c = 1.0 / num_classes, math.log(num_classes)
-    if accuracy.low > chance + ACC_TOLERANCE:
-        return "contradicted"
-    at_chance = chance - ACC_TOLERANCE <= accuracy.low and accuracy.high <= chance + ACC_TOLERANCE
-    if not at_chance:
-        return "inconclusive"
-    if ln_c * (1 - LOSS_TOLERANCE) <= loss.low and loss.high <= ln_c * (1 + LOSS_TOLERANCE):
-        return "supported"
-    if loss.low > ln_c * (1 + LOSS_TOLERANCE):
-        return "depends"
-    return "inconclusive"
+    uniform = Rule("the initial test loss", (ln_c * (1 - LOSS_TOLERANCE), ln_c * (1 + LOSS_TOLERANCE)), "inside",
+                   f"ln C × (1 ± {LOSS_TOLERANCE:g}): the loss of a uniform prediction, give or take", unit="nats")
+    at_chance = Rule("the initial test accuracy", (chance - ACC_TOLERANCE, chance + ACC_TOLERANCE), "inside",
+                     f"1/C ± {ACC_TOLERANCE:g}: knows nothing about the labels")
+    parts = [Part("uniform", uniform, loss), Part("chance", at_chance, accuracy)]
+
+    def combine(d):
+        if d["chance"] != "supported":
+            return "contradicted" if d["chance"] == "contradicted" else "inconclusive"
+        if d["uniform"] == "supported":
+            return "supported"
+        return "depends" if d["uniform"] == "contradicted" and loss.low > uniform.edges[1] else "inconclusive"
+
+    return judge("M6", parts, combine, how="supported iff both parts are; depends iff chance is supported and the "
+                 "loss lies wholly above the uniform band; contradicted iff chance is contradicted; else "
+                 "inconclusive", measurement=measurement, figure="init.png", unit="nats")[0]
 
 
 # ---------------------------------------------------------------- figures
@@ -377,12 +375,12 @@ def report(out_dir: Path) -> list[Verdict]:
     meta = store.read_json(out_dir / "results.json")
     det = detect_all(curves)
     n = det["all_phases"].size
-    frac = {k: stats.bootstrap_ci(det[k].astype(np.float64)) for k in ("fast", "grad_shrinks", "overfits", "all_phases")}
+    frac = {k: stats.fraction_ci(det[k]) for k in ("fast", "grad_shrinks", "overfits", "all_phases")}
     bounds = {"fast_end": geometric_ci(det["fast_end"]), "overfit_onset": geometric_ci(det["overfit_onset"])}
     acc_peak = geometric_ci(det["acc_peak"])
     grad_ratio = geometric_ci(det["grad_ratio"])
     grad_ratio3 = geometric_ci(det["grad_ratio_phase3"])
-    grad_max1 = stats.bootstrap_ci(det["grad_max_in_phase1"].astype(np.float64))
+    grad_max1 = stats.fraction_ci(det["grad_max_in_phase1"])
     plot_curves(curves, bounds, meta, out_dir / "phases.png", acc_peak)
     plot_init(curves, meta, out_dir / "init.png")
 
@@ -421,10 +419,5 @@ def report(out_dir: Path) -> list[Verdict]:
                   f"gets {init_ci[f'{init}/top_class_share'].text()} of test examples")
     if contrast != init:
         m6_measure += f"; {contrast} init: loss {init_ci[f'{contrast}/loss'].text()}, acc {init_ci[f'{contrast}/acc'].text()}"
-    return [
-        Verdict("M10", m10_measure, frac["all_phases"].estimate, frac["all_phases"].low, frac["all_phases"].high,
-                m10_verdict(frac["all_phases"], bounds["fast_end"], bounds["overfit_onset"]), M10_RULE,
-                "phases.png", "fraction of seeds"),
-        Verdict("M6", m6_measure, loss0.estimate, loss0.low, loss0.high, m6_verdict(loss0, acc0, c), M6_RULE,
-                "init.png", "nats"),
-    ]
+    return [m10_verdict(frac["all_phases"], bounds["fast_end"], bounds["overfit_onset"], m10_measure),
+            m6_verdict(loss0, acc0, c, m6_measure)]

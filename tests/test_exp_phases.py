@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import phases
-from netalchemy import store
+from netalchemy import stats, store
 from netalchemy.experiment import VERDICTS, run_experiment
 from netalchemy.stats import CI
 
@@ -66,13 +66,15 @@ def test_detect_phases_on_a_diverged_seed_reports_nothing():
     assert not d["all_phases"] and math.isnan(d["overfit_onset"])
 
 
-def test_geometric_ci_and_boundary_match():
+def test_geometric_ci_and_boundary_rule():
     ci = phases.geometric_ci(np.array([10.0, 100.0, np.nan, 0.0]))
     assert ci.estimate == pytest.approx(math.sqrt(1000.0))
-    assert phases.boundary_match(CI(50, 30, 90), 50) == "matches"
-    assert phases.boundary_match(CI(8, 6, 10), 50) == "differs"
-    assert phases.boundary_match(CI(20, 10, 40), 50) == "unclear"
-    assert phases.boundary_match(CI(math.nan, math.nan, math.nan), 50) == "unclear"
+    rule = phases.boundary_rule("end of fast learning", 50)
+    assert rule.edges == pytest.approx((50 / 3, 150))
+    assert rule.decide(CI(50, 30, 90)) == "supported" and rule.flip_point(CI(50, 30, 90)) == 30
+    assert rule.decide(CI(8, 6, 10)) == "contradicted" and rule.flip_point(CI(8, 6, 10)) == 10
+    assert rule.decide(CI(20, 10, 40)) == "inconclusive"
+    assert rule.decide(CI(math.nan, math.nan, math.nan)) == "inconclusive"
 
 
 @pytest.mark.parametrize("fraction, fast, onset, expected", [
@@ -84,7 +86,16 @@ def test_geometric_ci_and_boundary_match():
     (CI(math.nan, math.nan, math.nan), CI(50, 40, 60), CI(500, 400, 700), "inconclusive"),
 ])
 def test_m10_verdict_rule(fraction, fast, onset, expected):
-    assert phases.m10_verdict(fraction, fast, onset) == expected
+    assert phases.m10_verdict(fraction, fast, onset).verdict == expected
+
+
+def test_m10_row_uses_the_wilson_fraction_and_flips_at_the_closest_part():
+    fraction = stats.fraction_ci(np.ones(16, bool))  # 16 of 16 seeds: ≈ [0.81, 1], not [1, 1]
+    v = phases.m10_verdict(fraction, CI(50, 40, 60), CI(500, 400, 700))
+    assert v.verdict == "supported" and v.ci_low == pytest.approx(0.806, abs=1e-3) and v.ci_high == 1.0
+    # In half-widths of their CIs: most seeds is 0.5 / 0.194 = 2.6 from 0.5, the fast end (50 − 16.7) / 10 = 3.3
+    # from its lower edge, the onset (500 − 167) / 100 = 3.3: most seeds is the closest call.
+    assert v.flip_point == pytest.approx(0.806, abs=1e-3) and "fast end supported (flips at 40)" in v.flip_text
 
 
 @pytest.mark.parametrize("loss, acc, expected", [
@@ -95,7 +106,7 @@ def test_m10_verdict_rule(fraction, fast, onset, expected):
     (CI(2.55, 2.45, 2.65), CI(0.10, 0.09, 0.11), "inconclusive"),  # loss straddles the tolerance
 ])
 def test_m6_verdict_rule(loss, acc, expected):
-    assert phases.m6_verdict(loss, acc, 10) == expected
+    assert phases.m6_verdict(loss, acc, 10).verdict == expected
 
 
 def test_tiny_profile_end_to_end(tmp_path):
