@@ -30,15 +30,17 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from netalchemy import backprop, losses, mlp, plots, store
+from netalchemy import backprop, losses, mlp, plots, stats, store
 from netalchemy.config import ModelConfig
 from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, all_hold, judge
 
 CLAIMS = ("M1", "M2", "M3")
 
@@ -46,6 +48,25 @@ CLAIMS = ("M1", "M2", "M3")
 HAND_VS_AUTODIFF = {"float64": 1e-10, "float32": 1e-5}
 FD_VS_ANALYTIC = 1e-5  # float64, entry-wise, coordinates away from kinks (ReLU, |w|)
 M1_STATED, M1_TOLERANCE = 0.357, 5e-4  # the article's rounded value and its rounding
+
+# The rules. The numbers are exact computations, not samples: each is judged as a point interval.
+M1_RULE = Rule(f"|−ln 0.7 − {M1_STATED}|", M1_TOLERANCE, "below", "half a unit in the stated value's last digit")
+AUTODIFF_F64 = Rule("the worst relative error, hand vs jax.grad, float64", HAND_VS_AUTODIFF["float64"], "below",
+                    "two computations of the same derivative in float64 agree to round-off, ~1e-16 per operation")
+AUTODIFF_F32 = Rule("the worst relative error, hand vs jax.grad, float32", HAND_VS_AUTODIFF["float32"], "below",
+                    "the same in float32, ~1e-7 per operation")
+FD = Rule("the worst entry-wise relative error, hand vs central finite differences, float64, away from kinks "
+          "(ReLU, |w|)", FD_VS_ANALYTIC, "below", "the O(h²) truncation plus round-off of a central difference")
+
+
+def exact_verdict(claim: str, parts: list[tuple[str, Rule, float]], *, measurement: str,
+                  figure: Optional[str] = None, value: Optional[float] = None) -> Verdict:
+    """A claim judged on exact numbers: every part must hold (its value on the rule's side).
+    The row shows `value` (default: the first part's) with no interval."""
+    v, _ = judge(claim, [Part(name, rule, stats.CI(x, x, x)) for name, rule, x in parts],
+                 lambda d: all_hold(list(d.values())), how="supported iff every part is", measurement=measurement,
+                 figure=figure)
+    return dataclasses.replace(v, ci_low=None, ci_high=None, value=v.value if value is None else value)
 
 
 @dataclass(frozen=True)
@@ -311,21 +332,13 @@ def report(out_dir: Path) -> list[Verdict]:
     fd = worst("hand_vs_fd", param_rows)
     kinks = sum(r["kink_coords"] for r in param_rows)
     n_fd = sum(r["fd_coords"] for r in param_rows)
-    ok = lambda v, t: "supported" if v <= t else "contradicted"
-    rule_m3 = (f"supported iff every parameter array has hand~autodiff ≤ {HAND_VS_AUTODIFF['float64']:g} (float64) "
-               f"and ≤ {HAND_VS_AUTODIFF['float32']:g} (float32), and hand~FD ≤ {FD_VS_ANALYTIC:g} "
-               f"at coordinates away from kinks (ReLU, |w|)")
-    m3_ok = f64 <= HAND_VS_AUTODIFF["float64"] and f32 <= HAND_VS_AUTODIFF["float32"] and fd <= FD_VS_ANALYTIC
     return [
-        Verdict("M1", "cross-entropy of y_true=[1,0], y_pred=[0.7,0.3] (stated ≈ 0.357)", m1, None, None,
-                ok(abs(m1 - M1_STATED), M1_TOLERANCE),
-                f"supported iff |−ln 0.7 − {M1_STATED}| ≤ {M1_TOLERANCE} (the stated value's rounding)"),
-        Verdict("M2", f"worst rel. error of (softmax − onehot)/B vs jax.grad over {len(delta_rows)} checks "
-                      f"(vs FD: {m2_fd:.1e})", m2_auto, None, None,
-                "supported" if m2_auto <= HAND_VS_AUTODIFF["float64"] and m2_fd <= FD_VS_ANALYTIC else "contradicted",
-                f"supported iff ≤ {HAND_VS_AUTODIFF['float64']:g} vs jax.grad and ≤ {FD_VS_ANALYTIC:g} vs FD (float64)",
-                "errors.png"),
-        Verdict("M3", f"worst rel. error, hand backprop vs jax.grad, float64 (float32: {f32:.1e}; vs FD: {fd:.1e}; "
-                      f"{kinks}/{n_fd} FD coordinates straddled a kink)", f64, None, None,
-                "supported" if m3_ok else "contradicted", rule_m3, "errors.png"),
+        exact_verdict("M1", [("M1", M1_RULE, abs(m1 - M1_STATED))],
+                      measurement="cross-entropy of y_true=[1,0], y_pred=[0.7,0.3] (stated ≈ 0.357)", value=m1),
+        exact_verdict("M2", [("vs jax.grad", AUTODIFF_F64, m2_auto), ("vs FD", FD, m2_fd)],
+                      measurement=f"worst rel. error of (softmax − onehot)/B vs jax.grad over {len(delta_rows)} "
+                                  f"checks (vs FD: {m2_fd:.1e})", figure="errors.png"),
+        exact_verdict("M3", [("float64", AUTODIFF_F64, f64), ("float32", AUTODIFF_F32, f32), ("vs FD", FD, fd)],
+                      measurement=f"worst rel. error, hand backprop vs jax.grad, float64 (float32: {f32:.1e}; vs FD: "
+                                  f"{fd:.1e}; {kinks}/{n_fd} FD coordinates straddled a kink)", figure="errors.png"),
     ]

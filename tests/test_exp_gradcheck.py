@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from experiments import gradcheck
@@ -48,3 +49,19 @@ def test_a_weight_within_h_of_zero_is_a_kink_only_under_l1():
     fd_far0, _ = fd_and_kink(0.5, l1=0.0)
     assert not bool(kink_far[0])
     np.testing.assert_allclose(float(fd_far[0] - fd_far0[0]), 1.0, rtol=1e-6)  # d|w|/dw = 1
+
+
+def test_exact_verdicts_have_no_interval_and_flip_at_the_value():
+    m3 = gradcheck.exact_verdict("M3", [("float64", gradcheck.AUTODIFF_F64, 3e-13),
+                                        ("float32", gradcheck.AUTODIFF_F32, 2e-6), ("vs FD", gradcheck.FD, 4e-7)],
+                                 measurement="m")
+    assert m3.verdict == "supported" and (m3.value, m3.ci_low, m3.ci_high) == (3e-13, None, None)
+    assert m3.flip_point is not None and "float32 supported (flips at 2e-06)" in m3.flip_text
+    assert gradcheck.AUTODIFF_F64.describe() in m3.rule
+    bad = gradcheck.exact_verdict("M3", [("float64", gradcheck.AUTODIFF_F64, 3e-13),
+                                         ("float32", gradcheck.AUTODIFF_F32, 2e-4)], measurement="m")
+    assert bad.verdict == "contradicted"
+    m1 = gradcheck.exact_verdict("M1", [("M1", gradcheck.M1_RULE, abs(-np.log(0.7) - 0.357))], measurement="m",
+                                 value=float(-np.log(0.7)))
+    assert m1.verdict == "supported" and m1.value == pytest.approx(0.35667, abs=1e-5)
+    assert m1.flip_point == pytest.approx(0.357 + np.log(0.7))  # the rule holds for any tolerance above |diff|
