@@ -174,6 +174,7 @@ class DataConfig:
     holdout_fraction: float = 0.2  # test split carved from train when a dataset has none
     seed: int = 0  # subset, label noise and hold-out split (data, not training randomness)
     data_dir: str = ""  # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
+    classes: str = ""  # original class ids to keep, e.g. "0,6", relabelled 0..k-1 in this order; "" = all
 
     def __post_init__(self) -> None:
         check(bool(self.name), "data.name must not be empty")

@@ -139,3 +139,8 @@ def test_from_dict_refuses_wrong_types(edit, message):
     with pytest.raises(C.ConfigError) as info:
         C.from_dict(data)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_data_classes_is_a_config_key():
+    assert C.Config().data.classes == ""
+    assert C.override(C.Config(), ["data.classes=0,6"]).data.classes == "0,6"
