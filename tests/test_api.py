@@ -1,0 +1,63 @@
+"""The package's Python API: public names, lazy imports, __version__, the docstring's example."""
+
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+import netalchemy
+
+
+def python(code, *, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+
+
+def test_public_names():
+    from netalchemy import config, stats, sweep
+
+    assert netalchemy.Config is config.Config and netalchemy.override is config.override
+    assert netalchemy.config_hash is config.config_hash and netalchemy.ConfigError is config.ConfigError
+    assert netalchemy.sweep is sweep and netalchemy.stats is stats and netalchemy.SweepResult is sweep.SweepResult
+    assert callable(netalchemy.sweep.run) and callable(netalchemy.devices.use_cpu_cores)
+    assert set(netalchemy.__all__) <= set(dir(netalchemy))
+    assert netalchemy.__version__ == metadata.version("netalchemy")
+    assert netalchemy.__doc__.splitlines()[0].startswith("netalchemy: ")
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    try:
+        netalchemy.no_such_name
+    except AttributeError as e:
+        assert "no_such_name" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_import_leaves_jax_and_scipy_alone():
+    result = python("import sys, netalchemy; netalchemy.Config(); "
+                    "print(sorted(m for m in ('jax', 'scipy', 'tensorflow_datasets') if m in sys.modules))")
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def example() -> str:
+    """The six-line example of the package docstring."""
+    lines = [line[4:] for line in netalchemy.__doc__.splitlines() if line.startswith("    ")]
+    assert len(lines) == 6, lines
+    return "\n".join(lines)
+
+
+def test_docstring_example_trains_a_sweep_and_prints_its_cis(tmp_path):
+    code = example()
+    settings = '["seeds.n=16", "train.steps=2000"]'
+    assert settings in code
+    tiny = '["seeds.n=3", "train.steps=20", "train.eval_every=10", "model.hidden=8"]'
+    code = code.replace(settings, tiny) + "\nimport jax; print('devices', len(jax.devices()))"
+    result = python(code, cwd=tmp_path, env={"NETALCHEMY_CPU_DEVICES": "2"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0] == "3 runs, 0 diverged" and any(line.split()[1:2] == ["test_acc"] for line in out)
+    assert re.fullmatch(r"0\.\d+ \[0\.\d+, 0\.\d+\]", out[-2]), out[-2]  # estimate [low, high]
+    assert out[-1] == "devices 2"  # use_cpu_cores ran before JAX started
+    assert len(list((tmp_path / "runs" / "train").iterdir())) == 1
