@@ -1,32 +1,54 @@
 """The `netalchemy` command.
 
-  netalchemy run NAME [--profile P] [--out DIR] [key=value ...]   run one experiment
-  netalchemy list                                                  list experiments and claims
+  netalchemy train [--out DIR] [--force] [preset=NAME] [key=value ...]   train a seed sweep
+  netalchemy show [--out DIR]                                      list the stored sweeps
+  netalchemy show RUN_DIR [--csv DIR]                              a stored sweep's summary (and CSV)
+  netalchemy run NAME [--profile P] [--out DIR] [key=value ...]    run one experiment
   netalchemy audit [--profile quick|full] [--out DIR]              every experiment, one report
   netalchemy bench [--profile P] [--out DIR] [key=value ...]       throughput against peers
-  netalchemy train [--out DIR] [key=value ...]                     train a seed sweep
-  netalchemy show RUN_DIR                                          print a stored sweep's summary
+  netalchemy list                                                  list experiments and claims
+  netalchemy --version
 
-Bad input prints one line, `netalchemy: error: ...`, and exits with status 2.
+Bad input prints one line, `netalchemy: error: ...`, and exits with status 2 (a mistyped
+command, experiment or config key gets a "did you mean"); a full disk prints one line and
+exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
+import errno
+import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+import netalchemy
 from netalchemy import config as config_lib
-from netalchemy import devices, experiment, store
-from netalchemy.data import DataError
+from netalchemy import devices, experiment, presets, store
 
-USAGE_ERRORS = (config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError,
-                devices.DeviceError)
+SMOKE_BANNER = ("==== SMOKE TEST (tiny profile): these verdicts show that the code runs end to end; "
+                "they say nothing about the claims ====")
 
 
 class UsageError(Exception):
     """Bad command-line input."""
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose one-line message is shown as `netalchemy: error:` with exit status 2."""
+    from netalchemy.data import DataError  # imports TFDS: not needed for --help or --version
+
+    return (UsageError, config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError,
+            devices.DeviceError)
+
+
+def _no_space_errors() -> tuple[type[BaseException], ...]:
+    """store.NoSpace: a full disk, reported with exit status 1."""
+    no_space = getattr(store, "NoSpace", None)
+    return (no_space,) if no_space is not None else ()
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,89 +58,276 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="run one experiment and print its verdicts",
-                       description="Run one experiment (see `netalchemy list`), write its results, "
-                                   "figures and verdicts.json under OUT/NAME/PROFILE.")
-    p.add_argument("name", help="experiment name, e.g. gradcheck")
-    p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
-    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
-    p.set_defaults(func=cmd_run)
+def _check_overrides(overrides: Sequence[str]) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"expected key=value, got {item!r}")
 
 
-def _add_list(sub) -> None:
-    p = sub.add_parser("list", help="list experiments and the claims they test",
-                       description="List the experiments and the claim ids of CLAIMS.md each tests.")
-    p.set_defaults(func=cmd_list)
+def _check_profile(profile: str) -> None:
+    if profile not in experiment.PROFILE_NAMES:
+        raise UsageError(f"unknown profile {profile!r}; choose from {', '.join(experiment.PROFILE_NAMES)}"
+                         f"{config_lib.did_you_mean(profile, experiment.PROFILE_NAMES)}")
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def config_help() -> str:
+    """Every config key with its default and, for choice keys, the allowed values (`config.CHOICES`)."""
+    defaults = config_lib.all_keys(config_lib.Config())
+    width = max(len(f"{k} = {v}") for k, v in defaults.items())
+    lines = []
+    for key, value in defaults.items():
+        line = f"  {key} = {value}"
+        options = config_lib.CHOICES.get(key)
+        if options:
+            many = "any of" if isinstance(value, tuple) else "one of"
+            line = f"{line:{width + 4}s}{many}: {' | '.join(options)}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _add_train(sub) -> None:
-    defaults = config_lib.all_keys(config_lib.Config())
-    keys = "\n".join(f"  {k} = {v}" for k, v in defaults.items())
     p = sub.add_parser("train", help="train a sweep of seeds and print its summary",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train cfg.seeds.n seeds at once (vmap), checkpointing as it goes; a rerun "
-                                   "of the same command resumes or reloads. Results go to OUT/train/<config hash>.",
-                       epilog=f"config keys and defaults:\n{keys}")
+                                   "of the same command resumes an unfinished sweep or reloads a finished one "
+                                   "(--force retrains it). Results go to OUT/train/<config hash>.",
+                       epilog=f"config keys and defaults (choice keys list their allowed values):\n{config_help()}"
+                              f"\n\npresets (preset=NAME applies these overrides before the others):\n"
+                              + "\n".join(f"  {name}: {' '.join(o)}\n    {presets.DESCRIPTIONS.get(name, '')}"
+                                          for name, o in presets.PRESETS.items()))
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("--force", action="store_true", help="retrain even if this config's sweep is already stored")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--coordinator", metavar="HOST:PORT",
                    help="train one sweep over several processes (hosts): the address of process 0; every "
                         "process runs the same command with its own --process-id and a shared --out")
     p.add_argument("--processes", type=int, default=1, help="number of processes (with --coordinator)")
     p.add_argument("--process-id", type=int, default=0, help="this process's index, 0 … processes−1")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-3")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. optim.lr=3e-3, and preset=NAME")
     p.set_defaults(func=cmd_train)
 
 
-def _add_show(sub) -> None:
-    p = sub.add_parser("show", help="print the summary of a stored sweep",
-                       description="Print the summary table of a finished sweep folder.")
-    p.add_argument("run_dir", type=Path, help="a folder written by `netalchemy train`")
-    p.set_defaults(func=cmd_show)
-
-
-def _check_overrides(overrides) -> None:
-    for item in overrides:
-        if "=" not in item:
-            raise UsageError(f"expected key=value, got {item!r}")
+def with_preset(overrides: Sequence[str]) -> list[str]:
+    """`overrides` with `preset=NAME` replaced by that preset's own overrides, placed first so the
+    user's other overrides win whatever their order (`netalchemy.presets`)."""
+    chosen = [o for o in overrides if o.partition("=")[0].strip() == "preset"]
+    rest = [o for o in overrides if o not in chosen]
+    if len(chosen) > 1:
+        raise UsageError(f"give one preset=NAME, got {len(chosen)}")
+    return [*presets.overrides(chosen[0].partition("=")[2].strip()), *rest] if chosen else rest
 
 
 def cmd_train(args) -> int:
     from netalchemy import sweep
 
     _check_overrides(args.overrides)
-    cfg = config_lib.override(config_lib.Config(), args.overrides)
+    cfg = config_lib.override(config_lib.Config(), with_preset(args.overrides))
     out_dir = args.out / "train" / config_lib.config_hash(cfg)
-    result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet)
+    options = {"force": True} if args.force else {}
+    result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet, **options)
     if args.process_id == 0:
+        if getattr(result, "reused", False):
+            print(f"reusing {out_dir}, finished {_when(getattr(result, 'finished', None))}; "
+                  f"use --force to retrain", file=sys.stderr)
         print(sweep.format_summary(result))
         print(f"\nresults: {out_dir}")
     return 0
 
 
+# ----------------------------------------------------------------------------- show
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="list stored sweeps, or print one's summary (and export it as CSV)",
+                       description="Without RUN_DIR: list the sweeps stored under OUT/train (hash, when it "
+                                   "finished, mean test accuracy, the config keys that differ from the "
+                                   "defaults); damaged folders are listed as damaged. With RUN_DIR: print that "
+                                   "sweep's config and summary table; --csv DIR also writes DIR/finals.csv (one "
+                                   "row per run: seed, lr, final metrics, diverged_at_step) and DIR/history.csv "
+                                   "(long format: seed, lr, step, metric, value), empty cells for NaN.")
+    p.add_argument("run_dir", type=Path, nargs="?", help="a folder written by `netalchemy train`")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder to list (default: runs)")
+    p.add_argument("--csv", type=Path, metavar="DIR", help="write finals.csv and history.csv into DIR "
+                                                           "(created if needed; RUN_DIR itself is fine)")
+    p.set_defaults(func=cmd_show)
+
+
 def cmd_show(args) -> int:
+    if args.run_dir is None:
+        if args.csv is not None:
+            raise UsageError("--csv needs a RUN_DIR to export")
+        print(format_run_list(list_runs(args.out / "train")) or f"no stored sweeps under {args.out / 'train'}")
+        return 0
     from netalchemy import sweep
 
     result = sweep.load(args.run_dir)
     print(describe_config(result.cfg))
     print(sweep.format_summary(result))
+    if args.csv is not None:
+        finals, history = write_csv(result, store.ensure_writable(args.csv))
+        print(f"\nwrote {finals} and {history}")
     return 0
 
 
-def describe_config(cfg) -> str:
-    changed = {k: v for k, v in config_lib.all_keys(cfg).items()
-               if config_lib.all_keys(config_lib.Config())[k] != v}
-    return "config: defaults" + "".join(f" {k}={v}" for k, v in changed.items())
+def changed_keys(cfg: config_lib.Config) -> dict[str, Any]:
+    """The config keys whose values differ from the defaults."""
+    defaults = config_lib.all_keys(config_lib.Config())
+    return {k: v for k, v in config_lib.all_keys(cfg).items() if defaults[k] != v}
+
+
+def describe_config(cfg: config_lib.Config) -> str:
+    return "config: defaults" + "".join(f" {k}={v}" for k, v in changed_keys(cfg).items())
+
+
+def _when(iso: Optional[str]) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM UTC' (or '?' when unknown)."""
+    if not iso:
+        return "?"
+    try:
+        t = datetime.datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return str(iso)
+    if t.tzinfo is not None:
+        t = t.astimezone(datetime.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
+
+
+def _headline(summary: dict) -> str:
+    """Mean final test accuracy; with a learning-rate grid, the best lr's (and how many lrs)."""
+    means = [g["metrics"]["test_acc"]["mean"] for g in summary["by_lr"]]
+    finite = [m for m in means if m is not None]
+    if not finite:
+        return "—"
+    best = f"{max(finite):.4f}"
+    return best if len(means) == 1 else f"{best} (best of {len(means)} lrs)"
+
+
+def _describe_run(folder: Path) -> dict[str, str]:
+    """One row of `netalchemy show`: hash, finished, test_acc, config; raises on a damaged folder."""
+    from netalchemy import sweep
+
+    if not (folder / "summary.json").exists():  # config.json is written first, summary.json last
+        cfg = config_lib.from_dict(store.read_json(folder / "config.json")["config"])
+        return {"hash": folder.name, "finished": "unfinished", "test_acc": "—",
+                "config": " ".join(f"{k}={v}" for k, v in changed_keys(cfg).items()) or "defaults"}
+    result = sweep.load(folder)  # checks every file
+    finished = getattr(result, "finished", None) or datetime.datetime.fromtimestamp(
+        (folder / "summary.json").stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"hash": folder.name, "finished": _when(finished), "test_acc": _headline(result.summary),
+            "config": " ".join(f"{k}={v}" for k, v in changed_keys(result.cfg).items()) or "defaults"}
+
+
+def list_runs(root: Path) -> list[dict[str, str]]:
+    """A row per sweep folder under `root` (OUT/train), newest first; damaged ones say why."""
+    rows = []
+    for folder in sorted(p for p in Path(root).glob("*") if p.is_dir() and not p.name.startswith(".")):
+        try:
+            rows.append(_describe_run(folder))
+        except (store.StoreError, config_lib.ConfigError, OSError, ValueError, KeyError, TypeError,
+                AttributeError) as e:
+            message = str(e) if isinstance(e, (store.StoreError, config_lib.ConfigError)) else \
+                f"{type(e).__name__}: {e}"
+            rows.append({"hash": folder.name, "finished": "damaged", "test_acc": "—",
+                         "config": message.splitlines()[0] if message else type(e).__name__})
+    return sorted(rows, key=lambda r: r["finished"] if r["finished"][:1].isdigit() else "", reverse=True)
+
+
+def format_run_list(rows: Sequence[dict[str, str]]) -> str:
+    """The rows of `list_runs` as a plain-text table ('' when there are none)."""
+    if not rows:
+        return ""
+    header = {"hash": "hash", "finished": "finished", "test_acc": "test_acc", "config": "config (not default)"}
+    widths = {k: max(len(r[k]) for r in [header, *rows]) for k in ("hash", "finished", "test_acc")}
+    lines = ["  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["config"] for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def eval_steps(cfg: config_lib.Config, n_evals: int) -> list[int]:
+    """The training step of each of `n_evals` evaluations: 0, eval_every, 2·eval_every, …, and
+    the final step (which need not be a multiple of eval_every)."""
+    return [min(i * cfg.train.eval_every, cfg.train.steps) for i in range(n_evals)]
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: numbers as Python writes them (exact round trip), NaN and None as ''."""
+    if value is None:
+        return ""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and value != value:
+        return ""
+    return value
+
+
+FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def write_csv(result: Any, folder: Path) -> tuple[Path, Path]:
+    """Writes `folder/finals.csv` (a row per run) and `folder/history.csv` (a row per run, step, metric).
+
+    Finals come from `summary.json`'s per-run values (NaN for diverged runs is an empty cell;
+    `diverged_at_step` is empty for runs that never diverged); the history is every metric at
+    every evaluation, in long format for pandas (`pd.read_csv(...).pivot_table(...)`).
+    """
+    per_run = result.summary["per_run"]
+    finals_path, history_path = Path(folder) / "finals.csv", Path(folder) / "history.csv"
+    with open(finals_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "lr", *FINAL_METRICS, "diverged", "diverged_at_step"])
+        for i, (seed, lr) in enumerate(zip(result.seeds, result.lrs)):
+            at = per_run["diverged_at_step"][i]
+            writer.writerow([_cell(seed), _cell(lr), *(_cell(per_run[m][i]) for m in FINAL_METRICS),
+                             int(bool(per_run["diverged"][i])), "" if at is None or at < 0 else _cell(at)])
+    metrics = {m: v for m, v in result.history.items() if m != "step"}  # the step is a column
+    steps = eval_steps(result.cfg, next(iter(metrics.values())).shape[1])
+    with open(history_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["seed", "lr", "step", "metric", "value"])
+        for i, (seed, lr) in enumerate(zip(result.seeds, result.lrs)):
+            seed, lr = _cell(seed), _cell(lr)
+            for metric, values in metrics.items():
+                writer.writerows([seed, lr, step, metric, _cell(v)] for step, v in zip(steps, values[i]))
+    return finals_path, history_path
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run one experiment and print its verdicts",
+                       description="Run one experiment, write its results, figures and verdicts.json under "
+                                   "OUT/NAME/PROFILE. Experiments: " + ", ".join(experiment.EXPERIMENTS)
+                                   + " (`netalchemy list` says which claims each tests). The tiny profile is "
+                                     "a smoke test: its verdicts are marked so.")
+    p.add_argument("name", help="experiment name: " + " | ".join(experiment.EXPERIMENTS))
+    p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
+    p.set_defaults(func=cmd_run)
+
+
+def _check_experiment(name: str) -> None:
+    if name not in experiment.EXPERIMENTS:
+        raise UsageError(f"unknown experiment {name!r}; choose from {', '.join(experiment.EXPERIMENTS)}"
+                         f"{config_lib.did_you_mean(name, experiment.EXPERIMENTS)}")
+
+
+def smoke_marked(text: str, profile: str) -> str:
+    """`text` between smoke-test banners when `profile` is tiny, else unchanged."""
+    return f"{SMOKE_BANNER}\n{text}\n{SMOKE_BANNER}" if profile == "tiny" else text
 
 
 def cmd_run(args) -> int:
+    _check_experiment(args.name)
+    _check_profile(args.profile)
     _check_overrides(args.overrides)
     out_dir, verdicts = experiment.run_experiment(args.name, profile=args.profile,
                                                   overrides=args.overrides, root=args.out)
     print()
-    print(experiment.format_verdicts(verdicts))
+    print(smoke_marked(experiment.format_verdicts(verdicts), args.profile))
     print(f"\nresults: {out_dir}")
     return 0
 
@@ -126,8 +335,9 @@ def cmd_run(args) -> int:
 def _add_audit(sub) -> None:
     p = sub.add_parser("audit", help="run every experiment and write the audit report",
                        description="Run every experiment at one profile and write OUT/audit/PROFILE/report.md "
-                                   "and a self-contained report.html, opening with the ledger of every claim. "
-                                   "Experiments already finished with the same settings are reused.")
+                                   "and a self-contained report.html, opening with the ledger of every claim, "
+                                   "and print the ledger (ledger.md). Experiments already finished with the "
+                                   "same settings are reused.")
     p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.set_defaults(func=cmd_audit)
@@ -136,9 +346,11 @@ def _add_audit(sub) -> None:
 def cmd_audit(args) -> int:
     from netalchemy import audit
 
+    _check_profile(args.profile)
     folder = audit.run_audit(args.profile, root=args.out)
-    print((folder / "report.md").read_text().split("\n## Rules")[0])
-    print(f"report: {folder / 'report.md'} and {folder / 'report.html'}")
+    print()
+    print(smoke_marked((folder / "ledger.md").read_text().rstrip("\n"), args.profile))
+    print(f"\nreport: {folder / 'report.md'} and {folder / 'report.html'}")
     return 0
 
 
@@ -158,13 +370,20 @@ def cmd_bench(args) -> int:
 
     _check_overrides(args.overrides)
     if args.profile not in bench.PROFILES:
-        raise UsageError(f"unknown profile {args.profile!r}; choose from {', '.join(bench.PROFILES)}")
+        raise UsageError(f"unknown profile {args.profile!r}; choose from {', '.join(bench.PROFILES)}"
+                         f"{config_lib.did_you_mean(args.profile, list(bench.PROFILES))}")
     settings = config_lib.override(bench.PROFILES[args.profile], args.overrides)
     out_dir = store.ensure_writable(args.out / "bench" / args.profile)
     results = bench.run_benchmark(settings, out_dir=out_dir)
     print(bench.format_table(results))
     print(f"\nresults: {out_dir}")
     return 0
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="list experiments and the claims they test",
+                       description="List the experiments and the claim ids of CLAIMS.md each tests.")
+    p.set_defaults(func=cmd_list)
 
 
 def cmd_list(args) -> int:
@@ -175,9 +394,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="netalchemy", description="Audit claims about how neural networks learn: "
                                                    "small MLPs in JAX, many seeds at once.")
+    parser.add_argument("--version", action="version", version=f"netalchemy {netalchemy.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_train(sub)
     _add_show(sub)
@@ -185,19 +408,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit(sub)
     _add_bench(sub)
     _add_list(sub)
+    parser.commands = tuple(sub.choices)
     return parser
 
 
+def _check_command(argv: Sequence[str], commands: Sequence[str]) -> None:
+    """A mistyped command gets a suggestion (the command is the first argument: the top level
+    has only --help and --version)."""
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        raise UsageError(f"unknown command {argv[0]!r}; choose from {', '.join(commands)}"
+                         f"{config_lib.did_you_mean(argv[0], commands)}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; the library never picks a backend
     try:
-        args = build_parser().parse_args(argv)
-        devices.use_cpu_cores()  # one JAX device per core: sweeps shard their runs over the cores
+        usage_errors = _usage_errors()
+        parser = build_parser()
+        _check_command(argv, parser.commands)
+        args = parser.parse_args(argv)
+        devices.use_cpu_cores()  # one JAX device per core, before JAX runs anything: sweeps shard runs over them
         if getattr(args, "coordinator", None):
             devices.initialize_processes(args.coordinator, args.processes, args.process_id)
         return args.func(args)
-    except (UsageError, *USAGE_ERRORS) as e:
+    except _no_space_errors() as e:
+        print(f"netalchemy: error: {e}", file=sys.stderr)
+        return 1
+    except usage_errors as e:
         print(f"netalchemy: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk that no layer below turned into store.NoSpace
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"netalchemy: error: no space left on the device writing {e.filename or 'results'}; "
+              "free some and rerun to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("netalchemy: interrupted; finished work is saved and a rerun resumes", file=sys.stderr)
         return 130
