@@ -28,12 +28,12 @@ parallelism, regularise". Three measurements, one per part:
    "On large-batch training … sharp minima"; Shallue et al. (2019) "Measuring the effects of
    data parallelism on neural network training"; Masters & Luschi (2018).
 
-Verdict rules (pure functions below, unit-tested on synthetic numbers):
+Verdict rules (rule objects below, unit-tested on synthetic numbers; their text is generated):
   noise       supported iff at every point (init, trained) the 95% CI of the mean per-seed
               slope of log E vs log B_eff lies inside [−1 − tol, −1 + tol]; contradicted iff
-              at some point it lies wholly outside; else inconclusive (`noise_part`).
+              at some point it lies wholly outside; else inconclusive (`noise_rule`).
   parallelism supported iff the 95% CI of the log-log slope of examples/s vs B is above 0
-              (throughput rises with B); contradicted iff below 0 (`ci_verdict`).
+              (throughput rises with B); contradicted iff below 0 (`PARALLEL`).
   regularise  only batch sizes whose nets fit the training set about equally well are
               compared: those with mean final train accuracy within `fit_tolerance` of the best
               (`comparable_batch_sizes`; at equal epochs large batches may just underfit, which
@@ -41,8 +41,9 @@ Verdict rules (pure functions below, unit-tested on synthetic numbers):
               paired (same seed) difference gap(largest B) − gap(smallest B) is above 0 (small
               batches generalize with a smaller gap); contradicted iff below 0; inconclusive if
               fewer than two sizes remain. The raw smallest-vs-largest difference is reported too.
-  M9 = combine_verdicts(parts): all supported → supported, all contradicted → contradicted, a mix of
-  supported and contradicted → depends, otherwise inconclusive.
+  M9 = `m9_combine` of the parts after Holm's correction (`verdicts.judge`): all supported →
+  supported, all contradicted → contradicted, a mix of supported and contradicted → depends,
+  otherwise inconclusive.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ from netalchemy import backprop, mlp, plots, stats, store, sweep, train
 from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy.config import RANDOMNESS_STREAMS, Config, ModelConfig, OptimConfig, SeedsConfig
-from netalchemy.experiment import Verdict, ci_verdict, combine_verdicts
+from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, across, all_hold, holm, judge
 
 CLAIMS = ("M9",)
 POINTS = ("init", "trained")
@@ -286,35 +288,30 @@ def run(s: Settings, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------- verdict rules
 
 
-def noise_part(slope_cis, *, tolerance: float) -> str:
-    """Noise ∝ 1/B_eff: each (low, high) slope CI against the band [−1 − tol, −1 + tol]."""
-    verdicts = []
-    for low, high in slope_cis:
-        if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-            verdicts.append("inconclusive")
-        elif -1 - tolerance <= low and high <= -1 + tolerance:
-            verdicts.append("supported")
-        elif high < -1 - tolerance or low > -1 + tolerance:
-            verdicts.append("contradicted")
-        else:
-            verdicts.append("inconclusive")
-    if "contradicted" in verdicts:
-        return "contradicted"
-    return "supported" if verdicts and all(v == "supported" for v in verdicts) else "inconclusive"
+def noise_rule(tolerance: float) -> Rule:
+    """Noise ∝ 1/B_eff: the mean per-seed log-log slope inside [−1 − tol, −1 + tol]."""
+    return Rule("the mean per-seed slope of log E‖g_B − g_N‖² vs log B_eff", (-1 - tolerance, -1 + tolerance),
+                "inside", f"−1 ± {tolerance:g}: the 1/B law of sampling without replacement, read as a power law",
+                unit="log-log slope")
 
 
-def throughput_part(slope_low: float, slope_high: float) -> str:
-    """Throughput rises with B iff the log-log slope's CI is above 0."""
-    if not (np.isfinite(slope_low) and np.isfinite(slope_high)):
-        return "inconclusive"
-    return ci_verdict(slope_low, slope_high, 0.0, claim_holds_if="above")
+PARALLEL = Rule("the log-log slope of examples/s vs B (t interval)", 0.0, "above",
+                "any rise: larger batches put more examples through the hardware per second")
+REGULARISE = Rule("the paired (same seed) difference gap(largest comparable B) − gap(smallest), gap = train − "
+                  "test acc", 0.0, "above", "a larger gap with large batches is the regularising effect of small ones")
 
 
-def regularise_part(diff_low: float, diff_high: float) -> str:
-    """Small batches regularise iff gap(largest B) − gap(smallest B) has a CI above 0."""
-    if not (np.isfinite(diff_low) and np.isfinite(diff_high)):
-        return "inconclusive"
-    return ci_verdict(diff_low, diff_high, 0.0, claim_holds_if="above")
+def m9_parts(noise_cis, throughput_ci, gap_difference_ci, *, tolerance: float) -> list[Part]:
+    """The parts of M9: noise at each point (init, trained), parallelism, regularisation."""
+    rule = noise_rule(tolerance)
+    return [*(Part(f"noise {p}", rule, ci) for p, ci in zip(POINTS, noise_cis)),
+            Part("parallelism", PARALLEL, throughput_ci), Part("regularise", REGULARISE, gap_difference_ci)]
+
+
+def m9_combine(d: dict[str, str]) -> str:
+    """Noise = both points hold (all_hold); M9 = noise, parallelism and regularise combined across."""
+    noise = all_hold([v for k, v in d.items() if k.startswith("noise ")])
+    return across([noise, d["parallelism"], d["regularise"]])
 
 
 # ----------------------------------------------------------------------------- analysis and report
@@ -323,6 +320,10 @@ def regularise_part(diff_low: float, diff_high: float) -> str:
 def _ci(values) -> dict:
     ci = stats.bootstrap_ci(values)
     return {"estimate": float(ci.estimate), "low": float(ci.low), "high": float(ci.high)}
+
+
+def _paired_ci(a, b) -> dict:
+    return stats.paired_bootstrap_ci(a, b)._asdict()
 
 
 def analyse(s: Settings, out_dir: Path) -> dict:
@@ -374,24 +375,26 @@ def analyse(s: Settings, out_dir: Path) -> dict:
                                   s.fit_tolerance)
     nan_ci = {"estimate": math.nan, "low": math.nan, "high": math.nan}
     a["gap"] = {"rows": rows, "smallest": small, "largest": large,
-                "difference_largest_minus_smallest": _ci(gaps[large] - gaps[small]),
+                "difference_largest_minus_smallest": _paired_ci(gaps[large], gaps[small]),
                 "comparable": fits,
-                "difference_comparable": (_ci(gaps[max(fits)] - gaps[min(fits)]) if len(fits) >= 2 else nan_ci)}
+                "difference_comparable": (_paired_ci(gaps[max(fits)], gaps[min(fits)]) if len(fits) >= 2 else nan_ci)}
     return a
 
 
 def verdicts(s: Settings, a: dict) -> list[Verdict]:
-    slope_cis = [(a["noise"][p]["slope"]["low"], a["noise"][p]["slope"]["high"]) for p in POINTS]
-    noise = noise_part(slope_cis, tolerance=s.slope_tolerance)
+    as_ci = lambda d: stats.CI(*(math.nan if d[k] is None else d[k] for k in ("estimate", "low", "high")))  # noqa: E731
     fit = a["throughput"]["fit"]
     nan = lambda v: math.nan if v is None else v  # noqa: E731
-    parallel = throughput_part(nan(fit["slope_low"]), nan(fit["slope_high"]))
     d = a["gap"]["difference_comparable"]
-    regular = regularise_part(d["low"], d["high"])
+    parts = m9_parts([as_ci(a["noise"][p]["slope"]) for p in POINTS],
+                     stats.CI(fit["slope"], nan(fit["slope_low"]), nan(fit["slope_high"])), as_ci(d),
+                     tolerance=s.slope_tolerance)
+    decisions = dict(zip((p.name for p in parts), holm(parts)))
+    noise = all_hold([decisions[f"noise {p}"] for p in POINTS])
+    parallel, regular = decisions["parallelism"], decisions["regularise"]
     raw = a["gap"]["difference_largest_minus_smallest"]
     fits = a["gap"]["comparable"]
     underfit = [r["batch_size"] for r in a["gap"]["rows"] if r["batch_size"] not in fits]
-    t = a["noise"]["trained"]["slope"]
     i = a["noise"]["init"]["slope"]
     tp = a["throughput"]
     rows = {r["batch_size"]: r for r in a["gap"]["rows"]}
@@ -408,16 +411,13 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
         f"underfit (train acc > {s.fit_tolerance:g} below the best, excluded): {underfit or 'none'}; "
         f"gap(B={max(fits)}) − gap(B={min(fits)}) = {d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}] "
         f"→ regularise {regular}")
-    rule = (f"noise: supported iff the 95% CI of the slope at init and after training lies in "
-            f"[{-1 - s.slope_tolerance:g}, {-1 + s.slope_tolerance:g}], contradicted iff wholly outside at either; "
-            f"parallelism: supported iff the 95% CI of the log-log slope of examples/s vs B is above 0; "
-            f"regularise: among batch sizes whose mean train accuracy is within {s.fit_tolerance:g} of the best "
-            f"(others underfit at equal epochs and are excluded), supported iff the 95% CI of the paired "
-            f"gap(largest) − gap(smallest) is above 0, contradicted iff below 0, inconclusive if fewer than two "
-            f"remain; M9: all parts supported → supported, all contradicted → contradicted, "
-            f"supported and contradicted parts → depends, else inconclusive")
-    return [Verdict("M9", measurement, t["estimate"], t["low"], t["high"],
-                    combine_verdicts([noise, parallel, regular]), rule, "grad_noise.png", unit="log-log slope")]
+    how = (f"regularise compares only batch sizes whose mean train accuracy is within {s.fit_tolerance:g} of the "
+           f"best (others underfit at equal epochs and are excluded) and is inconclusive if fewer than two remain; "
+           f"noise = both noise parts hold; M9: noise, parallelism and regularise all supported → supported, all "
+           f"contradicted → contradicted, supported and contradicted → depends, else inconclusive")
+    t = as_ci(a["noise"]["trained"]["slope"])
+    return [judge("M9", parts, m9_combine, how=how, measurement=measurement, value=t, figure="grad_noise.png",
+                  unit="log-log slope")[0]]
 
 
 def plot_noise(a: dict, path: Path) -> None:

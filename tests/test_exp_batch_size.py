@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import batch_size as B
-from netalchemy import mlp
+from netalchemy import mlp, stats, verdicts
 from netalchemy.config import ModelConfig
 from netalchemy.experiment import VERDICTS, run_experiment
 
@@ -64,18 +64,28 @@ def test_effective_batch_size_and_slopes():
     ([(-1.05, -0.95), (-1.3, -0.9)], "inconclusive"),
     ([(-1.05, -0.95), (None, None)], "inconclusive"),
 ])
-def test_noise_part(cis, expected):
-    assert B.noise_part(cis, tolerance=0.15) == expected
+def test_noise_parts(cis, expected):
+    noise = [stats.CI(None if lo is None else (lo + hi) / 2, lo, hi) for lo, hi in cis]
+    parts = B.m9_parts(noise, stats.CI(0.5, 0.3, 0.8), stats.CI(0.03, 0.01, 0.05), tolerance=0.15)
+    decisions = dict(zip((p.name for p in parts), verdicts.holm(parts)))
+    assert verdicts.all_hold([decisions["noise init"], decisions["noise trained"]]) == expected
 
 
-def test_throughput_and_regularise_parts():
-    assert B.throughput_part(0.3, 0.8) == "supported"
-    assert B.throughput_part(-0.8, -0.3) == "contradicted"
-    assert B.throughput_part(-0.1, 0.3) == "inconclusive"
-    assert B.throughput_part(math.nan, 0.3) == "inconclusive"
-    assert B.regularise_part(0.01, 0.05) == "supported"  # large batches: larger gap
-    assert B.regularise_part(-0.05, -0.01) == "contradicted"
-    assert B.regularise_part(-0.01, 0.05) == "inconclusive"
+def test_throughput_and_regularise_rules_and_m9():
+    assert B.PARALLEL.decide(stats.CI(0.5, 0.3, 0.8)) == "supported"
+    assert B.PARALLEL.decide(stats.CI(-0.5, -0.8, -0.3)) == "contradicted"
+    assert B.PARALLEL.decide(stats.CI(0.1, -0.1, 0.3)) == "inconclusive"
+    assert B.PARALLEL.decide(stats.CI(0.1, math.nan, 0.3)) == "inconclusive"
+    assert B.REGULARISE.decide(stats.CI(0.03, 0.01, 0.05)) == "supported"  # large batches: larger gap
+    assert B.REGULARISE.decide(stats.CI(-0.03, -0.05, -0.01)) == "contradicted"
+    assert B.REGULARISE.decide(stats.CI(0.02, -0.01, 0.05)) == "inconclusive"
+    good = [stats.CI(-1.0, -1.05, -0.95)] * 2
+    decide = lambda tp, gap: B.m9_combine(dict(zip(  # noqa: E731
+        ("noise init", "noise trained", "parallelism", "regularise"),
+        verdicts.holm(B.m9_parts(good, tp, gap, tolerance=0.15)))))
+    assert decide(stats.CI(0.5, 0.3, 0.8), stats.CI(0.03, 0.02, 0.04)) == "supported"
+    assert decide(stats.CI(0.5, 0.3, 0.8), stats.CI(-0.03, -0.04, -0.02)) == "depends"
+    assert decide(stats.CI(0.5, 0.3, 0.8), stats.CI(0.0, -0.01, 0.01)) == "inconclusive"
 
 
 def test_gap_config_gives_equal_epochs():
