@@ -341,4 +341,4 @@ def test_article_preset_is_the_essays_4096_512_256_2_network(tmp_path):
                          num_classes=data.num_classes)
     assert [layer.w.shape for layer in params] == [(4096, 512), (512, 256), (256, 2)]
     assert cfg.train.steps % cfg.train.eval_every == 0
-    assert cfg.train.steps * cfg.train.batch_size == 20 * 12000  # 20 epochs of the real pair
+    assert cfg.train.steps * cfg.train.batch_size == 10 * 12000  # 10 epochs of the real pair
