@@ -10,7 +10,8 @@ family-wise error rate :data:`ALPHA`, then a stated logical combination (:func:`
 Conventions
 -----------
 - A CI is anything with ``estimate``, ``low`` and ``high`` (``stats.CI``); ``None`` or NaN in
-  any of them means "no finite runs" and decides nothing ("inconclusive").
+  any of them means "no finite runs" and decides nothing ("inconclusive"). An end may be
+  infinite; the ledger row then shows no interval (JSON has no infinity).
 - One-sided p-values come from the CI itself (:func:`one_sided_p`): a normal approximation
   anchored on each side of the estimate at the CI's own level, so a single part's test at
   ``ALPHA`` says exactly what its 95% CI says, whatever method made the interval (BCa
@@ -41,9 +42,12 @@ def _g(x: float) -> str:
 
 
 def _interval(ci: Any) -> Optional[tuple[float, float, float]]:
-    """(estimate, low, high) as finite floats, or None when any is missing."""
-    values = [finite_or_none(getattr(ci, k, None)) for k in ("estimate", "low", "high")]
-    return None if any(v is None for v in values) else tuple(values)  # type: ignore[return-value]
+    """(estimate, low, high) as floats, or None when any is missing (None or NaN) or the estimate
+    is infinite. An infinite end is kept: e.g. a ratio of spreads whose resamples reach x / 0."""
+    values = [getattr(ci, k, None) for k in ("estimate", "low", "high")]
+    if any(v is None or math.isnan(float(v)) for v in values) or finite_or_none(values[0]) is None:
+        return None
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
 def one_sided_p(ci: Any, threshold: float, alternative: str, *, confidence: float = 0.95) -> float:
@@ -207,7 +211,7 @@ class Rule:
         values = _interval(ci)
         return Verdict(
             claim, measurement, finite_or_none(getattr(ci, "estimate", None)),
-            None if values is None else values[1], None if values is None else values[2],
+            None if values is None else finite_or_none(values[1]), None if values is None else finite_or_none(values[2]),
             self.decide(ci, n=n, settled=settled), self.describe(), figure,
             self.unit if unit is None else unit, flip_point=self.flip_point(ci),
             flip_text=self.flip_text(ci, n=n, settled=settled))
@@ -310,5 +314,6 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
     values = _interval(ci) if ci is not None else None
     return Verdict(
         claim, measurement, finite_or_none(getattr(ci, "estimate", None)),
-        None if values is None else values[1], None if values is None else values[2], verdict, rule, figure, unit,
+        None if values is None else finite_or_none(values[1]), None if values is None else finite_or_none(values[2]),
+        verdict, rule, figure, unit,
         flip_point=None if closest is None else closest[2], flip_text=flip_text), decisions

@@ -181,3 +181,14 @@ def test_judge_builds_the_row():
     assert v.flip_text == "supported; churn supported (flips at 0.3), gap supported (flips at -0.1)"
     with pytest.raises(ValueError, match="distinct"):
         verdicts.judge("X", [parts[0], parts[0]], lambda d: "supported", how="", measurement="")
+
+
+def test_an_infinite_ci_end_still_decides():
+    # A ratio of spreads whose resamples reach x / 0: [0.6, inf] lies above 0.5.
+    wide = ci(1.2, 0.6, math.inf)
+    rule = Rule("std ratio", 0.5, "above", "most of the spread")
+    assert rule.decide(wide) == "supported" and rule.flip_point(wide) == 0.6
+    v = rule.verdict("A2", wide, measurement="m")
+    assert (v.value, v.ci_low, v.ci_high) == (1.2, 0.6, None)  # JSON has no infinity
+    assert verdicts.holm([Part("s", rule, wide)]) == ["supported"]
+    assert rule.decide(ci(math.inf, 0.6, math.inf)) == "inconclusive"  # no finite estimate
