@@ -44,7 +44,8 @@ from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy import mlp, plots, stats, store, sweep, train
 from netalchemy.config import RANDOMNESS_STREAMS, Config, SeedsConfig
-from netalchemy.experiment import Verdict, ci_verdict
+from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, across, judge
 
 CLAIMS = ("A1", "A2", "A7")
 
@@ -96,6 +97,8 @@ def pairwise_mean_ci(matrix: np.ndarray, *, n_resamples: int = 10_000, seed: int
     The seeds are resampled with replacement and the statistic is recomputed over the pairs
     of distinct resampled seeds (a pair of a seed with its own copy is left out, since its
     disagreement is 0 by construction). NaN rows (diverged seeds) should be removed first.
+    A percentile interval by hand, not `scipy.stats.bootstrap`: a resample of one seed repeated
+    has no pair, and such resamples must be dropped rather than given a value.
     """
     m = np.asarray(matrix, np.float64)
     n = m.shape[0]
@@ -125,6 +128,8 @@ def std_ratio_ci(x: np.ndarray, y: np.ndarray, *, n_resamples: int = 10_000, see
     """std(x) / std(y) (ddof 1) with a percentile-bootstrap CI; x and y resampled independently.
 
     Non-finite values (diverged seeds) are dropped. NaN when either side has < 2 values.
+    A percentile interval by hand, not `scipy.stats.bootstrap`: resamples of `y` without spread
+    make the ratio +inf, a legitimate end ("no spread at all in y") that BCa cannot handle.
     """
     a, b = (np.asarray(v, np.float64).ravel() for v in (x, y))
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
@@ -171,68 +176,53 @@ def pair_error_and_churn(predictions: np.ndarray, labels: np.ndarray) -> tuple[n
 # ----------------------------------------------------------------------------- the rules
 
 
-RULE_A1 = (f"supported if the 95% CI of the mean pairwise churn between seeds lies above {CHURN_THRESHOLD:g} "
-           f"(seeds disagree on more than {CHURN_THRESHOLD:.0%} of test examples); contradicted if it lies "
-           f"below; else inconclusive")
-
-RULE_A2 = (f"per source, r = std(test acc, that source alone) / std(all sources); a source matters if r's 95% CI "
-           f"lies above {SPREAD_SHARE:g}, is negligible if below. Supported (no single source can be blamed: "
-           f"each alone makes most of the spread) if all three matter; contradicted (one identifiable culprit) if "
-           f"exactly one matters and the others are negligible; depends if two matter and one is negligible, or "
-           f"none matters alone; inconclusive if any CI straddles {SPREAD_SHARE:g}")
-
-RULE_A7 = (f"per perturbation, ρ = final churn(perturbed, reference) / churn(other seed, reference), mean over seeds; "
-           f"far if ρ's 95% CI lies above {FAR_SHARE:g}, near if below. Supported if both the one-ulp and the "
-           f"hand-vs-autodiff perturbation end far; contradicted if both end near; depends if one is far and one "
-           f"near; inconclusive if a CI straddles {FAR_SHARE:g}, or if the control (an unperturbed copy trained "
-           f"alongside) is not bitwise identical to its reference")
+CHURN = Rule("the mean pairwise churn between seeds (the share of test examples two seeds label differently)",
+             CHURN_THRESHOLD, "above", f"seeds disagreeing on more than {CHURN_THRESHOLD:.0%} of test examples give "
+                                      f"different answers, beyond a few borderline cases", unit="fraction")
+MATTERS = Rule("r = std(test acc, one randomness source varied alone) / std(all three varied)", SPREAD_SHARE, "above",
+               f"alone it makes more than {SPREAD_SHARE:.0%} of the full spread: it matters; below: negligible")
+FAR = Rule("ρ = final churn(perturbed twin, reference) / churn(other seed, reference), mean over seeds", FAR_SHARE,
+           "above", f"more than {FAR_SHARE:.0%} of the way to a different seed: the perturbation carries far")
 
 
-def a1_verdict(churn_low: Optional[float], churn_high: Optional[float]) -> str:
-    """A1 from the CI of the mean pairwise churn (see RULE_A1)."""
-    return ci_verdict(churn_low, churn_high, CHURN_THRESHOLD, claim_holds_if="above")
+def a1_verdict(churn: stats.CI, measurement: str = "") -> Verdict:
+    """A1 from the CI of the mean pairwise churn (see `CHURN`)."""
+    return CHURN.verdict("A1", churn, measurement=measurement, figure="a1_churn_vs_error.png",
+                         unit="fraction of test examples")
 
 
-def _side(low: Optional[float], high: Optional[float], threshold: float) -> str:
-    """"above", "below" or "straddles": where a CI lies against a threshold (a missing CI straddles)."""
-    if low is None or high is None or np.isnan(low) or np.isnan(high):
-        return "straddles"
-    return "above" if low > threshold else "below" if high < threshold else "straddles"
-
-
-def a2_verdict(ratio_cis: Mapping[str, tuple[Optional[float], Optional[float]]]) -> tuple[str, str]:
-    """A2 from each single source's spread ratio CI (see RULE_A2). Returns (verdict, why).
-
-    ratio_cis: {source: (low, high)} of std(source alone) / std(all sources).
-    """
-    side = {s: _side(lo, hi, SPREAD_SHARE) for s, (lo, hi) in ratio_cis.items()}
-    matters = [s for s, v in side.items() if v == "above"]
-    negligible = [s for s, v in side.items() if v == "below"]
-    unclear = [s for s, v in side.items() if v == "straddles"]
-    fmt = lambda names: ", ".join(names) or "none"
-    why = f"matter: {fmt(matters)}; negligible: {fmt(negligible)}; unclear: {fmt(unclear)}"
-    if unclear:
-        return "inconclusive", why
-    if len(matters) == len(side):
-        return "supported", why
-    if len(matters) == 1:
-        return "contradicted", why
-    return "depends", why
-
-
-def a7_verdict(ulp: tuple[Optional[float], Optional[float]], hand: tuple[Optional[float], Optional[float]],
-               control_identical: bool) -> str:
-    """A7 from the CIs of the final churn ratios of the two perturbations (see RULE_A7)."""
-    if not control_identical:
+def a2_combine(d: Mapping[str, str]) -> str:
+    """A2 from each single source's part (supported = matters, contradicted = negligible): supported (no
+    single source can be blamed: each alone makes most of the spread) if all matter; contradicted (one
+    identifiable culprit) if exactly one matters and the others are negligible; depends if two matter
+    and one is negligible, or none matters alone; inconclusive if any is unclear."""
+    if "inconclusive" in d.values():
         return "inconclusive"
-    sides = {_side(*ulp, FAR_SHARE), _side(*hand, FAR_SHARE)}
-    if "straddles" in sides:
-        return "inconclusive"
-    if sides == {"above"}:
+    matters = [s for s, v in d.items() if v == "supported"]
+    if len(matters) == len(d):
         return "supported"
-    if sides == {"below"}:
-        return "contradicted"
-    return "depends"
+    return "contradicted" if len(matters) == 1 else "depends"
+
+
+def a2_verdict(ratio_cis: Mapping[str, stats.CI], measurement: str = "", value: Optional[stats.CI] = None) -> Verdict:
+    """A2 from each single source's spread-ratio CI (`MATTERS` per source, `a2_combine`)."""
+    parts = [Part(source, MATTERS, ci) for source, ci in ratio_cis.items()]
+    return judge("A2", parts, a2_combine, how="all sources matter → supported; exactly one matters and the rest "
+                 "are negligible → contradicted (one culprit); two matter and one is negligible, or none matters "
+                 "alone → depends; any unclear → inconclusive", measurement=measurement, value=value,
+                 figure="a2_spread.png", unit="ratio of stds")[0]
+
+
+def a7_verdict(ulp: stats.CI, hand: stats.CI, control_identical: bool, measurement: str = "") -> Verdict:
+    """A7 from the CIs of the final churn ratios of the two perturbations: both far → supported, both
+    near → contradicted, one each → depends (`verdicts.across`); inconclusive if the control (an
+    unperturbed copy trained alongside) is not bitwise identical to its reference."""
+    parts = [Part("one-ulp", FAR, ulp), Part("hand-vs-autodiff", FAR, hand)]
+    combine = lambda d: across(list(d.values())) if control_identical else "inconclusive"  # noqa: E731
+    return judge("A7", parts, combine, how="both far → supported, both near → contradicted, one of each → "
+                 "depends, else inconclusive; inconclusive too if the unperturbed control is not bitwise identical "
+                 "to its reference", measurement=measurement, value=ulp, figure="a7_divergence.png",
+                 unit="ratio of churns")[0]
 
 
 # ----------------------------------------------------------------------------- training pieces
@@ -476,9 +466,7 @@ def _ci_dict(ci: stats.CI) -> dict:
     return ci.as_dict()
 
 
-def _num(x) -> Optional[float]:
-    """A finite float, or None (NaN, inf or missing)."""
-    return float(x) if x is not None and np.isfinite(x) else None
+_num = stats.finite_or_none
 
 
 def _fig_a1(a1: dict, churn: stats.CI, path_hist: Path, path_scatter: Path) -> None:
@@ -627,7 +615,6 @@ def report(out_dir: Path) -> list[Verdict]:
         }
     singles = [s for s in A2_SOURCES if s != "all"]
     ratio_cis = {s: std_ratio_ci(a2[s]["test_acc"], all_acc, n_resamples=b) for s in singles}  # keeps +inf ends
-    a2_v, a2_why = a2_verdict({s: (ci.low, ci.high) for s, ci in ratio_cis.items()})
     weakest = min(singles, key=lambda s: (rows[s]["ratio_to_all"]["estimate"]
                                           if rows[s]["ratio_to_all"]["estimate"] is not None else np.inf))
     _fig_a2(rows, out_dir / "a2_spread.png")
@@ -641,8 +628,6 @@ def report(out_dir: Path) -> list[Verdict]:
     control_identical = bool(np.all(a7["dist_copy"] == 0) and np.all(a7["churn_copy"] == 0))
     # A one-ulp change can be rounded away by the first updates: the twin is then bitwise the reference.
     absorbed = {p: int(np.sum(final[f"dist_{p}"] == 0)) for p in ("ulp", "hand")}
-    a7_v = a7_verdict((_num(ratio_ci["ulp"].low), _num(ratio_ci["ulp"].high)),
-                      (_num(ratio_ci["hand"].low), _num(ratio_ci["hand"].high)), control_identical)
     half_step = {}
     for p in ("ulp", "hand"):  # first step where the median pair's churn reaches half the seed-pair level
         reached = np.median(a7[f"churn_{p}"], axis=0) >= FAR_SHARE * np.median(a7["churn_seed"], axis=0)
@@ -679,31 +664,23 @@ def report(out_dir: Path) -> list[Verdict]:
     std_a1, std_all = summary_a1["test_acc_std"], rows["all"]["std"]
     churn_ratio = {k: (rows[k]["churn"]["estimate"] or math.nan) / (rows["all"]["churn"]["estimate"] or math.nan)
                    for k in singles}
-    ratio_weak = rows[weakest]["ratio_to_all"]
     return [
-        Verdict("A1", f"mean pairwise test-set disagreement (churn) between {acc.size} seeds of one config; "
-                      f"their test acc {100 * np.mean(acc):.1f}%, std {pp(std_a1, 'estimate'):.2f} pp "
-                      f"[{pp(std_a1, 'low'):.2f}, {pp(std_a1, 'high'):.2f}], range {acc_range:.1f} pp; "
-                      f"churn = {summary_a1['churn_over_mean_pair_error'] or math.nan:.2f} × the pair's mean error; "
-                      f"all-seed ensemble {100 * summary_a1['ensemble_softmax_acc']:.1f}% (mean softmax)",
-                _num(churn_ci.estimate), _num(churn_ci.low), _num(churn_ci.high),
-                a1_verdict(_num(churn_ci.low), _num(churn_ci.high)), RULE_A1, "a1_churn_vs_error.png",
-                "fraction of test examples"),
-        Verdict("A2", f"test-acc std with one randomness source varied ÷ std with all three varied "
-                      f"({pp(std_all, 'estimate'):.2f} pp), {settings['a2_seeds']} seeds each, dropout "
-                      f"{settings['a2_dropout']}: " + ", ".join(f"{k} {_fmt_ci(rows[k]['ratio_to_all'], 1, 2)}"
-                                                              for k in singles)
-                      + f"; value = the smallest ({weakest}); {a2_why}; supplementary, test churn ÷ all-sources "
-                        f"churn: " + ", ".join(f"{k} {churn_ratio[k]:.2f}" for k in singles),
-                _num(ratio_weak["estimate"]), _num(ratio_weak["low"]), _num(ratio_weak["high"]), a2_v, RULE_A2,
-                "a2_spread.png", "ratio of stds"),
-        Verdict("A7", f"final test churn between a run and its one-ulp-perturbed twin ÷ churn between two different "
-                      f"seeds, {summary_a7['pairs']} seeds × {summary_a7['steps']} steps; hand-vs-autodiff twin "
-                      f"{_fmt_ci(summary_a7['churn_ratio_hand'], 1, 2)}; parameter-distance ratio ulp "
-                      f"{_fmt_ci(summary_a7['dist_ratio_ulp'], 1, 2)}, "
-                      f"hand {_fmt_ci(summary_a7['dist_ratio_hand'], 1, 2)}; "
-                      f"ulp twins rounded back to bitwise identity: {absorbed['ulp']}/{summary_a7['pairs']}; "
-                      f"unperturbed control bitwise identical: {control_identical}",
-                _num(ratio_ci["ulp"].estimate), _num(ratio_ci["ulp"].low), _num(ratio_ci["ulp"].high), a7_v,
-                RULE_A7, "a7_divergence.png", "ratio of churns"),
+        a1_verdict(churn_ci, f"mean pairwise test-set disagreement (churn) between {acc.size} seeds of one config; "
+                             f"their test acc {100 * np.mean(acc):.1f}%, std {pp(std_a1, 'estimate'):.2f} pp "
+                             f"[{pp(std_a1, 'low'):.2f}, {pp(std_a1, 'high'):.2f}], range {acc_range:.1f} pp; "
+                             f"churn = {summary_a1['churn_over_mean_pair_error'] or math.nan:.2f} × the pair's mean "
+                             f"error; all-seed ensemble {100 * summary_a1['ensemble_softmax_acc']:.1f}% (mean softmax)"),
+        a2_verdict(ratio_cis, f"test-acc std with one randomness source varied ÷ std with all three varied "
+                              f"({pp(std_all, 'estimate'):.2f} pp), {settings['a2_seeds']} seeds each, dropout "
+                              f"{settings['a2_dropout']}: " + ", ".join(f"{k} {_fmt_ci(rows[k]['ratio_to_all'], 1, 2)}"
+                                                                      for k in singles)
+                   + f"; value = the smallest ({weakest}); supplementary, test churn ÷ all-sources churn: "
+                   + ", ".join(f"{k} {churn_ratio[k]:.2f}" for k in singles), value=ratio_cis[weakest]),
+        a7_verdict(ratio_ci["ulp"], ratio_ci["hand"], control_identical,
+                   f"final test churn between a run and its one-ulp-perturbed twin ÷ churn between two different "
+                   f"seeds, {summary_a7['pairs']} seeds × {summary_a7['steps']} steps; hand-vs-autodiff twin "
+                   f"{_fmt_ci(summary_a7['churn_ratio_hand'], 1, 2)}; parameter-distance ratio ulp "
+                   f"{_fmt_ci(summary_a7['dist_ratio_ulp'], 1, 2)}, hand {_fmt_ci(summary_a7['dist_ratio_hand'], 1, 2)}; "
+                   f"ulp twins rounded back to bitwise identity: {absorbed['ulp']}/{summary_a7['pairs']}; "
+                   f"unperturbed control bitwise identical: {control_identical}"),
     ]

@@ -8,10 +8,17 @@ import pytest
 
 from experiments import chance
 from netalchemy import config as config_lib
-from netalchemy import experiment, mlp, sweep
+from netalchemy import experiment, mlp, stats, sweep
 from netalchemy.config import RANDOMNESS_STREAMS
 
 # ----------------------------------------------------------------------------- rules
+
+
+def c(low, high):
+    """A CI with its estimate in the middle (or 0.1 above an open-ended CI's low end)."""
+    if low is None:
+        return stats.CI(None, None, None)
+    return stats.CI(low + 0.1 if np.isinf(high) else (low + high) / 2, low, high)
 
 
 @pytest.mark.parametrize("low, high, verdict", [
@@ -21,7 +28,9 @@ from netalchemy.config import RANDOMNESS_STREAMS
     (None, None, "inconclusive"),
 ])
 def test_a1_rule(low, high, verdict):
-    assert chance.a1_verdict(low, high) == verdict
+    v = chance.a1_verdict(c(low, high))
+    assert v.verdict == verdict and v.rule == chance.CHURN.describe()
+    assert v.flip_point == (None if low is None else low if abs(low - 0.01) < abs(high - 0.01) else high)
 
 
 @pytest.mark.parametrize("cis, verdict", [
@@ -34,7 +43,7 @@ def test_a1_rule(low, high, verdict):
     ({"init": (0.9, 1.1), "data": (np.nan, np.nan), "dropout": (0.7, 1.1)}, "inconclusive"),
 ])
 def test_a2_rule(cis, verdict):
-    assert chance.a2_verdict(cis)[0] == verdict
+    assert chance.a2_verdict({k: c(*v) for k, v in cis.items()}).verdict == verdict
 
 
 @pytest.mark.parametrize("ulp, hand, control, verdict", [
@@ -46,7 +55,8 @@ def test_a2_rule(cis, verdict):
     ((None, None), (0.7, 1.1), True, "inconclusive"),
 ])
 def test_a7_rule(ulp, hand, control, verdict):
-    assert chance.a7_verdict(ulp, hand, control) == verdict
+    v = chance.a7_verdict(c(*ulp), c(*hand), control)
+    assert v.verdict == verdict and (v.ci_low, v.ci_high) == ulp
 
 
 # ----------------------------------------------------------------------------- statistics
