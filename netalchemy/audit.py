@@ -2,55 +2,97 @@
 
 `run_audit(profile)` runs each module of `experiment.EXPERIMENTS` (an experiment whose
 verdicts are already stored for the same settings is reused, so an interrupted audit
-resumes), then writes `runs/audit/<profile>/report.md` and a self-contained `report.html`
-(figures inline). The report opens with the ledger — one row per claim id of CLAIMS.md with
-the measured value, its 95% CI and the verdict — and ends with versions, devices and time.
+resumes), then writes into `runs/audit/<profile>/`:
+
+- `report.md`: the ledger (claim, verdict, value, 95% CI, flip point; one row per claim of
+  `experiments/claims.toml`), a contents list, then one section per experiment with its
+  settings, each verdict's measurement and rule, and its figures with captions;
+- `report.html`: the same markdown rendered by markdown-it-py, self-contained (figures inline),
+  verdicts colour-coded, tables scrollable sideways so it reads on a phone;
+- `ledger.md`: the narrow ledger a README can embed.
+
+Tables are built from data (`md_table`), every cell escaped (`md_escape`), so a `|` in a
+measurement never splits a row. The tiny profile is a smoke test of the code path, not
+evidence: its report, ledger and every verdict say so.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jax
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
-from netalchemy import experiment, store
+from netalchemy import claims as claims_lib
+from netalchemy import experiment, plots, store
 
-# The claims of ../shared/CLAIMS.md, in its words (abridged).
-CLAIMS = {
-    "M1": "Cross-entropy of y_true=[1,0], y_pred=[0.7,0.3] is ≈ 0.357",
-    "M2": "For softmax + cross-entropy, ∂L/∂z_out = y_pred − y_true",
-    "M3": "Backprop = chain rule; ReLU' is 1 for active units, 0 otherwise",
-    "M4": "Without a nonlinearity any depth collapses to one linear map",
-    "M5": "ReLU gives sparse activations: only ~50% of neurons active at once",
-    "M6": "Random initial weights are pure chaos: the untrained net knows nothing",
-    "M7": "Learning rate too small → slow; too large → unstable, diverges",
-    "M8": "Momentum smooths oscillations; Adam adapts per parameter; RMSProp normalises",
-    "M9": "Mini-batches (32–512) smooth gradient noise, allow parallelism, regularise",
-    "M10": "Phases: fast learning (epochs 1–50), fine tuning (50–500), overfitting (500+)",
-    "M11": "Dropout prevents co-adaptation and improves generalization",
-    "M12": "Batch norm stabilises training and allows higher learning rates",
-    "M13": "L1/L2 penalties prevent overfitting; L1 makes weights sparse",
-    "M14": "Each layer builds more abstract features than the one before",
-    "A1": "Ask the same question twice, get different answers",
-    "A2": "Which randomness matters is unknown (cooking, not engineering)",
-    "A3": "Hyperparameters are found by trial and error",
-    "A4": "Nobody knows why batch norm helps",
-    "A5": "Layers are like the alchemical stages; structure is homology",
-    "A6": "Success does not imply understanding",
-    "A7": "Input and output are related by correlation with a predominance of chance",
-}
+SMOKE_PROFILES = ("tiny",)  # profiles too small for their verdicts to be evidence
+SMOKE = "smoke test"
+NOT_MEASURED = "not measured"
+VERDICT_WORDS = (*experiment.VERDICTS, NOT_MEASURED)
+NUMERIC_COLUMNS = ("value", "95% CI", "flips at")
+
+
+class Markdown(str):
+    """Markdown markup that `md_table` puts in a cell as it is (plain `str` cells are escaped)."""
+
+
+# What could read as markup: backslash, code, emphasis (`_` only at a word's edge: y_true stays),
+# the "](" or "][" that closes a link's text, raw HTML, entities, and the cell separator.
+_SPECIAL = re.compile(r"[\\`*<>|&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\](?=[(\[])")
+
+
+def md_escape(text: Any) -> str:
+    """Plain text as inline markdown on one line; what could read as markup is backslash-escaped."""
+    return _SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(text).split()))
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A GFM table, one line per row; `Markdown` cells go in as they are, anything else escaped."""
+    def cell(x: Any) -> str:
+        return " ".join(x.split()) if isinstance(x, Markdown) else md_escape(x)
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"table row has {len(row)} cells, header has {len(header)}")
+        lines.append("| " + " | ".join(cell(x) or " " for x in row) + " |")
+    return lines
+
+
+def slug(text: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
 
 
 def _fmt(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:.4g}"
 
 
-def _ci(v: dict) -> str:
-    return "—" if v["ci_low"] is None else f"[{_fmt(v['ci_low'])}, {_fmt(v['ci_high'])}]"
+def _ci(v: Mapping) -> str:
+    """"[low, high]", or "—" when an end is missing (no finite runs, or an infinite end: JSON has none)."""
+    low, high = v.get("ci_low"), v.get("ci_high")
+    return "—" if low is None or high is None else f"[{_fmt(low)}, {_fmt(high)}]"
+
+
+def _value(v: Mapping) -> str:
+    return "—" if v.get("value") is None else f"{_fmt(v['value'])} {v.get('unit') or ''}".strip()
+
+
+def _flip(v: Mapping) -> str:
+    """Where the verdict would change ("—" for verdicts stored before flip points existed)."""
+    point = v.get("flip_point")
+    return "—" if point is None else f"{_fmt(point)} {v.get('unit') or ''}".strip()
+
+
+def is_smoke(profile: str) -> bool:
+    return profile in SMOKE_PROFILES
 
 
 def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Sequence[str] = experiment.EXPERIMENTS,
@@ -78,72 +120,160 @@ def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Seque
     return folder
 
 
-def ledger(entries) -> list[dict]:
-    """One row per claim id, in CLAIMS order; claims no experiment measured are marked so."""
+def ledger(entries, claims: Optional[Mapping[str, claims_lib.Claim]] = None) -> list[dict]:
+    """One row per claim, in the claims file's order; claims no experiment measured are marked so.
+
+    Args:
+      entries: (experiment name, its folder, its verdicts.json record) per experiment run.
+      claims: the claims by id; default `claims.load()`.
+    Returns:
+      dicts with a verdict's fields (`flip_point` only where stored) plus `statement`,
+      `experiment` (the name, None when not measured) and `folder`.
+    """
+    claims = claims_lib.load() if claims is None else claims
     found = {}
     for name, out_dir, record in entries:
         for v in record["verdicts"]:
-            found[v["claim"]] = {**v, "experiment": name, "folder": out_dir}
+            found[v["claim"]] = {**v, "experiment": name, "folder": Path(out_dir)}
     rows = []
-    for claim, text in CLAIMS.items():
-        rows.append(found.get(claim, {"claim": claim, "verdict": "not measured", "value": None, "ci_low": None,
-                                      "ci_high": None, "measurement": "no experiment reported this claim",
-                                      "rule": "", "figure": None, "unit": "", "experiment": None, "folder": None})
-                    | {"statement": text})
+    for claim_id, claim in claims.items():
+        missing = {"claim": claim_id, "verdict": NOT_MEASURED, "value": None, "ci_low": None, "ci_high": None,
+                   "measurement": f"not run in this audit (the {claim.experiment} experiment measures it)",
+                   "rule": "", "figure": None, "unit": "", "experiment": None, "folder": None}
+        rows.append(found.get(claim_id, missing) | {"statement": claim.statement})
     return rows
 
 
-def compact_ledger(rows) -> str:
-    """The ledger as a short markdown table (claim, verdict, value, CI, experiment) for a README."""
-    lines = ["| claim | verdict | value | 95% CI | experiment |", "|---|---|---|---|---|"]
-    for r in rows:
-        value = f"{_fmt(r['value'])} {r['unit']}".strip()
-        lines.append(f"| {r['claim']} | {r['verdict']} | {value} | {_ci(r)} | {r['experiment'] or '—'} |")
-    return "\n".join(lines)
+def _verdict_md(verdict: str, smoke: bool) -> Markdown:
+    return Markdown(f"**{verdict}**" + (f" ({SMOKE})" if smoke and verdict != NOT_MEASURED else ""))
 
 
-def write_report(folder: Path, profile: str, entries, seconds: float) -> None:
-    rows = ledger(entries)
+def compact_ledger(rows: Sequence[Mapping], profile: str = "quick") -> str:
+    """The ledger as a narrow markdown table (claim, verdict, value, CI, flips at, experiment).
+
+    Headed by the profile; a smoke-test profile says so in the heading and in every verdict.
+    """
+    smoke = is_smoke(profile)
+    heading = (f"**Audit ledger, {profile} profile ({SMOKE}: too few seeds and steps for the verdicts to be "
+               f"evidence)**" if smoke else f"**Audit ledger, {profile} profile**")
+    table = md_table(("claim", "verdict", "value", "95% CI", "flips at", "experiment"),
+                     [(r["claim"], _verdict_md(r["verdict"], smoke), _value(r), _ci(r), _flip(r),
+                       r["experiment"] or "—") for r in rows])
+    return "\n".join([heading, "", *table])
+
+
+def settings_table(settings: Mapping[str, Any]) -> list[str]:
+    """An experiment's (nested) settings as a two-column table of dotted keys and values."""
+    def flat(d: Mapping, prefix: str = "") -> Iterable[tuple[str, Any]]:
+        for key, value in d.items():
+            if isinstance(value, Mapping):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    def text(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(text(v) for v in value) if value else "(none)"
+        return "—" if value is None else str(value)
+
+    return md_table(("setting", "value"), [(k, text(v)) for k, v in flat(settings)])
+
+
+def figure_caption(name: str, path: Path) -> str:
+    """A figure's caption in words: the experiment's FIGURES entry, else the figure's own title
+    (stored in the PNG by `plots.save`), else its file name made readable."""
+    try:
+        given = getattr(experiment.load_module(name), "FIGURES", {}).get(path.name)
+    except (experiment.ExperimentError, ImportError):
+        given = None
+    if given:
+        return given
+    try:
+        stored = plots.saved_caption(path)
+    except OSError:
+        stored = ""
+    return stored or path.stem.replace("_", " ").replace("-", " ").capitalize()
+
+
+def _section(name: str, out_dir: Path, record: Mapping, folder: Path, smoke: bool,
+             claims: Mapping[str, claims_lib.Claim]) -> list[str]:
+    """One experiment's part of the report: settings, each verdict in full, its figures."""
+    ids = ", ".join(v["claim"] for v in record["verdicts"])
+    md = [f"### {name}", "", f"Claims {ids}. {_computed(record)}" + (
+        f" Profile {record.get('profile', 'tiny')}: a {SMOKE}, not evidence." if smoke else ""), ""]
+    for v in record["verdicts"]:
+        statement = claims[v["claim"]].statement if v["claim"] in claims else ""
+        md += [f"**{md_escape(v['claim'])}** — {_verdict_md(v['verdict'], smoke)}. {md_escape(statement)}", ""]
+        md.append(f"- Measured: {md_escape(v['measurement'])}")
+        md.append(f"- Value: {md_escape(_value(v))}, 95% CI {md_escape(_ci(v))}")
+        if v.get("flip_point") is not None or v.get("flip_text"):
+            md.append(f"- Flips at: {md_escape(v.get('flip_text') or _flip(v))}")
+        md.append(f"- Rule: {md_escape(v['rule'])}")
+        if v.get("figure"):
+            target = (out_dir / v["figure"]).relative_to(folder).as_posix()
+            md.append(f"- Figure: [{md_escape(figure_caption(name, out_dir / v['figure']))}]({target})")
+        md.append("")
+    md += ["Settings:", "", *settings_table(record["settings"]), ""]
+    for number, png in enumerate(sorted(out_dir.glob("*.png")), 1):
+        caption = md_escape(figure_caption(name, png))
+        md += [f"![{caption}]({png.relative_to(folder).as_posix()})", f"*Figure {name}-{number}. {caption}*", ""]
+    return md
+
+
+def write_report(folder: Path, profile: str, entries, seconds: float,
+                 claims: Optional[Mapping[str, claims_lib.Claim]] = None) -> None:
+    """Writes report.md, report.html and ledger.md into `folder` (see the module docstring)."""
+    claims = claims_lib.load() if claims is None else claims
+    smoke = is_smoke(profile)
+    rows = ledger(entries, claims)
     prov = store.provenance()
-    counts = {}
+    counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    title = f"netalchemy audit, {profile} profile" + (f" ({SMOKE})" if smoke else "")
+    md = [f"# {md_escape(title)}", ""]
+    if smoke:
+        md += [f"**This is a {SMOKE}.** The {profile} profile runs every experiment with a handful of seeds and "
+               "steps to check that the code runs end to end; its numbers and verdicts are not evidence for or "
+               "against any claim. Run `netalchemy audit --profile quick` (or `full`) for those.", ""]
+    md += ["Each claim of `experiments/claims.toml`, measured over many seeds trained at once; every verdict comes "
+           "from the rule shown in its experiment's section, applied in code to the numbers. \"Flips at\" is the "
+           "threshold value at which the verdict would change. Verdict counts: "
+           + md_escape(", ".join(f"{k} {v}" for k, v in counts.items())) + ".", "", "## Ledger", ""]
 
-    md = [f"# netalchemy audit ({profile} profile)", "",
-          "Each claim of CLAIMS.md, measured over many seeds trained at once; every verdict comes from the "
-          "rule shown, applied in code to the numbers. Verdict counts: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".", "",
-          "| claim | statement | measured | value | 95% CI | verdict | figure |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        fig = f"[figure]({Path(r['folder']).relative_to(folder)}/{r['figure']})" if r["figure"] else "—"
-        md.append(f"| {r['claim']} | {r['statement']} | {r['measurement']} | {_fmt(r['value'])} {r['unit']} | "
-                  f"{_ci(r)} | **{r['verdict']}** | {fig} |")
-    md += ["", "## Rules and figures", ""]
+    def claim_cell(r: Mapping) -> Any:
+        return Markdown(f"[{r['claim']}](#{slug(r['experiment'])})") if r["experiment"] else r["claim"]
+
+    md += md_table(("claim", "statement", "verdict", "value", "95% CI", "flips at"),
+                   [(claim_cell(r), r["statement"], _verdict_md(r["verdict"], smoke), _value(r), _ci(r), _flip(r))
+                    for r in rows])
+    md += ["", "## Contents", ""]
+    md += [f"- [{name}](#{slug(name)}): " + ", ".join(v["claim"] for v in record["verdicts"])
+           for name, _, record in entries]
+    md += ["- [Provenance](#provenance)", "", "## Rules, measurements and figures", ""]
     for name, out_dir, record in entries:
-        md += [f"### {name}", "", f"Settings: `{record['settings']}`", "", _computed(record), ""]
-        for v in record["verdicts"]:
-            md.append(f"- **{v['claim']} — {v['verdict']}.** Rule: {v['rule']}")
-        figures = sorted(p.name for p in out_dir.glob("*.png"))
-        md += [""] + [f"![{f}]({out_dir.relative_to(folder)}/{f})" for f in figures] + [""]
+        md += _section(name, Path(out_dir), record, Path(folder), smoke, claims)
     own = sum(record["seconds"] for _, _, record in entries)
     md += ["## Provenance", "", f"- Time: {seconds:.0f} s ({seconds / 60:.1f} min) for this command; the "
            f"experiments' own times add up to {own:.0f} s ({own / 60:.1f} min) — results stored by an earlier "
            "command with the same settings are reused, and each experiment above says where it was computed",
-           f"- Devices: {', '.join(prov['devices'])} ({prov['backend']})",
-           f"- Python {prov['python']} on {prov['platform']}",
-           "- Versions: " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()),
+           f"- Devices: {md_escape(', '.join(prov['devices']))} ({prov['backend']})",
+           f"- Python {prov['python']} on {md_escape(prov['platform'])}",
+           "- Versions: " + md_escape(", ".join(f"{k} {v}" for k, v in prov["versions"].items())),
            f"- Git commit: {prov['git_commit']}", f"- Written: {prov['created']}", ""]
     text = "\n".join(md)
-    (folder / "ledger.md").write_text(compact_ledger(rows) + "\n")
-    tmp = folder / ".report.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(folder / "report.md")
-    tmp = folder / ".report.html.tmp"
-    tmp.write_text(_html(text, folder))
-    tmp.replace(folder / "report.html")
+    _write(folder / "ledger.md", compact_ledger(rows, profile) + "\n")
+    _write(folder / "report.md", text)
+    _write(folder / "report.html", render_html(text, folder, title=title))
 
 
-def _computed(record: dict) -> str:
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _computed(record: Mapping) -> str:
     """Where and when an experiment's stored verdicts were computed, and how long they took."""
     prov = record.get("provenance") or {}
     devices = prov.get("devices") or []
@@ -152,52 +282,116 @@ def _computed(record: dict) -> str:
             f"{prov.get('backend', '?')} device{'s' if len(devices) != 1 else ''}, {prov.get('created', '?')}.")
 
 
-def _inline_image(folder: Path, target: str) -> str:
-    data = base64.b64encode((folder / target).read_bytes()).decode()
-    return f'<img alt="{html.escape(target)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+# ----------------------------------------------------------------------------- HTML
+
+_VERDICT_IN_CELL = re.compile(r"^\*\*(" + "|".join(map(re.escape, VERDICT_WORDS)) + r")\*\*")
+_VERDICT_COLOURS = {"supported": ("#e3f4e6", "#185c2b"), "contradicted": ("#fbe3e1", "#8a1c12"),
+                    "inconclusive": ("#fdf1d6", "#6b4b00"), "depends": ("#e4ecfa", "#1d3f7a"),
+                    NOT_MEASURED: ("#eeeeee", "#555555")}
+STYLE = (
+    "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:0 auto;"
+    "padding:1em;line-height:1.45;color:#1b1b1b}"
+    ".table-scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;margin:1em 0;max-width:100%}"
+    "table{border-collapse:collapse;font-size:90%}"
+    "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
+    "th{background:#f3f3f3}table.ledger td:nth-child(2){min-width:14em}"
+    "figure{margin:1.5em 0}figure img{max-width:100%;height:auto;display:block}"
+    "figcaption{font-size:90%;color:#444;margin-top:.3em}"
+    "code{overflow-wrap:anywhere}p,li{overflow-wrap:break-word}"
+    ".verdict,td.num{white-space:nowrap}"
+    # A phone: each ledger row becomes a card, one "column: value" line per cell, nothing cut off.
+    "@media (max-width:640px){body{padding:.6em}table.ledger thead{display:none}"
+    "table.ledger,table.ledger tbody,table.ledger tr,table.ledger td{display:block}"
+    "table.ledger tr{border:1px solid #ccc;border-radius:4px;margin:0 0 .6em;padding:.25em .5em}"
+    "table.ledger td{border:none;padding:1px 0;min-width:0;white-space:normal}"
+    "table.ledger td::before{content:attr(data-label) \": \";font-weight:600;color:#555}}"
+    + "".join(f".verdict-{w.replace(' ', '-')}{{background:{bg};color:{fg}}}"
+              f"strong.verdict-{w.replace(' ', '-')}{{padding:0 .25em;border-radius:3px}}"
+              for w, (bg, fg) in _VERDICT_COLOURS.items()))
 
 
-def _html(markdown: str, folder: Path) -> str:
-    """A small, self-contained rendering of the report's markdown (tables, headings, images)."""
-    import re
+def _table_open(tokens, idx, options, env) -> str:
+    """A table in a sideways-scrolling box; a ledger (a table with a verdict column) gets class "ledger"."""
+    j, names = idx, []
+    while tokens[j].type != "tr_close":
+        if tokens[j].type == "inline":
+            names.append(tokens[j].content)
+        j += 1
+    kind = ' class="ledger"' if "verdict" in names else ""
+    return f'<div class="table-scroll"><table{kind}>\n'
 
-    def inline(s: str) -> str:
-        s = html.escape(s)
-        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-        s = re.sub(r"`(.+?)`", r"<code>\1</code>", s)
-        s = re.sub(r"\[figure\]\((.+?)\)", r'<a href="#\1">figure</a>', s)
-        return s
 
-    out, in_table = [], False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set(line) <= set("|-"):
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-            out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            target = line[line.index("(") + 1:-1]
-            out.append(f'<figure id="{html.escape(target)}">{_inline_image(folder, target)}'
-                       f"<figcaption>{html.escape(target)}</figcaption></figure>")
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("- "):
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:4px 6px;"
-             "vertical-align:top}th{background:#f3f3f3}figure{margin:1em 0}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>netalchemy audit</title>"
-            f"<style>{style}</style></head><body>{''.join(out)}</body></html>\n")
+def _markdown() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.renderer.rules["table_open"] = _table_open
+    md.renderer.rules["table_close"] = lambda *_: "</table></div>\n"
+    return md
+
+
+def _verdict_class(word: str) -> str:
+    return "verdict-" + word.replace(" ", "-")
+
+
+def render_html(markdown: str, folder: Path, *, title: str = "netalchemy audit") -> str:
+    """The report's markdown as one self-contained HTML page.
+
+    Headings get GitHub's anchors (so the markdown's links work in both), each verdict's
+    `**word**` a colour class, each figure paragraph (image + caption line) a `<figure>` with
+    the PNG inline, and links to an inlined PNG point at its figure.
+    """
+    md = _markdown()
+    tokens = md.parse(markdown)
+    figures: dict[str, str] = {}  # file → anchor
+    header: list[str] = []  # the current table's column names
+    column = 0
+    for i, tok in enumerate(tokens):
+        if tok.type == "heading_open":
+            tok.attrSet("id", slug(tokens[i + 1].content))
+        elif tok.type == "thead_open":
+            header = []
+        elif tok.type == "th_open":
+            header.append(tokens[i + 1].content)
+        elif tok.type == "tr_open":
+            column = 0
+        elif tok.type == "td_open":
+            label = header[column] if column < len(header) else ""
+            tok.attrSet("data-label", label)  # shown beside the value when a narrow screen stacks the cells
+            if label in NUMERIC_COLUMNS:
+                tok.attrSet("class", "num")
+            column += 1
+        if tok.type in ("td_open", "th_open") and (m := _VERDICT_IN_CELL.match(tokens[i + 1].content)):
+            tok.attrSet("class", f"verdict {_verdict_class(m.group(1))}")
+        elif tok.type == "paragraph_open" and tokens[i + 1].children and tokens[i + 1].children[0].type == "image":
+            _figure(tokens, i, folder, figures)
+        if tok.type == "inline":
+            for j, child in enumerate(tok.children or []):
+                if child.type == "strong_open" and j + 1 < len(tok.children):
+                    if tok.children[j + 1].content in VERDICT_WORDS:
+                        child.attrSet("class", _verdict_class(tok.children[j + 1].content))
+    for tok in tokens:
+        for child in tok.children or []:
+            if child.type == "link_open" and (child.attrGet("href") or "") in figures:
+                child.attrSet("href", "#" + figures[child.attrGet("href")])
+    body = md.renderer.render(tokens, md.options, {})
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def _figure(tokens, i: int, folder: Path, figures: dict[str, str]) -> None:
+    """Turns paragraph i (an image, then optionally its caption line) into a <figure> in place."""
+    inline = tokens[i + 1]
+    image, rest = inline.children[0], inline.children[1:]
+    src = image.attrGet("src") or ""
+    path = Path(folder) / src
+    if path.suffix.lower() == ".png" and path.is_file() and not src.startswith(("/", "..")):
+        image.attrSet("src", "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode())
+    anchor = slug(f"fig {src.rsplit('.', 1)[0].replace('/', ' ')}")
+    figures[src] = anchor
+    tokens[i].tag = tokens[i + 2].tag = "figure"
+    tokens[i].attrSet("id", anchor)
+    if rest and rest[0].type == "softbreak":
+        rest = rest[1:]
+    if rest:
+        inline.children = [image, Token("html_inline", "", 0, content="<figcaption>"), *rest,
+                            Token("html_inline", "", 0, content="</figcaption>")]

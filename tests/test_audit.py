@@ -1,29 +1,142 @@
-"""The audit report: ledger of every claim, verdicts from the experiments, self-contained HTML."""
+"""The audit end to end: one tiny audit of every experiment (run once for the module), its
+report, ledger and every figure it drew.
 
-from netalchemy import audit
+Each figure is checked as drawn: its panels' labels do not run into each other, a legend
+inside a panel covers none of that panel's lines, and it has a caption in words. The report's
+HTML is parsed (html.parser) and every ledger row must have as many cells as its header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
+
+from netalchemy import audit, claims, experiment, plots
+from test_report import Page  # the report tests' HTML parser (tests/ is on sys.path)
+
+TINY = experiment.EXPERIMENTS  # every experiment: the whole tiny audit
 
 
-def test_tiny_audit_writes_ledger_and_self_contained_html(tmp_path, monkeypatch):
-    cleared = []
-    monkeypatch.setattr(audit.jax, "clear_caches", lambda: cleared.append(1))
-    folder = audit.run_audit("tiny", root=tmp_path, names=("gradcheck", "stages"), log=lambda _: None)
-    assert len(cleared) == 2  # compiled programs dropped after each experiment
+def label_overlaps(fig: Figure) -> list[str]:
+    """Pairs of panels whose drawn extents (ticks, labels, titles) overlap; [] when none do."""
+    fig.draw_without_rendering()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    boxes = [ax.get_tightbbox() for ax in axes]
+    out = []
+    for i in range(len(axes)):
+        for j in range(i + 1, len(axes)):
+            a, b = boxes[i], boxes[j]
+            if a is None or b is None:
+                continue
+            overlap = Bbox.intersection(a, b)
+            # a colorbar sits right by its image: only a real overlap (≥ 2 px both ways) counts
+            if overlap is not None and overlap.width > 2 and overlap.height > 2:
+                out.append(f"panels {i} ({axes[i].get_title()!r}) and {j} ({axes[j].get_title()!r}) overlap")
+    return out
+
+
+def legends_over_data(fig: Figure, *, samples: int = 64) -> list[str]:
+    """Legends drawn inside a panel that cover any point of that panel's lines (densely sampled)."""
+    fig.draw_without_rendering()
+    out = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None or not legend.get_visible():
+            continue
+        box = legend.get_window_extent()
+        for line in ax.get_lines():
+            xy = np.column_stack(line.get_data()).astype(float)
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if len(xy) == 0:
+                continue
+            pts = line.get_transform().transform(xy)  # display coordinates
+            if len(pts) > 1:  # points along each segment, not only the vertices
+                t = np.linspace(0, 1, samples)[:, None, None]
+                pts = (pts[:-1] * (1 - t) + pts[1:] * t).reshape(-1, 2)
+            inside = (pts[:, 0] > box.x0) & (pts[:, 0] < box.x1) & (pts[:, 1] > box.y0) & (pts[:, 1] < box.y1)
+            if inside.any():
+                out.append(f"legend of {ax.get_title()!r} covers {line.get_label()!r}")
+                break
+    return out
+
+
+def test_the_figure_checks_can_fail():
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(6, 2))  # no layout engine: long labels collide
+    for ax in axes:
+        ax.plot([0, 1], [0, 1000000], label="data")
+        ax.set_ylabel("a long y label that needs room")
+    axes[0].legend(loc="center")  # right over the diagonal
+    assert label_overlaps(fig) and legends_over_data(fig)
+    plt.close(fig)
+    fig, axes = plots.subplots(1, 4, figsize=(12, 3))
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], label="data")
+        ax.set_ylabel("a long y label that needs room")
+    axes[0].legend(loc="upper left")
+    assert label_overlaps(fig) == [] and legends_over_data(fig) == []
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One tiny audit of every experiment; the figures drawn on the way, checked as they are saved."""
+    drawn, cleared = {}, []
+    save = plots.save
+
+    def checked_save(fig, path):
+        drawn[str(path)] = (
+            label_overlaps(fig) + legends_over_data(fig), plots.caption(fig))
+        return save(fig, path)
+
+    root = tmp_path_factory.mktemp("audit")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "save", checked_save)
+        mp.setattr(audit.jax, "clear_caches", lambda: cleared.append(1))
+        folder = audit.run_audit("tiny", root=root, names=TINY, log=lambda _: None)
+    return {"root": root, "folder": folder, "figures": drawn, "cleared": len(cleared)}
+
+
+def test_every_figure_is_drawn_clean_and_captioned(tiny):
+    pngs = sorted(tiny["folder"].glob("*/tiny/*.png"))
+    assert len(pngs) == len(tiny["figures"]) >= len(TINY)  # every figure went through plots.save
+    problems = {name: p for name, (p, _) in tiny["figures"].items() if p}
+    assert not problems
+    for png in pngs:
+        caption = audit.figure_caption(png.parent.parent.name, png)
+        assert caption and ".png" not in caption and png.stem not in caption.replace(" ", "_"), (png, caption)
+
+
+def test_ledger_and_report(tiny):
+    folder = tiny["folder"]
+    assert tiny["cleared"] == len(TINY)  # compiled programs dropped after each experiment
+    known = claims.load()
+    entries = [(n, folder / n / "tiny", audit.store.read_json(folder / n / "tiny" / "verdicts.json")) for n in TINY]
+    rows = {row["claim"]: row for row in audit.ledger(entries)}
+    assert list(rows) == list(known)
+    assert rows["M2"]["verdict"] == "supported" and rows["M2"]["experiment"] == "gradcheck"
+    assert all(rows[c]["experiment"] == known[c].experiment for c in known)  # every claim measured where it says
     report = (folder / "report.md").read_text()
-    for claim in audit.CLAIMS:
-        assert f"| {claim} |" in report
-    ledger = {row["claim"]: row for row in audit.ledger(
-        [(n, folder / n / "tiny", audit.store.read_json(folder / n / "tiny" / "verdicts.json"))
-         for n in ("gradcheck", "stages")])}
-    assert ledger["M2"]["verdict"] == "supported" and ledger["M2"]["experiment"] == "gradcheck"
-    assert ledger["A5"]["experiment"] == "stages"
-    assert ledger["M7"]["verdict"] == "not measured"
-    html = (folder / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
     assert "for this command" in report and "jax" in report
-    assert report.count("Computed in ") == 2 and " on 1 cpu device, " in report
+    assert report.count("Computed in ") == len(TINY) and " cpu device" in report
+    page = Page((folder / "report.html").read_text())
+    ledger = next(t["rows"] for t in page.tables if "ledger" in t["class"])
+    assert {len(r) for r in ledger} == {6} and len(ledger) == 1 + len(known)
+    m11 = next(r for r in ledger if r[0]["text"] == "M11")
+    assert m11[2]["class"].startswith("verdict verdict-") and "(smoke test)" in m11[2]["text"]
+    assert len(page.figures) == len(list(folder.glob("*/tiny/*.png")))
+    assert all(f["img"]["src"].startswith("data:image/png;base64,") and f["caption"] for f in page.figures)
+    assert not [link for link in page.links if link not in page.ids]
     compact = (folder / "ledger.md").read_text()
-    assert compact.count("\n| ") == len(audit.CLAIMS) and "| M7 | not measured | — | — | — |" in compact
-    # A second audit reuses the stored verdicts instead of recomputing them.
-    before = (folder / "gradcheck" / "tiny" / "results.json").stat().st_mtime
-    audit.run_audit("tiny", root=tmp_path, names=("gradcheck",), log=lambda _: None)
-    assert (folder / "gradcheck" / "tiny" / "results.json").stat().st_mtime == before
+    assert "smoke test" in compact.splitlines()[0] and compact.count("\n| ") == 1 + len(known)
+
+
+def test_a_second_audit_reuses_stored_verdicts(tiny):
+    folder = tiny["folder"]
+    before = (folder / "gradcheck" / "tiny" / "verdicts.json").stat().st_mtime
+    audit.run_audit("tiny", root=tiny["root"], names=("gradcheck",), log=lambda _: None)
+    assert (folder / "gradcheck" / "tiny" / "verdicts.json").stat().st_mtime == before
