@@ -83,6 +83,8 @@ class Rule:
       statistic: the statistic in words ("mean pairwise churn between seeds").
       threshold: one number for ``holds`` "above"/"below"; ``(low, high)`` for "inside".
       holds: the side on which the claim holds: "above", "below" or "inside" (the band).
+      fails_at: for "above"/"below", where a contradiction starts if not at ``threshold`` (e.g.
+        supported above a margin of 0.2, contradicted only below 0: a zone between decides nothing).
       reason: why this threshold (printed beside it in the rule text).
       unit: the statistic's unit, if any ("epochs").
       min_n: fewer finite seeds than this → inconclusive (a CI over 1–3 seeds means little).
@@ -102,6 +104,7 @@ class Rule:
     min_n: int = 0
     contradict_only_if: str = ""
     confidence: float = 0.95
+    fails_at: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.holds not in SIDES:
@@ -113,11 +116,23 @@ class Rule:
             raise ValueError(f"band must have low < high, got {self.threshold}")
         if not self.reason:
             raise ValueError("a rule needs the reason for its threshold")
+        if self.fails_at is not None:
+            if band:
+                raise ValueError("fails_at goes with holds='above' or 'below', not with a band")
+            if (self.fails_at - self.threshold) * (1 if self.holds == "above" else -1) > 0:
+                raise ValueError(f"fails_at {self.fails_at} lies on the side where the claim holds")
+
+    @property
+    def _fail(self) -> float:
+        """Where a contradiction starts (above/below rules)."""
+        return float(self.threshold if self.fails_at is None else self.fails_at)  # type: ignore[arg-type]
 
     @property
     def edges(self) -> tuple[float, ...]:
-        """The threshold value(s)."""
-        return tuple(self.threshold) if isinstance(self.threshold, tuple) else (float(self.threshold),)
+        """The threshold value(s), with ``fails_at`` when it is set."""
+        if isinstance(self.threshold, tuple):
+            return tuple(self.threshold)
+        return (float(self.threshold),) if self.fails_at is None else (float(self.threshold), self._fail)
 
     # ----------------------------------------------------------------------- deciding
 
@@ -136,11 +151,12 @@ class Rule:
             verdict = ("supported" if a < low and high < b
                        else "contradicted" if high < a or low > b else "inconclusive")
         else:
-            t = float(self.threshold)  # type: ignore[arg-type]
-            above, below = low > t, high < t
-            if self.holds == "below":
-                above, below = below, above
-            verdict = "supported" if above else "contradicted" if below else "inconclusive"
+            t, f = float(self.threshold), self._fail  # type: ignore[arg-type]
+            if self.holds == "above":
+                holds, fails = low > t, high < f
+            else:
+                holds, fails = high < t, low > f
+            verdict = "supported" if holds else "contradicted" if fails else "inconclusive"
         if verdict == "contradicted" and self.contradict_only_if and not settled:
             return "inconclusive"
         return verdict
@@ -156,10 +172,10 @@ class Rule:
         if self.holds == "inside":
             a, b = self.threshold  # type: ignore[misc]
             return max(p(a, "greater"), p(b, "less")), min(p(a, "less"), p(b, "greater"))
-        t = float(self.threshold)  # type: ignore[arg-type]
+        t, f = float(self.threshold), self._fail  # type: ignore[arg-type]
         if self.holds == "above":
-            return p(t, "greater"), p(t, "less")
-        return p(t, "less"), p(t, "greater")
+            return p(t, "greater"), p(f, "less")
+        return p(t, "less"), p(f, "greater")
 
     def flip_point(self, ci: Any) -> Optional[float]:
         """The threshold value at which the verdict would change: the CI end nearest to a
@@ -170,7 +186,12 @@ class Rule:
         if values is None:
             return None
         _, low, high = values
-        return min((low, high), key=lambda end: min(abs(end - e) for e in self.edges))
+        if self.holds == "inside":
+            pairs = [(end, edge) for end in (low, high) for edge in self.edges]
+        else:  # the end that crosses the holding threshold, and the one that crosses the failing one
+            near, far = (low, high) if self.holds == "above" else (high, low)
+            pairs = [(near, float(self.threshold)), (far, self._fail)]  # type: ignore[arg-type]
+        return min(pairs, key=lambda pair: abs(pair[0] - pair[1]))[0]
 
     def flip_text(self, ci: Any, *, n: Optional[int] = None, settled: bool = True) -> str:
         """'supported; flips at 0.62' — the verdict and its flip point, or why there is none."""
@@ -190,7 +211,8 @@ class Rule:
             a, b = self.threshold  # type: ignore[misc]
             return f"lies inside [{_g(a)}, {_g(b)}]{unit}", "lies wholly outside it"
         side, other = ("above", "below") if self.holds == "above" else ("below", "above")
-        return f"lies above {_g(float(self.threshold))}{unit}", f"lies {other} it"  # type: ignore[arg-type]
+        fails = f"lies {other} it" if self.fails_at is None else f"lies {other} {_g(self._fail)}{unit}"
+        return f"lies {side} {_g(float(self.threshold))}{unit}", fails  # type: ignore[arg-type]
 
     def describe(self) -> str:
         """The rule in words, for the report."""

@@ -192,3 +192,26 @@ def test_an_infinite_ci_end_still_decides():
     assert (v.value, v.ci_low, v.ci_high) == (1.2, 0.6, None)  # JSON has no infinity
     assert verdicts.holm([Part("s", rule, wide)]) == ["supported"]
     assert rule.decide(ci(math.inf, 0.6, math.inf)) == "inconclusive"  # no finite estimate
+
+
+def test_a_zone_between_holding_and_failing_thresholds():
+    # Supported above a margin of 0.2, contradicted only below 0 (hyperparams' A3).
+    rule = Rule("lr share − seed share", 0.2, "above", "the lr explains clearly more", fails_at=0.0)
+    assert rule.edges == (0.2, 0.0)
+    assert rule.decide(ci(0.4, 0.3, 0.5)) == "supported" and rule.flip_point(ci(0.4, 0.3, 0.5)) == 0.3
+    assert rule.decide(ci(-0.2, -0.3, -0.1)) == "contradicted" and rule.flip_point(ci(-0.2, -0.3, -0.1)) == -0.1
+    assert rule.decide(ci(0.1, 0.08, 0.15)) == "inconclusive"  # below the margin, above the failing line
+    # Supported once the margin drops to the low end (0.12 away); contradicted once the failing line
+    # rises past the high end (0.15 away): the low end is the flip point.
+    assert rule.flip_point(ci(0.1, 0.08, 0.15)) == 0.08
+    assert rule.describe().startswith("supported iff the 95% CI of lr share − seed share lies above 0.2 (")
+    assert "contradicted iff it lies below 0;" in rule.describe()
+    p_hold, p_fail = rule.p_values(ci(-0.2, -0.3, -0.1))
+    assert p_fail == pytest.approx(verdicts.one_sided_p(ci(-0.2, -0.3, -0.1), 0.0, "less"))
+    assert p_hold == pytest.approx(verdicts.one_sided_p(ci(-0.2, -0.3, -0.1), 0.2, "greater"))
+    with pytest.raises(ValueError, match="side where the claim holds"):
+        Rule("x", 0.2, "above", "why", fails_at=0.5)
+    with pytest.raises(ValueError, match="fails_at"):
+        Rule("x", (0.0, 1.0), "inside", "why", fails_at=0.5)
+    assert BELOW.describe().startswith("supported iff the 95% CI of gap change lies below 0 (")
+    assert "contradicted iff it lies above it;" in BELOW.describe()
