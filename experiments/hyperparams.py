@@ -33,21 +33,21 @@ From the histories:
   grid the lr trivially dominates — that share is reported too). CIs resample seeds
   (whole grid columns).
 
-Verdict rules (pure functions below, unit-tested on synthetic numbers):
+Verdict rules (rule objects below, unit-tested on synthetic numbers; every claim's parts are
+corrected by Holm, `verdicts.judge`):
   M7: per optimizer, "slow" = the paired (same seed) excess final training loss of the
       smallest grid lr over the tuned lr has a 95% CI above `slow_margin` nats, and
-      "unstable" = the failure rate at the largest grid lr has a 95% CI above
-      `unstable_rate`; each part by `ci_verdict`, the two combined by `combine_verdicts`, then the
-      optimizers combined by `combine_verdicts`.
+      "unstable" = the failure rate at the largest grid lr (Wilson interval) lies above
+      `unstable_rate`; the two combined by `verdicts.across`, then the optimizers too.
   M8: per non-SGD optimizer, supported if P(it reaches the target in fewer steps than SGD)
       has a 95% CI above 0.5 and its final test accuracy is not significantly worse
       (P(acc > SGD's acc) CI not wholly below 0.5); depends if faster but significantly less
       accurate (a trade-off); contradicted if significantly slower, or no faster and less
-      accurate; combined over optimizers by `combine_verdicts`.
+      accurate; combined over optimizers by `verdicts.across`.
   A3: per optimizer, supported if the 95% CI of (lr share − seed share) in the window lies
       above `a3_margin`; contradicted if it lies below 0 (chance explains more than the lr);
-      combined by `combine_verdicts`.
-`combine_verdicts`: all parts supported → supported; all contradicted → contradicted; some supported
+      combined by `verdicts.across`.
+`verdicts.across`: all parts supported → supported; all contradicted → contradicted; some supported
 and some contradicted (or a part that is itself "depends") → depends; otherwise inconclusive.
 
 References: Bengio (2012) "Practical recommendations for gradient-based training" (the lr as
@@ -62,6 +62,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -69,7 +70,8 @@ from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy import plots, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
-from netalchemy.experiment import Verdict, ci_verdict, combine_verdicts
+from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, across, judge
 
 CLAIMS = ("M7", "M8", "A3")
 
@@ -213,39 +215,55 @@ def window_indices(lrs: np.ndarray, best: int, decades: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- verdict rules
 
 
-def m7_part(slow_ci: tuple, unstable_ci: tuple, *, slow_margin: float, unstable_rate: float) -> str:
-    """M7 for one optimizer: (low, high) CIs of the small-lr loss excess and the large-lr failure rate."""
-    slow = ci_verdict(*slow_ci, slow_margin, claim_holds_if="above")
-    unstable = ci_verdict(*unstable_ci, unstable_rate, claim_holds_if="above")
-    return combine_verdicts([slow, unstable])
+def slow_rule(margin: float) -> Rule:
+    return Rule("the paired (same seed) excess final train loss, smallest grid lr − tuned lr", margin, "above",
+                f"{margin:g} nats is a loss visibly higher at the end of the same budget: 'slow'", unit="nats")
 
 
-def m8_part(faster_ci: tuple, better_acc_ci: tuple) -> str:
-    """M8 for one optimizer vs SGD: CIs of P(fewer steps to target) and P(higher test accuracy).
+def unstable_rule(rate: float) -> Rule:
+    return Rule("the failure rate at the largest grid lr (non-finite loss or final train loss ≥ ln(classes); "
+                "Wilson interval)", rate, "above", f"more than {rate:.0%} of seeds failing: 'diverges'",
+                unit="fraction of seeds")
 
-    Significantly faster and not significantly less accurate → supported; faster but
+
+FASTER = Rule("P(an optimizer reaches the target train loss in fewer steps than the baseline) at tuned lrs, "
+              "Mann-Whitney U / (n·m)", 0.5, "above", "0.5 is no faster", unit="probability")
+ACCURATE = Rule("P(its final test accuracy > the baseline's)", 0.5, "above",
+                "only its contradiction counts: significantly less accurate", unit="probability")
+
+
+def a3_rule(margin: float) -> Rule:
+    return Rule("lr share − seed share of the final test-accuracy variance in the window (seeds resampled)", margin,
+                "above", f"the lr explains clearly more than chance ('≫', margin {margin:g}); contradicted once chance "
+                         f"explains more than the lr", unit="share", fails_at=0.0)
+
+
+def m7_parts(name: str, slow: stats.CI, unstable: stats.CI, *, slow_margin: float, unstable_rate: float) -> list[Part]:
+    """M7 for one optimizer: the small-lr loss excess and the large-lr failure rate."""
+    return [Part(f"{name} slow", slow_rule(slow_margin), slow),
+            Part(f"{name} unstable", unstable_rule(unstable_rate), unstable)]
+
+
+def m7_combine(d: Mapping[str, str], names: Sequence[str]) -> str:
+    """Per optimizer, slow and unstable combined across; then the optimizers combined across."""
+    return across([across([d[f"{n} slow"], d[f"{n} unstable"]]) for n in names])
+
+
+def m8_parts(name: str, faster: stats.CI, better_acc: stats.CI) -> list[Part]:
+    """M8 for one optimizer vs the baseline: P(fewer steps to target) and P(higher test accuracy)."""
+    return [Part(f"{name} faster", FASTER, faster), Part(f"{name} accuracy", ACCURATE, better_acc)]
+
+
+def m8_one(faster: str, accuracy: str) -> str:
+    """Significantly faster and not significantly less accurate → supported; faster but
     significantly less accurate → depends (a speed/accuracy trade-off); significantly slower,
-    or no faster and significantly less accurate → contradicted; otherwise inconclusive.
-    """
-    faster = ci_verdict(*faster_ci, 0.5, claim_holds_if="above")
-    worse_acc = better_acc_ci[1] is not None and better_acc_ci[1] < 0.5
+    or no faster and significantly less accurate → contradicted; otherwise inconclusive."""
+    worse = accuracy == "contradicted"
     if faster == "contradicted":
         return "contradicted"
     if faster == "supported":
-        return "depends" if worse_acc else "supported"
-    return "contradicted" if worse_acc else "inconclusive"
-
-
-def a3_part(diff_ci: tuple, *, margin: float) -> str:
-    """A3 for one optimizer: CI of (lr share − seed share) of accuracy variance."""
-    low, high = diff_ci
-    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return "inconclusive"
-    if low > margin:
-        return "supported"
-    if high < 0:
-        return "contradicted"
-    return "inconclusive"
+        return "depends" if worse else "supported"
+    return "contradicted" if worse else "inconclusive"
 
 
 # ----------------------------------------------------------------------------- run
@@ -298,7 +316,7 @@ def analyse(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int
             "diverged_rate_by_lr": div.mean(axis=1).tolist(),
             "failed_rate_by_lr": failed.mean(axis=1).tolist(),
             "slow_excess_loss": _jsonable_ci(_ci(slow)),
-            "failed_rate_at_max_lr": _jsonable_ci(_ci(failed[-1].astype(float))),
+            "failed_rate_at_max_lr": stats.fraction_ci(failed[-1]).as_dict(),
             "window_lrs": lrs[window].tolist(),
             "shares_window": variance_shares_ci(acc_chance[window], n_resamples=s.n_resamples),
             "shares_full_grid": variance_shares_ci(acc_chance, n_resamples=s.n_resamples),
@@ -346,76 +364,58 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
     """The three verdicts from the analysed numbers."""
     opts = a["optimizers"]
     lrs = a["lrs"]
-    ci = lambda d: (d["low"], d["high"])  # noqa: E731
+    as_ci = lambda d: stats.CI(*(math.nan if d[k] is None else d[k] for k in ("estimate", "low", "high")))  # noqa: E731
+    names = list(opts)
+    est = lambda d: d["estimate"] if d["estimate"] is not None else math.nan  # noqa: E731
 
     # M7
-    parts, notes = [], []
-    for name, o in opts.items():
-        parts.append(m7_part(ci(o["slow_excess_loss"]), ci(o["failed_rate_at_max_lr"]),
-                             slow_margin=s.slow_margin, unstable_rate=s.unstable_rate))
-        notes.append(f"{name}: {o['slow_excess_loss']['estimate']:.2f} nats, "
-                     f"{o['failed_rate_at_max_lr']['estimate']:.2f} failed → {parts[-1]}")
-    weakest = min(opts, key=lambda n: opts[n]["failed_rate_at_max_lr"]["estimate"])
-    w = opts[weakest]["failed_rate_at_max_lr"]
-    m7 = Verdict(
-        "M7", f"failure rate at the largest lr ({lrs[-1]:g}), lowest over optimizers ({weakest}); "
-              f"per optimizer, excess final train loss at lr {lrs[0]:g} over the tuned lr and failure "
-              f"rate at lr {lrs[-1]:g}: " + "; ".join(notes),
-        w["estimate"], w["low"], w["high"], combine_verdicts(parts),
-        f"per optimizer: 'slow' iff the 95% CI of the paired excess final train loss (smallest lr − tuned lr) "
-        f"is above {s.slow_margin:g} nats, 'diverges' iff the 95% CI of the failure rate (non-finite loss or "
-        f"final train loss ≥ ln(classes)) at the largest lr is above {s.unstable_rate:g}; supported iff both "
-        f"hold for every optimizer, contradicted iff both fail for every one, depends on a mix",
-        "lr_sweep.png", unit="failure rate")
+    parts = [p for n, o in opts.items() for p in m7_parts(n, as_ci(o["slow_excess_loss"]), as_ci(o["failed_rate_at_max_lr"]),
+                                                          slow_margin=s.slow_margin, unstable_rate=s.unstable_rate)]
+    notes = [f"{n}: {est(o['slow_excess_loss']):.2f} nats, {est(o['failed_rate_at_max_lr']):.2f} failed"
+             for n, o in opts.items()]
+    weakest = min(opts, key=lambda n: est(opts[n]["failed_rate_at_max_lr"]))
+    m7 = judge("M7", parts, lambda d: m7_combine(d, names),
+               how="per optimizer the two parts combined across, then the optimizers across: all supported → "
+                   "supported, all contradicted → contradicted, a mix → depends, else inconclusive",
+               measurement=f"failure rate at the largest lr ({lrs[-1]:g}), lowest over optimizers ({weakest}); per "
+                           f"optimizer, excess final train loss at lr {lrs[0]:g} over the tuned lr and failure rate "
+                           f"at lr {lrs[-1]:g}: " + "; ".join(notes),
+               value=as_ci(opts[weakest]["failed_rate_at_max_lr"]), figure="lr_sweep.png", unit="failure rate")[0]
 
     # M8
-    parts, notes, faster = [], [], {}
-    for name, o in opts.items():
-        if name == s.baseline:
-            continue
-        f, b = o["p_faster_than_baseline"], o["p_better_acc_than_baseline"]
-        parts.append(m8_part((f["low"], f["high"]), (b["low"], b["high"])))
-        faster[name] = f
-        notes.append(f"{name} (lr {o['tuned_lr']:.2g}): P(faster)={f['estimate']:.2f}, "
-                     f"median {_steps_text(o, a)} steps, acc {o['test_acc_at_tuned']['estimate']:.3f} "
-                     f"(P(better)={b['estimate']:.2f}) → {parts[-1]}")
-    if faster:
-        weakest = min(faster, key=lambda n: faster[n]["estimate"])
-        value, low, high = (faster[weakest][k] for k in ("estimate", "low", "high"))
-    else:
-        weakest, value, low, high = "—", None, None, None
+    others = [n for n in opts if n != s.baseline]
+    parts = [p for n in others for p in m8_parts(n, as_ci(opts[n]["p_faster_than_baseline"]),
+                                                 as_ci(opts[n]["p_better_acc_than_baseline"]))]
+    notes = [f"{n} (lr {opts[n]['tuned_lr']:.2g}): P(faster)={est(opts[n]['p_faster_than_baseline']):.2f}, median "
+             f"{_steps_text(opts[n], a)} steps, acc {opts[n]['test_acc_at_tuned']['estimate']:.3f} "
+             f"(P(better)={est(opts[n]['p_better_acc_than_baseline']):.2f})" for n in others]
+    weakest = min(others, key=lambda n: est(opts[n]["p_faster_than_baseline"])) if others else "—"
     base = opts[s.baseline]
-    m8 = Verdict(
-        "M8", f"P(reaches train loss {a['target_loss']:.3g} in fewer steps than {s.baseline}) at tuned lrs, "
-              f"lowest over optimizers ({weakest}); {s.baseline} (lr {base['tuned_lr']:.2g}): "
-              f"median {_steps_text(base, a)} steps, acc {base['test_acc_at_tuned']['estimate']:.3f}; "
-              + "; ".join(notes),
-        value, low, high, combine_verdicts(parts),
-        f"lr tuned per optimizer by lowest mean final train loss; per optimizer: supported iff the 95% CI of "
-        f"P(fewer steps to target than {s.baseline}) is above 0.5 and the CI of P(higher final test accuracy) is "
-        f"not wholly below 0.5; depends iff faster but less accurate; contradicted iff significantly slower, or "
-        f"no faster and less accurate; combined over optimizers (all supported → supported, a mix → depends)",
-        "learning_curves.png", unit="P(faster)")
+    m8 = judge("M8", parts, lambda d: across([m8_one(d[f"{n} faster"], d[f"{n} accuracy"]) for n in others]),
+               how=f"lr tuned per optimizer by lowest mean final train loss; per optimizer: faster and accuracy not "
+                   f"contradicted → supported, faster but accuracy contradicted → depends, faster contradicted, or "
+                   f"not faster and accuracy contradicted → contradicted, else inconclusive; the optimizers "
+                   f"combined across (all supported → supported, a mix → depends)",
+               measurement=f"P(reaches train loss {a['target_loss']:.3g} in fewer steps than {s.baseline}) at tuned "
+                           f"lrs, lowest over optimizers ({weakest}); {s.baseline} (lr {base['tuned_lr']:.2g}): "
+                           f"median {_steps_text(base, a)} steps, acc {base['test_acc_at_tuned']['estimate']:.3f}; "
+                           + "; ".join(notes),
+               value=as_ci(opts[weakest]["p_faster_than_baseline"]) if others else None,
+               figure="learning_curves.png", unit="P(faster)")[0]
 
     # A3
-    parts, notes = [], []
-    for name, o in opts.items():
-        d = o["shares_window"]["lr_minus_seed"]
-        parts.append(a3_part((d["low"], d["high"]), margin=s.a3_margin))
-        notes.append(f"{name}: lr {o['shares_window']['lr']['estimate']:.2f} vs seed "
-                     f"{o['shares_window']['seed']['estimate']:.2f} (whole grid: lr "
-                     f"{o['shares_full_grid']['lr']['estimate']:.2f}) → {parts[-1]}")
-    weakest = min(opts, key=lambda n: opts[n]["shares_window"]["lr_minus_seed"]["estimate"])
-    d = opts[weakest]["shares_window"]["lr_minus_seed"]
-    a3 = Verdict(
-        "A3", f"share of final test-accuracy variance explained by lr minus share explained by seed, lrs within "
-              f"{s.a3_window_decades:g} decade(s) of the tuned lr, lowest over optimizers ({weakest}); "
-              + "; ".join(notes),
-        d["estimate"], d["low"], d["high"], combine_verdicts(parts),
-        f"two-way variance shares on the (lr, seed) grid of final test accuracy, diverged runs counted as "
-        f"chance accuracy; per optimizer: supported iff the 95% CI (seeds resampled) of lr share − seed share "
-        f"is above {s.a3_margin:g}, contradicted iff below 0; combined over optimizers",
-        "variance_shares.png", unit="share")
+    parts = [Part(n, a3_rule(s.a3_margin), as_ci(o["shares_window"]["lr_minus_seed"])) for n, o in opts.items()]
+    notes = [f"{n}: lr {o['shares_window']['lr']['estimate']:.2f} vs seed {o['shares_window']['seed']['estimate']:.2f} "
+             f"(whole grid: lr {o['shares_full_grid']['lr']['estimate']:.2f})" for n, o in opts.items()]
+    weakest = min(opts, key=lambda n: est(opts[n]["shares_window"]["lr_minus_seed"]))
+    a3 = judge("A3", parts, lambda d: across(list(d.values())),
+               how="two-way variance shares on the (lr, seed) grid of final test accuracy, diverged runs counted as "
+                   "chance accuracy; the optimizers combined across",
+               measurement=f"share of final test-accuracy variance explained by lr minus share explained by seed, "
+                           f"lrs within {s.a3_window_decades:g} decade(s) of the tuned lr, lowest over optimizers "
+                           f"({weakest}); " + "; ".join(notes),
+               value=as_ci(opts[weakest]["shares_window"]["lr_minus_seed"]), figure="variance_shares.png",
+               unit="share")[0]
     return [m7, m8, a3]
 
 

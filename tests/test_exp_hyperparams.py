@@ -8,8 +8,9 @@ import pytest
 
 from experiments import hyperparams as H
 from netalchemy import config as C
-from netalchemy import sweep
-from netalchemy.experiment import VERDICTS, run_experiment, combine_verdicts
+from netalchemy import stats, sweep, verdicts
+from netalchemy.experiment import VERDICTS, run_experiment
+from netalchemy.stats import CI
 
 
 def test_tiny_profile_end_to_end(tmp_path):
@@ -68,11 +69,11 @@ def test_variance_shares_ci_on_known_grids():
     lr_dominated = lr_effect + 0.01 * rng.normal(size=(4, 16))
     shares = H.variance_shares_ci(lr_dominated, n_resamples=300)
     assert shares["lr"]["estimate"] > 0.95 and shares["lr"]["low"] > 0.9
-    assert H.a3_part((shares["lr_minus_seed"]["low"], shares["lr_minus_seed"]["high"]), margin=0.2) == "supported"
+    assert H.a3_rule(0.2).decide(CI(**shares["lr_minus_seed"])) == "supported"
     seed_dominated = 0.001 * lr_effect + rng.normal(size=(1, 16)) + 0.01 * rng.normal(size=(4, 16))
     shares = H.variance_shares_ci(seed_dominated, n_resamples=300)
     assert shares["seed"]["estimate"] > 0.9
-    assert H.a3_part((shares["lr_minus_seed"]["low"], shares["lr_minus_seed"]["high"]), margin=0.2) == "contradicted"
+    assert H.a3_rule(0.2).decide(CI(**shares["lr_minus_seed"])) == "contradicted"
 
 
 def test_window_indices():
@@ -85,16 +86,8 @@ def test_window_indices():
 # ----------------------------------------------------------------------------- rules
 
 
-@pytest.mark.parametrize("parts, expected", [
-    (["supported", "supported"], "supported"),
-    (["contradicted", "contradicted"], "contradicted"),
-    (["supported", "contradicted"], "depends"),
-    (["supported", "depends"], "depends"),
-    (["supported", "inconclusive"], "inconclusive"),
-    ([], "inconclusive"),
-])
-def test_combine(parts, expected):
-    assert combine_verdicts(parts) == expected
+def mid(low, high):
+    return CI((low + high) / 2, low, high)
 
 
 @pytest.mark.parametrize("slow, unstable, expected", [
@@ -103,8 +96,17 @@ def test_combine(parts, expected):
     ((1.0, 2.0), (0.0, 0.1), "depends"),
     ((0.1, 2.0), (0.8, 1.0), "inconclusive"),
 ])
-def test_m7_part(slow, unstable, expected):
-    assert H.m7_part(slow, unstable, slow_margin=0.25, unstable_rate=0.5) == expected
+def test_m7_parts(slow, unstable, expected):
+    parts = H.m7_parts("sgd", mid(*slow), mid(*unstable), slow_margin=0.25, unstable_rate=0.5)
+    assert H.m7_combine(dict(zip(("sgd slow", "sgd unstable"), verdicts.holm(parts))), ["sgd"]) == expected
+
+
+def test_a_failure_rate_of_sixteen_in_sixteen_is_a_wilson_interval():
+    rate = stats.fraction_ci(np.ones(16, bool))
+    assert rate.low == pytest.approx(0.806, abs=1e-3) and rate.high == 1.0
+    rule = H.unstable_rule(0.5)
+    assert rule.decide(rate) == "supported" and rule.flip_point(rate) == pytest.approx(0.806, abs=1e-3)
+    assert rule.flip_text(rate) == "supported; flips at 0.806"
 
 
 @pytest.mark.parametrize("faster, better, expected", [
@@ -114,8 +116,17 @@ def test_m7_part(slow, unstable, expected):
     ((0.4, 0.7), (0.1, 0.3), "contradicted"),  # no faster, less accurate
     ((0.4, 0.7), (0.4, 0.7), "inconclusive"),
 ])
-def test_m8_part(faster, better, expected):
-    assert H.m8_part(faster, better) == expected
+def test_m8_parts(faster, better, expected):
+    d = verdicts.holm(H.m8_parts("adam", mid(*faster), mid(*better)))
+    assert H.m8_one(*d) == expected
+
+
+def test_a3_rule_has_a_zone_between_margin_and_zero():
+    rule = H.a3_rule(0.2)
+    assert rule.decide(mid(0.3, 0.5)) == "supported"
+    assert rule.decide(mid(-0.3, -0.1)) == "contradicted"
+    assert rule.decide(mid(0.05, 0.15)) == "inconclusive"  # more than chance, but not '≫'
+    assert "lies above 0.2" in rule.describe() and "contradicted iff it lies below 0" in rule.describe()
 
 
 # ----------------------------------------------------------------------------- the rule chain on synthetic sweeps
