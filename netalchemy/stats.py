@@ -42,6 +42,7 @@ __all__ = [
     "finite_or_none",
     "fraction_ci",
     "grid_variance_shares",
+    "independent_bootstrap_ci",
     "iqm",
     "linear_cka",
     "mean_pairwise_churn",
@@ -212,6 +213,34 @@ def paired_bootstrap_ci(
     if x.size == 1 or (np.all(x == x[0]) and np.all(y == y[0])):
         return CI(estimate, estimate, estimate)
     return CI(estimate, *_scipy_ci((x, y), statistic, paired=True, confidence=confidence,
+                                   n_resamples=n_resamples, rng=np.random.default_rng(seed)))
+
+
+def independent_bootstrap_ci(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    statistic: Callable[..., Any] = _mean_difference,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | np.random.Generator = 0,
+) -> CI:
+    """BCa CI of ``statistic(a, b, axis=-1)`` for two independent samples, each resampled on its
+    own (stratified; ``scipy.stats.bootstrap`` with two samples). Non-finite values are dropped
+    from each; NaN if either is then empty or the statistic is not finite; a point interval when
+    every resample is the same.
+    """
+    _check_confidence(confidence, n_resamples)
+    x, y = _finite(a), _finite(b)
+    if x.size == 0 or y.size == 0:
+        return _NAN_CI
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = float(statistic(x, y, axis=-1))
+    if not math.isfinite(estimate):
+        return _NAN_CI
+    if (x.size == 1 or np.all(x == x[0])) and (y.size == 1 or np.all(y == y[0])):
+        return CI(estimate, estimate, estimate)
+    return CI(estimate, *_scipy_ci((x, y), statistic, paired=False, confidence=confidence,
                                    n_resamples=n_resamples, rng=np.random.default_rng(seed)))
 
 

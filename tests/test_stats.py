@@ -455,3 +455,16 @@ def test_slope_loglog_edge_cases():
         stats.slope_loglog([1, 2, 3], [1, 0, 2])
     with pytest.raises(ValueError):
         stats.slope_loglog([2, 2], [1, 3])
+
+
+def test_independent_bootstrap_resamples_each_sample_apart():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(2.0, 0.3, 30), rng.normal(1.0, 0.3, 20)
+    ratio = lambda u, v, axis: u.mean(axis) / v.mean(axis)  # noqa: E731
+    ci = stats.independent_bootstrap_ci(a, np.append(b, np.nan), statistic=ratio, n_resamples=2000, seed=1)
+    ref = scipy.stats.bootstrap((a, b), ratio, n_resamples=2000, method="BCa", rng=np.random.default_rng(1))
+    assert ci.estimate == pytest.approx(a.mean() / b.mean())
+    assert (ci.low, ci.high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-12)
+    assert ci.low < 2.0 < ci.high
+    assert stats.independent_bootstrap_ci([1.0, 1.0], [2.0, 2.0]) == (-1.0, -1.0, -1.0)
+    assert all(math.isnan(v) for v in stats.independent_bootstrap_ci([1.0], [0.0, 0.0], statistic=ratio))
