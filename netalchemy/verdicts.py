@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import numpy as np
 from scipy.stats import norm
 
 from netalchemy.experiment import Verdict
@@ -85,6 +86,8 @@ class Rule:
       holds: the side on which the claim holds: "above", "below" or "inside" (the band).
       fails_at: for "above"/"below", where a contradiction starts if not at ``threshold`` (e.g.
         supported above a margin of 0.2, contradicted only below 0: a zone between decides nothing).
+      ties_fail: a CI that ends exactly on the failing threshold fails (for a statistic whose null
+        outcome is the threshold itself, e.g. a ratio of exactly 1 when every seed ties).
       reason: why this threshold (printed beside it in the rule text).
       unit: the statistic's unit, if any ("epochs").
       min_n: fewer finite seeds than this → inconclusive (a CI over 1–3 seeds means little).
@@ -105,6 +108,7 @@ class Rule:
     contradict_only_if: str = ""
     confidence: float = 0.95
     fails_at: Optional[float] = None
+    ties_fail: bool = False
 
     def __post_init__(self) -> None:
         if self.holds not in SIDES:
@@ -124,8 +128,12 @@ class Rule:
 
     @property
     def _fail(self) -> float:
-        """Where a contradiction starts (above/below rules)."""
-        return float(self.threshold if self.fails_at is None else self.fails_at)  # type: ignore[arg-type]
+        """Where a contradiction starts (above/below rules); with ``ties_fail``, the next float
+        beyond it, so that ending exactly on it fails."""
+        f = float(self.threshold if self.fails_at is None else self.fails_at)  # type: ignore[arg-type]
+        if self.ties_fail:
+            f = float(np.nextafter(f, np.inf if self.holds == "above" else -np.inf))
+        return f
 
     @property
     def edges(self) -> tuple[float, ...]:
@@ -212,6 +220,8 @@ class Rule:
             return f"lies inside [{_g(a)}, {_g(b)}]{unit}", "lies wholly outside it"
         side, other = ("above", "below") if self.holds == "above" else ("below", "above")
         fails = f"lies {other} it" if self.fails_at is None else f"lies {other} {_g(self._fail)}{unit}"
+        if self.ties_fail:
+            fails = fails.replace(f"lies {other}", f"lies at or {other}")
         return f"lies {side} {_g(float(self.threshold))}{unit}", fails  # type: ignore[arg-type]
 
     def describe(self) -> str:

@@ -215,3 +215,12 @@ def test_a_zone_between_holding_and_failing_thresholds():
         Rule("x", (0.0, 1.0), "inside", "why", fails_at=0.5)
     assert BELOW.describe().startswith("supported iff the 95% CI of gap change lies below 0 (")
     assert "contradicted iff it lies above it;" in BELOW.describe()
+
+
+def test_ties_fail_for_a_null_outcome_on_the_threshold():
+    rule = Rule("BN / no-BN edge ratio", 1.0, "above", "1 is no higher lr", ties_fail=True)
+    tied = ci(1.0, 1.0, 1.0)  # every seed: the same edge
+    assert rule.decide(tied) == "contradicted" and Rule("r", 1.0, "above", "why").decide(tied) == "inconclusive"
+    assert verdicts.holm([Part("m12", rule, tied)]) == ["contradicted"]
+    assert rule.decide(ci(1.2, 1.0, 1.5)) == "inconclusive"  # a CI from 1 upwards: not above 1
+    assert rule.flip_point(tied) == 1.0 and "contradicted iff it lies at or below it" in rule.describe()
