@@ -1,19 +1,22 @@
 """The command line: help, errors (one line, exit 2, nothing written), train/show/run/list."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from netalchemy import cli
 
 
-def netalchemy(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "netalchemy.cli", *args], capture_output=True, text=True, cwd=cwd)
+def netalchemy(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "netalchemy.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=None if env is None else {**os.environ, **env})
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["show"], ["run"], ["list"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["show"], ["run"], ["audit"], ["bench"], ["list"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main([*command, "--help"])
@@ -36,7 +39,13 @@ def test_train_help_lists_config_keys(capsys):
     (["run", "gradcheck", "--profile", "huge"], "unknown profile 'huge'"),
     (["run", "gradcheck", "no_such_key=1"], "unknown config key"),
     (["show", "/nonexistent/run"], "no finished sweep"),
-    (["frobnicate"], "invalid choice"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+    (["trian"], "(did you mean 'train'?)"),
+    (["run", "chanse"], "(did you mean 'chance'?)"),
+    (["train", "optim.lrr=1"], "(did you mean 'optim.lr'?)"),
+    (["train", "train.steps=1e99", "train.eval_every=1e99"], "train.steps must be in [1, 2147483647], got 1e+99"),
+    (["train", "model.hidden=1e9"], "of memory"),  # checked against the machine's memory before anything is written
+    (["train", "seeds.n=1e6"], "of memory"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
     result = netalchemy(*args, cwd=tmp_path)
@@ -70,14 +79,22 @@ def test_unwritable_output_folder_is_a_file(tmp_path):
 def test_train_then_show(tmp_path):
     args = ["--out", str(tmp_path), "--quiet", "model.hidden=8", "train.steps=20", "train.eval_every=10",
             "seeds.n=2", "train.batch_size=50"]
-    trained = netalchemy("train", *args)
+    trained = netalchemy("train", *args, env={"NETALCHEMY_CPU_DEVICES": "3"})
     assert trained.returncode == 0, trained.stderr
     assert "2 runs, 0 diverged" in trained.stdout and "test_acc" in trained.stdout
-    run_dir = trained.stdout.strip().splitlines()[-1].split("results: ")[1]
-    shown = netalchemy("show", run_dir)
+    run_dir = Path(trained.stdout.strip().splitlines()[-1].split("results: ")[1])
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert len(provenance["devices"]) == 3  # the command gave JAX the CPU devices asked for
+    shown = netalchemy("show", str(run_dir))
     assert shown.returncode == 0 and "test_acc" in shown.stdout and "model.hidden=(8,)" in shown.stdout
-    again = netalchemy("train", *args)  # a finished sweep is reloaded, not retrained
+    listed = netalchemy("show", "--out", str(tmp_path))
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith(run_dir.name)
+    again = netalchemy("train", *args, env={"NETALCHEMY_CPU_DEVICES": "3"})  # reloaded, not retrained
     assert again.stdout == trained.stdout
+    assert again.stderr.startswith(f"reusing {run_dir}, finished 20") and "use --force to retrain" in again.stderr
+    forced = netalchemy("train", "--force", *args, env={"NETALCHEMY_CPU_DEVICES": "3"})
+    assert forced.returncode == 0 and "reusing" not in forced.stderr
+    assert forced.stdout == trained.stdout  # retrained, bit for bit the same summary
 
 
 def test_list_names_experiments_and_claims():
@@ -89,6 +106,9 @@ def test_run_gradcheck_tiny_passes_its_thresholds(tmp_path):
     result = netalchemy("run", "gradcheck", "--profile", "tiny", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "hand~auto f64" in result.stdout
+    lines = result.stdout.splitlines()
+    banners = [i for i, line in enumerate(lines) if line == cli.SMOKE_BANNER]
+    assert len(banners) == 2 and lines[banners[0] + 1].startswith("claim")  # the verdicts, marked a smoke test
     for claim in ("M1", "M2", "M3"):
         assert any(line.startswith(claim) and "supported" in line for line in result.stdout.splitlines())
     folder = tmp_path / "gradcheck" / "tiny"
