@@ -153,3 +153,23 @@ def test_headline_accuracy_of_a_learning_rate_grid():
     assert cli._headline({"by_lr": [group(0.5)]}) == "0.5000"
     assert cli._headline({"by_lr": [group(0.5), group(0.61), group(None)]}) == "0.6100 (best of 3 lrs)"
     assert cli._headline({"by_lr": [group(None)]}) == "—"
+
+
+@pytest.mark.parametrize("damaged, spoil", [
+    ("summary.json", lambda d: (d / "summary.json").write_text((d / "summary.json").read_text()[:40])),
+    ("history.npz", lambda d: (d / "history.npz").write_bytes(np.random.default_rng(0).bytes(4096))),
+    ("config.json", lambda d: (d / "config.json").write_text(
+        (d / "config.json").read_text().replace('"steps": 20', '"steps": "many"'))),
+    ("history.npz", lambda d: store.write_npz(d / "history.npz", {
+        k: v for k, v in store.read_npz(d / "history.npz").items() if k != "test_predictions"})),
+])
+def test_show_on_a_damaged_folder_is_one_line_naming_the_file(damaged, spoil, stored, tmp_path, capsys, monkeypatch):
+    _, run_dir = stored
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    spoil(copy)
+    before = sorted(p.name for p in copy.iterdir())
+    code, out, err = run_cli(["show", str(copy), "--csv", str(tmp_path / "csv")], capsys, monkeypatch)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("netalchemy: error: ")
+    assert damaged in err, err
+    assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "csv").exists()
