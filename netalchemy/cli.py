@@ -424,7 +424,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; the library never picks a backend
     try:
-        usage_errors = _usage_errors()
         parser = build_parser()
         _check_command(argv, parser.commands)
         args = parser.parse_args(argv)
@@ -432,10 +431,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "coordinator", None):
             devices.initialize_processes(args.coordinator, args.processes, args.process_id)
         return args.func(args)
+    except SystemExit:  # --help, --version
+        raise
     except _no_space_errors() as e:
         print(f"netalchemy: error: {e}", file=sys.stderr)
         return 1
-    except usage_errors as e:
+    except _usage_errors() as e:
         print(f"netalchemy: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk that no layer below turned into store.NoSpace
