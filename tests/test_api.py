@@ -61,3 +61,10 @@ def test_docstring_example_trains_a_sweep_and_prints_its_cis(tmp_path):
     assert re.fullmatch(r"0\.\d+ \[0\.\d+, 0\.\d+\]", out[-2]), out[-2]  # estimate [low, high]
     assert out[-1] == "devices 2"  # use_cpu_cores ran before JAX started
     assert len(list((tmp_path / "runs" / "train").iterdir())) == 1
+
+
+def test_cli_version_and_help_start_without_jax_or_tfds():
+    result = python("import sys\nfrom netalchemy import cli\nfor argv in (['--version'], ['train', '--help']):\n"
+                    "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+                    "print(sorted(m for m in ('jax', 'tensorflow_datasets') if m in sys.modules))")
+    assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stderr
