@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,7 @@ from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy.config import Config, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
+from netalchemy.verdicts import Part, Rule, judge
 
 CLAIMS = ("M12", "A4")
 VARIANTS = ("nobn", "bn")  # model.batch_norm = False, True
@@ -305,23 +306,16 @@ def largest_stable_lr(stable: np.ndarray, lrs: np.ndarray) -> np.ndarray:
     return np.where(any_stable, lrs[top], np.nan)
 
 
+def _ratio_of_means(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) / np.mean(b, axis=axis)
+
+
 def ratio_ci(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 10_000, seed: int = 0) -> stats.CI:
-    """mean(a) / mean(b) with a stratified percentile-bootstrap CI (a and b resampled apart).
+    """mean(a) / mean(b) with a stratified BCa bootstrap CI (a and b resampled apart).
 
     Non-finite values are dropped; NaN if either side is then empty or mean(b) is 0.
     """
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size == 0 or b.size == 0 or b.mean() == 0:
-        return stats.CI(math.nan, math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    boot_a = a[rng.integers(0, a.size, (n_resamples, a.size))].mean(axis=1)
-    boot_b = b[rng.integers(0, b.size, (n_resamples, b.size))].mean(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = boot_a / boot_b
-    low, high = np.nanquantile(boot, [0.025, 0.975])
-    return stats.CI(float(a.mean() / b.mean()), float(low), float(high))
+    return stats.independent_bootstrap_ci(a, b, statistic=_ratio_of_means, n_resamples=n_resamples, seed=seed)
 
 
 def geometric_ratio_ci(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> stats.CI:
@@ -331,55 +325,52 @@ def geometric_ratio_ci(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> stats.
     return stats.CI(*(10.0 ** v for v in ci))
 
 
-def _none(x: float) -> Optional[float]:
-    return None if x is None or not math.isfinite(x) else float(x)
+def m12_rule(progress_fraction: float) -> Rule:
+    return Rule(f"the geometric mean over paired seeds of BN edge / no-BN edge, an edge being a seed's largest grid "
+                f"lr at which SGD trained stably (no NaN/Inf loss and final train loss < {progress_fraction:g}·"
+                f"ln(classes))", 1.0, "above", "1 is no higher learning rate with batch norm; exactly 1 (every seed "
+                f"the same edge) fails", unit="×", ties_fail=True,
+                contradict_only_if="the no-BN edge lies inside the grid (some stable lr, not the top one) for at "
+                                   "least half the seeds (else the grid cannot show a difference)")
 
 
-def direction(low: Optional[float], high: Optional[float], *, null: float = 1.0) -> str:
-    """'lower' if the CI lies wholly below `null`, 'higher' if wholly above, else 'unclear'."""
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return "unclear"
-    return "lower" if high < null else "higher" if low > null else "unclear"
+def m12_verdict(ratio: stats.CI, nobn_inside_fraction: float, *, progress_fraction: float = 0.9,
+                measurement: str = "") -> Verdict:
+    """M12 from the CI of the BN / no-BN largest-stable-lr ratio (see `m12_rule`)."""
+    return m12_rule(progress_fraction).verdict("M12", ratio, measurement=measurement,
+                                               settled=nobn_inside_fraction >= 0.5, figure="stability.png")
 
 
-M12_RULE = ("per seed, the largest grid lr at which SGD trained stably (no NaN/Inf loss and final train loss "
-            "< {frac:g}·ln(classes)); value = geometric mean over seeds of BN edge / no-BN edge (paired by seed) "
-            "with a 95% bootstrap CI: supported iff CI low > 1; contradicted iff CI high ≤ 1 while the no-BN edge "
-            "lies inside the grid (some stable lr, not the top one) for ≥ half the seeds; else inconclusive")
+def reduced(measure: str) -> Rule:
+    """A BN / no-BN ratio below 1: batch norm reduces `measure`."""
+    return Rule(f"the BN / no-BN ratio of per-seed means over training of {measure} (seeds of each resampled apart)",
+                1.0, "below", "below 1: batch norm reduces it (Santurkar et al. 2018 report smoothing); "
+                              "above 1: it increases it", unit="×")
 
 
-def m12_verdict(ratio_low: Optional[float], ratio_high: Optional[float], nobn_inside_fraction: float) -> str:
-    """M12 from the CI of the BN / no-BN largest-stable-lr ratio (see M12_RULE)."""
-    if ratio_low is None or ratio_high is None or not (math.isfinite(ratio_low) and math.isfinite(ratio_high)):
-        return "inconclusive"
-    if ratio_low > 1:
-        return "supported"
-    if ratio_high <= 1 and nobn_inside_fraction >= 0.5:
-        return "contradicted"
-    return "inconclusive"
-
-
-A4_RULE = ("BN / no-BN ratios of per-seed means over training, stratified 95% bootstrap CIs; a measure is "
-           "'reduced' if its CI lies below 1, 'increased' if above. Landscape = loss range and effective "
-           "β-smoothness; ICS = relative ‖G−G'‖/‖G‖ averaged over layers 2..L. contradicted (a measurable "
-           "mechanism, Santurkar's) iff both landscape measures are reduced and ICS is not reduced; depends iff "
-           "both are reduced but ICS is reduced too (ICS not excluded), or the two landscape measures disagree "
-           "(one reduced, the other not); supported (no smoothing seen) iff neither is reduced and at least "
-           "one is increased; inconclusive iff neither CI excludes 1")
-
-
-def a4_verdict(loss_range: tuple[Optional[float], Optional[float]], beta: tuple[Optional[float], Optional[float]],
-               ics: tuple[Optional[float], Optional[float]]) -> str:
-    """A4 from the (low, high) CIs of the BN / no-BN ratios (see A4_RULE)."""
-    landscape = [direction(*loss_range), direction(*beta)]
-    ics_reduced = direction(*ics) == "lower"
-    if all(d == "lower" for d in landscape):
-        return "depends" if ics_reduced else "contradicted"
-    if any(d == "lower" for d in landscape):
+def a4_combine(d: Mapping[str, str]) -> str:
+    """A4 from the parts (supported = reduced, contradicted = increased): contradicted (a measurable
+    mechanism, Santurkar's) iff both landscape measures are reduced and ICS is not; depends iff both
+    are reduced but ICS is reduced too (ICS not excluded), or the landscape measures disagree;
+    supported (no smoothing seen) iff neither is reduced and at least one is increased; else
+    inconclusive."""
+    landscape = [d["loss range"], d["β-smoothness"]]
+    if all(v == "supported" for v in landscape):
+        return "depends" if d["relative ICS"] == "supported" else "contradicted"
+    if "supported" in landscape:
         return "depends"
-    if any(d == "higher" for d in landscape):
-        return "supported"
-    return "inconclusive"
+    return "supported" if "contradicted" in landscape else "inconclusive"
+
+
+def a4_verdict(loss_range: stats.CI, beta: stats.CI, ics: stats.CI, measurement: str = "") -> Verdict:
+    """A4 from the CIs of the BN / no-BN ratios (see `a4_combine`)."""
+    parts = [Part("loss range", reduced("the loss range along −g"), loss_range),
+             Part("β-smoothness", reduced("the effective β-smoothness"), beta),
+             Part("relative ICS", reduced("the relative ICS ‖G−G'‖/‖G‖, layers 2..L"), ics)]
+    return judge("A4", parts, a4_combine, how="contradicted iff both landscape parts are supported (reduced) and "
+                 "relative ICS is not; depends iff all three are reduced, or the landscape parts disagree; "
+                 "supported (no smoothing seen) iff neither landscape part is reduced and one is increased; else "
+                 "inconclusive", measurement=measurement, value=beta, figure="landscape.png", unit="×")[0]
 
 
 # ----------------------------------------------------------------------------- report
@@ -412,7 +403,7 @@ def _plot_stability(tables, edges, lrs, threshold, path):
         t = tables[v]
         rate = t["diverged"].mean(axis=1)
         n = t["diverged"].shape[1]
-        ci = stats.bootstrap_ci(t["diverged"].astype(float))
+        ci = stats.CI(*np.array([stats.fraction_ci(row) for row in t["diverged"]]).T)  # Wilson, per lr
         ax1.plot(lrs, rate, "o-", color=COLORS[v], label=f"{LABELS[v]} ({n} seeds)")
         ax1.fill_between(lrs, ci.low, ci.high, color=COLORS[v], alpha=0.2, lw=0)
         plots.seed_band(ax2, lrs, t["final_loss"].T, label=LABELS[v], color=COLORS[v], log_y=True)
@@ -422,7 +413,7 @@ def _plot_stability(tables, edges, lrs, threshold, path):
     ax1.set_xlabel("SGD learning rate")
     ax1.set_ylabel("fraction of seeds diverged\n(NaN/Inf loss)")
     ax1.set_ylim(-0.03, 1.03)
-    ax1.set_title("Divergence (SGD); band: 95% bootstrap CI", fontsize=10)
+    ax1.set_title("Divergence (SGD); band: 95% Wilson interval", fontsize=10)
     ax2.set_xscale("log")
     ax2.axhline(threshold, color="gray", ls="--", lw=1, label=f"stability threshold {threshold:.3g}")
     ax2.set_xlabel("SGD learning rate")
@@ -504,9 +495,6 @@ def report(out_dir: Path) -> list[Verdict]:
     _plot_landscape(land, out_dir / "landscape.png")
     _plot_ics(per_seed, layers, out_dir / "ics.png")
 
-    ci_pair = lambda c: (_none(c.low), _none(c.high))
-    m12 = m12_verdict(_none(ratio.low), _none(ratio.high), nobn_inside)
-    a4 = a4_verdict(ci_pair(ratios["loss_range"]), ci_pair(ratios["beta"]), ci_pair(ratios["ics_rel"]))
     fmt_ci = lambda c: f"{c.estimate:.3g} [{c.low:.3g}, {c.high:.3g}]"
     fmt_lr = lambda x: "none" if x is None else f"{x:.3g}"
     rel = {v: per_seed[v]["ics_rel"] for v in VARIANTS}  # (seeds, layers)
@@ -523,25 +511,20 @@ def report(out_dir: Path) -> list[Verdict]:
         "landscape_ratios_bn_over_nobn": {k: c._asdict() for k, c in ratios.items()},
         "per_layer": {v: {k: {name: stats.summarize(per_seed[v][k][:, j]) for j, name in enumerate(layers)}
                           for k in ("ics_l2", "ics_rel", "ics_cos")} for v in VARIANTS},
-        "verdicts": {"M12": m12, "A4": a4}})
+        })
     print(f"largest stable SGD lr (median over {n_seeds} seeds): no BN {np.nanmedian(edges['nobn']):.3g}, "
           f"BN {np.nanmedian(edges['bn']):.3g}; first lr with a divergence: no BN {fmt_lr(first_div['nobn'])}, "
           f"BN {fmt_lr(first_div['bn'])}")
     print("BN / no-BN ratios (mean over training, 95% CI): " + ", ".join(
         f"{k} {fmt_ci(c)}" for k, c in ratios.items()))
-    return [
-        Verdict("M12", f"BN / no-BN largest stable SGD lr, geometric mean over {n_seeds} paired seeds "
-                       f"(grid {lrs[0]:.3g}…{lrs[-1]:.3g}, {len(lrs)} lrs; P(BN edge higher) = {poi:.2f}; "
-                       f"population edge no BN {fmt_lr(pop_edge['nobn'])}, BN {fmt_lr(pop_edge['bn'])}; "
-                       f"first lr with a NaN/Inf divergence: no BN {fmt_lr(first_div['nobn'])}, "
-                       f"BN {fmt_lr(first_div['bn'])}; BN edge at the grid top for {bn_censored:.0%} of seeds)",
-                _none(ratio.estimate), _none(ratio.low), _none(ratio.high), m12,
-                M12_RULE.format(frac=settings["progress_fraction"]), "stability.png", "×"),
-        Verdict("A4", f"BN / no-BN effective β-smoothness (Santurkar et al. 2018), SGD lr "
-                      f"{settings['landscape_lr']:g}, mean over training; loss range {fmt_ci(ratios['loss_range'])}, "
-                      f"gradient predictiveness {fmt_ci(ratios['grad_pred'])}, relative ICS "
-                      f"{fmt_ci(ratios['ics_rel'])} (per layer: {layer_ratios}), "
-                      f"ICS cosine {fmt_ci(ratios['ics_cos'])}",
-                _none(ratios["beta"].estimate), _none(ratios["beta"].low), _none(ratios["beta"].high), a4,
-                A4_RULE, "landscape.png", "×"),
-    ]
+    m12 = m12_verdict(ratio, nobn_inside, progress_fraction=settings["progress_fraction"], measurement=(
+        f"BN / no-BN largest stable SGD lr, geometric mean over {n_seeds} paired seeds (grid {lrs[0]:.3g}…"
+        f"{lrs[-1]:.3g}, {len(lrs)} lrs; P(BN edge higher) = {poi:.2f}; population edge no BN "
+        f"{fmt_lr(pop_edge['nobn'])}, BN {fmt_lr(pop_edge['bn'])}; first lr with a NaN/Inf divergence: no BN "
+        f"{fmt_lr(first_div['nobn'])}, BN {fmt_lr(first_div['bn'])}; BN edge at the grid top for {bn_censored:.0%} "
+        f"of seeds)"))
+    a4 = a4_verdict(ratios["loss_range"], ratios["beta"], ratios["ics_rel"], measurement=(
+        f"BN / no-BN effective β-smoothness (Santurkar et al. 2018), SGD lr {settings['landscape_lr']:g}, mean over "
+        f"training; loss range {fmt_ci(ratios['loss_range'])}, gradient predictiveness {fmt_ci(ratios['grad_pred'])}, "
+        f"relative ICS {fmt_ci(ratios['ics_rel'])} (per layer: {layer_ratios}), ICS cosine {fmt_ci(ratios['ics_cos'])}"))
+    return [m12, a4]

@@ -13,6 +13,7 @@ from experiments import batchnorm as bn
 from netalchemy import backprop, mlp
 from netalchemy.config import ConfigError, ModelConfig, override
 from netalchemy.experiment import run_experiment
+from netalchemy.stats import CI
 
 
 def small_net(batch_norm: bool, seed: int = 0):
@@ -84,26 +85,37 @@ def test_ratio_cis():
     assert paired == (pytest.approx(2.0), pytest.approx(2.0), pytest.approx(2.0))
 
 
+def mid(low, high):
+    return CI(None if low is None else (low + high) / 2, low, high)
+
+
 def test_m12_verdict_rule():
-    assert bn.m12_verdict(1.5, 3.0, 1.0) == "supported"
-    assert bn.m12_verdict(1.0, 1.0, 1.0) == "contradicted"  # every seed: the same edge
-    assert bn.m12_verdict(0.3, 0.8, 0.9) == "contradicted"
-    assert bn.m12_verdict(1.0, 1.0, 0.0) == "inconclusive"  # both edges off the grid: grid too narrow
-    assert bn.m12_verdict(0.8, 2.0, 1.0) == "inconclusive"
-    assert bn.m12_verdict(None, None, 1.0) == "inconclusive"
+    m12 = lambda low, high, inside: bn.m12_verdict(mid(low, high), inside).verdict  # noqa: E731
+    assert m12(1.5, 3.0, 1.0) == "supported"
+    assert m12(1.0, 1.0, 1.0) == "contradicted"  # every seed: the same edge
+    assert m12(0.3, 0.8, 0.9) == "contradicted"
+    assert m12(1.0, 1.0, 0.0) == "inconclusive"  # both edges off the grid: grid too narrow
+    assert m12(0.8, 2.0, 1.0) == "inconclusive"
+    assert m12(None, None, 1.0) == "inconclusive"
+    v = bn.m12_verdict(mid(1.5, 3.0), 1.0, progress_fraction=0.9)
+    assert (v.value, v.ci_low, v.ci_high, v.flip_point) == (2.25, 1.5, 3.0, 1.5)
+    assert v.flip_text == "supported; flips at 1.5" and "0.9·ln(classes)" in v.rule
 
 
 def test_a4_verdict_rule():
-    lower, higher, unclear = (0.4, 0.8), (1.2, 1.6), (0.8, 1.2)
-    assert bn.a4_verdict(lower, lower, unclear) == "contradicted"  # Santurkar: smoother, ICS not the reason
-    assert bn.a4_verdict(lower, lower, higher) == "contradicted"
-    assert bn.a4_verdict(lower, lower, lower) == "depends"  # smoother, but ICS also reduced
-    assert bn.a4_verdict(lower, unclear, unclear) == "depends"  # the landscape measures disagree
-    assert bn.a4_verdict(lower, higher, unclear) == "depends"
-    assert bn.a4_verdict(higher, unclear, unclear) == "supported"  # no smoothing seen
-    assert bn.a4_verdict(unclear, unclear, lower) == "inconclusive"
-    assert bn.a4_verdict((None, None), (None, None), (None, None)) == "inconclusive"
-    assert bn.direction(0.5, 0.9) == "lower" and bn.direction(1.0, 1.0) == "unclear"
+    lower, higher, unclear = mid(0.4, 0.8), mid(1.2, 1.6), mid(0.8, 1.2)
+    a4 = lambda *cis: bn.a4_verdict(*cis).verdict  # noqa: E731
+    assert a4(lower, lower, unclear) == "contradicted"  # Santurkar: smoother, ICS not the reason
+    assert a4(lower, lower, higher) == "contradicted"
+    assert a4(lower, lower, lower) == "depends"  # smoother, but ICS also reduced
+    assert a4(lower, unclear, unclear) == "depends"  # the landscape measures disagree
+    assert a4(lower, higher, unclear) == "depends"
+    assert a4(higher, unclear, unclear) == "supported"  # no smoothing seen
+    assert a4(unclear, unclear, lower) == "inconclusive"
+    assert a4(mid(None, None), mid(None, None), mid(None, None)) == "inconclusive"
+    v = bn.a4_verdict(higher, unclear, unclear)
+    assert (v.value, v.ci_low, v.ci_high) == (1.0, 0.8, 1.2)  # the value shown is β-smoothness
+    assert "loss range contradicted (flips at 1.2)" in v.flip_text
 
 
 def test_settings_and_grid():
