@@ -421,8 +421,9 @@ def _check_command(argv: Sequence[str], commands: Sequence[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is None:  # the command itself: figures go to files (the library never picks a backend)
+        os.environ.setdefault("MPLBACKEND", "Agg")
     argv = sys.argv[1:] if argv is None else list(argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to files; the library never picks a backend
     try:
         parser = build_parser()
         _check_command(argv, parser.commands)
