@@ -68,3 +68,14 @@ def test_cli_version_and_help_start_without_jax_or_tfds():
                     "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
                     "print(sorted(m for m in ('jax', 'tensorflow_datasets') if m in sys.modules))")
     assert result.returncode == 0 and result.stdout.strip().endswith("[]"), result.stderr
+
+
+def test_the_command_draws_with_agg_unless_told_otherwise():
+    code = ("import os, sys\nfrom netalchemy import cli\nsys.argv = ['netalchemy', '--version']\n"
+            "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\nprint(os.environ.get('MPLBACKEND'))\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\nprint(os.environ.get('MPLBACKEND'))")
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.splitlines()[1::2] == ["None", "Agg"], result.stderr  # cli.main(argv) from Python: unchanged
+    chosen = python(code, env={"MPLBACKEND": "svg"})
+    assert chosen.stdout.splitlines()[1::2] == ["svg", "svg"], chosen.stderr
