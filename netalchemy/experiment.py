@@ -1,12 +1,13 @@
 """The shape every experiment shares: profiles, run, report, verdicts.
 
 An experiment is a module in `experiments/` with
-  CLAIMS:   the claim ids of ../shared/CLAIMS.md it tests, e.g. ("M2", "M3");
+  CLAIMS:   the claim ids of experiments/claims.toml it tests, e.g. ("M2", "M3");
   PROFILES: {"tiny": settings, "quick": settings, "full": settings}, where settings is a
             frozen dataclass (overridable with `key=value`, as any config);
   run(settings, out_dir) -> None: measures and writes results into out_dir;
   report(out_dir) -> list[Verdict]: reads the results, writes figures, returns verdicts.
-`run_experiment` resolves the settings, runs both steps and writes `verdicts.json`.
+`run_experiment` resolves the settings, runs both steps and writes `verdicts.json`. Verdicts
+come from rule objects (`netalchemy.verdicts`), which also write their rule text and flip point.
 """
 
 from __future__ import annotations
@@ -51,40 +52,6 @@ class Verdict:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
-
-
-def ci_verdict(low: Optional[float], high: Optional[float], threshold: float, *, claim_holds_if: str = "above") -> str:
-    """A verdict from where a confidence interval lies relative to a threshold.
-
-    "supported" when the whole CI lies on the side the claim predicts (`claim_holds_if` is
-    "above" or "below"), "contradicted" when it lies wholly on the other side, else
-    "inconclusive". A missing CI (no finite runs) is "inconclusive".
-    """
-    if low is None or high is None:
-        return "inconclusive"
-    above, below = low > threshold, high < threshold
-    if claim_holds_if == "above":
-        return "supported" if above else "contradicted" if below else "inconclusive"
-    if claim_holds_if == "below":
-        return "supported" if below else "contradicted" if above else "inconclusive"
-    raise ValueError(f"claim_holds_if must be 'above' or 'below', got {claim_holds_if!r}")
-
-
-def combine_verdicts(parts: Sequence[str]) -> str:
-    """One verdict from the verdicts of a claim's parts.
-
-    All parts supported → supported; all contradicted → contradicted; a part that depends,
-    or both supported and contradicted parts → depends; otherwise (some part inconclusive,
-    or no parts) → inconclusive.
-    """
-    kinds = set(parts)
-    if kinds == {"supported"}:
-        return "supported"
-    if kinds == {"contradicted"}:
-        return "contradicted"
-    if "depends" in kinds or {"supported", "contradicted"} <= kinds:
-        return "depends"
-    return "inconclusive"
 
 
 def load_module(name: str):
@@ -137,14 +104,15 @@ def run_experiment(name: str, *, profile: str = "quick", overrides: Sequence[str
 
 
 def format_verdicts(verdicts: Sequence[Verdict]) -> str:
-    """A plain-text table of verdicts."""
+    """A plain-text table of verdicts, each with its flip point where a threshold decides."""
     def fmt(x: Optional[float]) -> str:
         return "—" if x is None else f"{x:.4g}"
 
     rows = [("claim", "value", "95% CI", "verdict", "measurement")]
     for v in verdicts:
         ci = "—" if v.ci_low is None else f"[{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
-        rows.append((v.claim, fmt(v.value) + (f" {v.unit}" if v.unit else ""), ci, v.verdict, v.measurement))
+        verdict = v.verdict if v.flip_point is None else f"{v.verdict} (flips at {v.flip_point:.3g})"
+        rows.append((v.claim, fmt(v.value) + (f" {v.unit}" if v.unit else ""), ci, verdict, v.measurement))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * len(lines[0]))

@@ -224,3 +224,12 @@ def test_ties_fail_for_a_null_outcome_on_the_threshold():
     assert verdicts.holm([Part("m12", rule, tied)]) == ["contradicted"]
     assert rule.decide(ci(1.2, 1.0, 1.5)) == "inconclusive"  # a CI from 1 upwards: not above 1
     assert rule.flip_point(tied) == 1.0 and "contradicted iff it lies at or below it" in rule.describe()
+
+
+def test_the_cli_table_shows_the_flip_point():
+    from netalchemy.experiment import format_verdicts
+
+    table = format_verdicts([ABOVE.verdict("A1", ci(0.5, 0.3, 0.62), measurement="churn"),
+                             dataclasses.replace(ABOVE.verdict("A2", ci(None, None, None), measurement="none"))])
+    rows = table.splitlines()
+    assert "supported (flips at 0.3)" in rows[2] and rows[3].split()[:4] == ["A2", "—", "—", "inconclusive"]
