@@ -468,3 +468,17 @@ def test_independent_bootstrap_resamples_each_sample_apart():
     assert ci.low < 2.0 < ci.high
     assert stats.independent_bootstrap_ci([1.0, 1.0], [2.0, 2.0]) == (-1.0, -1.0, -1.0)
     assert all(math.isnan(v) for v in stats.independent_bootstrap_ci([1.0], [0.0, 0.0], statistic=ratio))
+
+
+def test_paired_improvement_is_a_sign_test_proportion():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=16)
+    assert stats.paired_improvement_ci(base + 0.1, base) == stats.proportion_ci(16, 16)
+    a = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 5.0])
+    b = np.array([0.0, 2.0, 4.0, 1.0, 0.0, 6.0])  # wins, tie (dropped), loss, win, NaN (dropped), loss
+    ci = stats.paired_improvement_ci(a, b)
+    assert ci == stats.proportion_ci(2, 4) and ci.estimate == 0.5
+    # Independent check: the sign test's exact p for 16/16 is 2·0.5^16; Wilson's low end is ≈ 0.806.
+    assert scipy.stats.binomtest(16, 16).pvalue == pytest.approx(2 * 0.5**16)
+    with pytest.raises(ValueError, match="differ in length"):
+        stats.paired_improvement_ci([1.0], [1.0, 2.0])
