@@ -466,9 +466,6 @@ def _ci_dict(ci: stats.CI) -> dict:
     return ci.as_dict()
 
 
-_num = stats.finite_or_none
-
-
 def _fig_a1(a1: dict, churn: stats.CI, path_hist: Path, path_scatter: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -660,7 +657,7 @@ def report(out_dir: Path) -> list[Verdict]:
           f"ulp {_fmt_ci(summary_a7['dist_ratio_ulp'], 1, 2)}, hand {_fmt_ci(summary_a7['dist_ratio_hand'], 1, 2)}; "
           f"control identical: {control_identical}")
 
-    pp = lambda ci, key: 100 * (_num(ci[key]) if _num(ci[key]) is not None else math.nan)
+    pp = lambda ci, key: 100 * (ci[key] if stats.finite_or_none(ci[key]) is not None else math.nan)
     std_a1, std_all = summary_a1["test_acc_std"], rows["all"]["std"]
     churn_ratio = {k: (rows[k]["churn"]["estimate"] or math.nan) / (rows["all"]["churn"]["estimate"] or math.nan)
                    for k in singles}

@@ -22,10 +22,11 @@ Per seed, at the end of training:
 
 Choosing "the best strength" and testing it on the same seeds would favour a lucky level
 (winner's curse), so the best level of each kind is chosen by mean test accuracy on the first
-half of the seeds and judged on the other half. The probability of improvement
-P(acc_reg > acc_none) (Agarwal et al. 2021) is computed with `stats.probability_of_improvement_ci`
-(BCa; seeds resampled independently, which ignores the pairing and is conservative); the changes in
-gap, test accuracy and sparsity use paired BCa bootstrap CIs (`stats.paired_bootstrap_ci`).
+half of the seeds and judged on the other half. P(better) = the share of judging seeds on
+which the regularized net's test accuracy beats its unregularized twin's (ties dropped, as in
+the sign test), with a Wilson interval (`stats.paired_improvement_ci`): 16 wins of 16 give
+1 [0.81, 1], not a bootstrap's [1, 1]. The changes in gap, test accuracy and sparsity use
+paired BCa bootstrap CIs (`stats.paired_bootstrap_ci`).
 
 Optimizer note: L1/L2 are added to the loss and the result is optimized with Adam, so L2 is
 *not* decoupled weight decay (Loshchilov & Hutter 2019); with Adam the L1 subgradient does
@@ -205,8 +206,9 @@ def best_level(test_acc_by_level: Sequence[np.ndarray], selection: np.ndarray) -
     return None if not means or max(means) == -np.inf else int(np.argmax(means))
 
 
-BETTER = Rule("P(test acc with the regularizer > without), Mann-Whitney U / (n·m) over the judging seeds",
-              NO_IMPROVEMENT, "above", "0.5 is a regularizer that changes nothing", unit="probability",
+BETTER = Rule("P(better): the share of judging seeds whose test acc with the regularizer beats the same seed's "
+              "without (ties dropped; Wilson interval)", NO_IMPROVEMENT, "above",
+              "0.5 is a regularizer that changes nothing", unit="probability",
               min_n=MIN_JUDGING_SEEDS)
 GAP = Rule("the paired (same seed) change in generalization gap (train − test acc)", 0.0, "below",
            "a gap that shrinks is less overfitting; a gap that grows alone does not contradict better test "
@@ -251,7 +253,7 @@ def compare(r: dict, kind: str, levels: list[dict], selection: np.ndarray, judgi
     get = lambda name, m: r[f"{name}/{m}"][j]
     gap = lambda name: get(name, "train_acc") - get(name, "test_acc")
     out = dict(kind=kind, name=v["name"], level=v["level"], n_judging=int(len(j)),
-               poi=stats.probability_of_improvement_ci(get(v["name"], "test_acc"), get("none", "test_acc")),
+               poi=stats.paired_improvement_ci(get(v["name"], "test_acc"), get("none", "test_acc")),
                test_change=paired_change(get(v["name"], "test_acc"), get("none", "test_acc")),
                gap_change=paired_change(gap(v["name"]), gap("none")),
                sparsity_rise=paired_change(get(v["name"], "sparsity"), get("none", "sparsity")),
@@ -273,7 +275,7 @@ def summary_table(r: dict, rows: list[dict]) -> str:
         name = v["name"]
         acc = stats.bootstrap_ci(r[f"{name}/test_acc"])
         gap = stats.bootstrap_ci(r[f"{name}/train_acc"] - r[f"{name}/test_acc"])
-        poi = stats.probability_of_improvement_ci(r[f"{name}/test_acc"], r["none/test_acc"])
+        poi = stats.paired_improvement_ci(r[f"{name}/test_acc"], r["none/test_acc"])
         cells = [f"{name:>14s}", f"{acc.estimate:.3f} [{acc.low:.3f}, {acc.high:.3f}]".rjust(22),
                  f"{gap.estimate:.3f} [{gap.low:.3f}, {gap.high:.3f}]".rjust(22),
                  f"{np.nanmean(r[f'{name}/sparsity']):11.3f}", f"{np.nanmean(r[f'{name}/coadaptation']):6.3f}",
@@ -390,7 +392,8 @@ def report(out_dir: Path) -> list[Verdict]:
     missing = {"poi": stats.CI(np.nan, np.nan, np.nan), "gap_change": stats.CI(np.nan, np.nan, np.nan), "n_judging": 0}
     m11 = judge("M11", improvement_parts(d or missing), lambda v: all_hold(list(v.values())), how=how11,
                 measurement="no dropout variant ran" if d is None else
-                f"P(test acc with dropout {d['level']:g} > without), {d['n_judging']} seeds; paired change in "
+                f"P(better): share of {d['n_judging']} judging seeds whose test acc with dropout {d['level']:g} beats "
+                f"the same seed's without; paired change in "
                 f"test acc {_ci(d['test_change'])}, in gap {_ci(d['gap_change'])}, in mean |corr| of "
                 f"last-layer units {_ci(d['coadaptation_change'])}", figure="strengths.png", unit="probability")[0]
 
@@ -414,7 +417,7 @@ def report(out_dir: Path) -> list[Verdict]:
         texts.append(f"near-zero weight fraction rise under L1 {_ci(l1['sparsity_rise'])}")
     value = l2 if l2 is not None else l1
     m13 = judge("M13", parts13 or improvement_parts(missing), combine13 if parts13 else lambda v: "inconclusive",
-                how=how13, measurement=f"value: P(test acc with the best {'L2' if l2 is not None else 'L1'} > without) "
+                how=how13, measurement=f"value: P(better) of the best {'L2' if l2 is not None else 'L1'} strength over none (share of seeds) "
                                        f"({'; '.join(texts) or 'no L1/L2 variant ran'})",
                 value=None if value is None else value["poi"], figure="strengths.png", unit="probability")[0]
     return [m11, m13]

@@ -104,3 +104,15 @@ def test_too_few_judging_seeds_give_no_verdict():
     clear_win, shrinking = ci(1.0, 1.0, 1.0), ci(-0.1, -0.1, -0.1)
     assert reg.improvement_verdict(clear_win, shrinking, n_seeds=1) == "inconclusive"
     assert reg.SPARSER.decide(ci(0.5, 0.5, 0.5), n=3) == "inconclusive"
+
+
+def test_p_better_is_a_paired_share_with_a_wilson_interval():
+    rng = np.random.default_rng(1)
+    n = 32
+    base = 0.4 + 0.02 * rng.standard_normal(n)
+    r = {"none/test_acc": base, "none/train_acc": np.ones(n), "none/sparsity": np.full(n, 0.01),
+         "none/coadaptation": np.full(n, 0.3), "l2-1e-3/test_acc": base + 0.05, "l2-1e-3/train_acc": np.ones(n),
+         "l2-1e-3/sparsity": np.full(n, 0.01), "l2-1e-3/coadaptation": np.full(n, 0.3)}
+    c = reg.compare(r, "l2", [dict(name="l2-1e-3", level=1e-3)], *reg.split_seeds(n))
+    assert c["poi"] == stats.proportion_ci(16, 16)  # 16 of 16 judging seeds better: ≈ [0.81, 1], not [1, 1]
+    assert c["poi"].low == pytest.approx(0.806, abs=1e-3) and c["verdict"] == "supported"
