@@ -16,7 +16,11 @@ Conventions
   anchored on each side of the estimate at the CI's own level, so a single part's test at
   ``ALPHA`` says exactly what its 95% CI says, whatever method made the interval (BCa
   bootstrap, Wilson score, t).
-- Comparisons are strict: a CI that ends exactly on a threshold is inconclusive.
+- Comparisons are strict: a CI that ends exactly on a threshold is inconclusive, unless the
+  rule says ``ties_fail`` (then ending on the failing threshold fails).
+
+Reference: Holm (1979), *A simple sequentially rejective multiple test procedure*, Scand. J.
+Statist. 6, 65–70.
 """
 
 from __future__ import annotations
