@@ -15,14 +15,22 @@ process 0 writes the files.
 Randomness streams not listed in `seeds.vary` are shared by all runs: their keys enter the
 vmapped program unbatched (in_axes None), so e.g. a shared data order is gathered once.
 
-On disk (`out_dir`): config.json, provenance.json, chunks/chunk-NNNN.npz (finished chunks:
-history, test predictions, final state), checkpoints/ (unfinished chunks), history.npz and
-summary.json once every chunk is done.
+On disk (`out_dir`): config.json, provenance.json (versions and devices of every training
+segment, the finish time), chunks/chunk-NNNN.npz (finished chunks: history, test predictions,
+final state), checkpoints/ (unfinished chunks, with a sha256 of their content), history.npz
+and summary.json once every chunk is done (summary.json last: it marks a finished sweep).
+One process at a time holds a folder (`store.locked`); on entry it deletes temporary files
+that a killed write left. Every file read back is checked (CRC, sha256, keys and shapes), and
+a damaged one stops the sweep with a one-line `store.StoreError` that says how to recover.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
 import math
+import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -42,14 +50,36 @@ METRICS = train.Metrics._fields
 
 
 class SweepResult(NamedTuple):
+    """A finished sweep, as `run` returns it and `load` reads it back.
+
+    Attributes:
+      cfg: the resolved config every run trained with (`lrs` aside).
+      seeds: (runs,) int, each run's seed; runs are lr-major (all seeds at the first lr, ...).
+      lrs: (runs,) float, each run's learning rate.
+      history: metric name (`METRICS`) -> (runs, evaluations) float64, one column per step of
+        `train.evaluation_steps(cfg)` (step 0, every `eval_every`, the last step); the
+        "step" metric holds those steps and "diverged" is 1.0 once a run has diverged.
+      test_predictions: (runs, n_test) int32, predicted test classes of the final params.
+      final: the final `train.TrainState`, numpy leaves with a leading (runs,) axis
+        (a diverged run is frozen at the start of the interval where it diverged).
+      summary: summary.json's content: runs, divergences, per lr each final metric's
+        statistics (`stats.summarize`), and per run the finals and `diverged_at_step`.
+      out_dir: the results folder, or None for a sweep kept in memory.
+      reused: True when the sweep was already finished on disk and was loaded, not trained,
+        by this call.
+      finished: when the stored sweep finished (ISO 8601, UTC), None for one kept in memory.
+    """
+
     cfg: Config
-    seeds: np.ndarray  # (runs,) int
-    lrs: np.ndarray  # (runs,) float
-    history: dict[str, np.ndarray]  # metric -> (runs, evaluations)
-    test_predictions: np.ndarray  # (runs, n_test) int32, final params
-    final: train.TrainState  # numpy leaves with a leading (runs,) axis
+    seeds: np.ndarray
+    lrs: np.ndarray
+    history: dict[str, np.ndarray]
+    test_predictions: np.ndarray
+    final: train.TrainState
     summary: dict[str, Any]
     out_dir: Optional[Path]
+    reused: bool = False
+    finished: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------- planning
@@ -93,6 +123,12 @@ def _init_params(seeds, *, cfg, in_features: int, num_classes: int):
     return jax.vmap(lambda k: mlp.init(k, cfg, in_features=in_features, num_classes=num_classes))(keys)
 
 
+def _n_params(cfg: Config, in_features: int, num_classes: int) -> int:
+    """Parameters of one net, counting a batch-norm scale and shift for every layer (an upper bound)."""
+    widths = (in_features, *cfg.model.hidden, num_classes)
+    return sum(a * b + 2 * b for a, b in zip(widths[:-1], widths[1:]))
+
+
 def bytes_per_run(cfg: Config, *, in_features: int, num_classes: int, n_train: int, n_test: int) -> int:
     """Estimated device bytes one run needs while training (params, optimizer, activations).
 
@@ -102,7 +138,7 @@ def bytes_per_run(cfg: Config, *, in_features: int, num_classes: int, n_train: i
     """
     itemsize = np.dtype(cfg.model.dtype).itemsize
     widths = (in_features, *cfg.model.hidden, num_classes)
-    n_params = sum(a * b + 2 * b for a, b in zip(widths[:-1], widths[1:]))
+    n_params = _n_params(cfg, in_features, num_classes)
     slots = optim.state_slots(cfg.optim)
     params_bytes = n_params * (4 + 2 * slots)
     act = 6 * cfg.train.batch_size * sum(widths[1:])
@@ -117,6 +153,48 @@ def runs_per_chunk(cfg: Config, n_runs: int, per_run: int, n_devices: int) -> in
     fit = int(cfg.train.memory_budget_gb * 2**30 // max(per_run, 1))
     fit = max(n_devices, fit // n_devices * n_devices)
     return min(fit, math.ceil(n_runs / n_devices) * n_devices)
+
+
+def result_bytes_per_run(cfg: Config, *, in_features: int, num_classes: int, n_test: int) -> int:
+    """Host bytes one run's results take: final state (params and optimizer slots), float64
+    history, test predictions."""
+    state = _n_params(cfg, in_features, num_classes) * (1 + optim.state_slots(cfg.optim))
+    evaluations = len(METRICS) * 8 * (cfg.train.steps // cfg.train.eval_every + 2)
+    return state * np.dtype(cfg.model.dtype).itemsize + evaluations + 4 * n_test
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this machine can still give (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: Config, n_runs: int, *, per_run: int, per_result: int, n_devices: int,
+                 available: Optional[int]) -> None:
+    """Raises a one-line `ConfigError` if the sweep cannot fit in `available` bytes.
+
+    A sweep holds one chunk of runs training at once (`runs_per_chunk` × `per_run`) and every
+    run's results on the host about three times over (chunks kept, merged, written), so a
+    huge net fails on the first term and a huge number of seeds on the second.
+    """
+    if available is None:
+        return
+    chunk = runs_per_chunk(cfg, n_runs, per_run, n_devices) * per_run
+    need = chunk + 3 * n_runs * per_result
+    if need > available:
+        raise config_lib.ConfigError(
+            f"the sweep needs about {need / 2**30:.3g} GiB of memory ({n_runs} runs; {chunk / 2**30:.3g} GiB for "
+            f"the chunk training at once) but {available / 2**30:.3g} GiB are available; lower seeds.n, "
+            f"model.hidden or train.memory_budget_gb")
 
 
 # ----------------------------------------------------------------------------- compiled pieces
@@ -142,17 +220,19 @@ def evaluate_states(states: train.TrainState, data: train.Data, *, cfg: Config) 
     return jax.vmap(lambda s: train.evaluate(s, data, cfg=cfg))(states)
 
 
-@partial(jax.jit, static_argnames=("cfg", "axes", "intervals"), donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("cfg", "axes", "intervals", "length"), donate_argnums=(0,))
 def train_chunk(states: train.TrainState, streams: train.Streams, data: train.Data, lrs: jax.Array, *,
-                cfg: Config, axes: train.Streams, intervals: int) -> tuple[train.TrainState, train.Metrics]:
+                cfg: Config, axes: train.Streams, intervals: int,
+                length: Optional[int] = None) -> tuple[train.TrainState, train.Metrics]:
     """The engine's compiled program: `intervals` evaluation intervals of every run, vmapped.
 
-    Each interval is `cfg.train.eval_every` steps. `states` is donated (its buffers are reused).
+    Each interval is `length` steps (default `cfg.train.eval_every`; the last interval of a
+    run whose steps are not a multiple of it is shorter). `states` is donated.
 
     Returns:
       (states after the intervals, Metrics with (runs, intervals) fields).
     """
-    run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals)
+    run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals, length=length)
     return jax.vmap(lambda st, s, lr: run(st, s, lr=lr), in_axes=(0, axes, 0))(states, streams, lrs)
 
 
@@ -174,24 +254,45 @@ def _unflat(flat: dict[str, np.ndarray], like) -> Any:
     return jax.tree.unflatten(treedef, [flat[f"{i:04d}"] for i in range(treedef.num_leaves)])
 
 
+def _digest(tree: dict) -> np.ndarray:
+    """sha256 (32 uint8) of a pytree of arrays: every leaf's path, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)} {a.dtype} {a.shape}".encode())
+        h.update(a.tobytes())
+    return np.frombuffer(h.digest(), np.uint8).copy()
+
+
 class _Checkpoints:
-    """orbax checkpoints of one chunk's state and history, the latest one kept."""
+    """orbax checkpoints of one chunk's state and history (with their sha256), the latest kept."""
 
     def __init__(self, folder: Path):
         import orbax.checkpoint as ocp
 
-        self._ocp = ocp
+        self._ocp, self.folder = ocp, folder
         self.manager = ocp.CheckpointManager(
             folder.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
 
-    def restore(self, like: dict):
+    def restore(self, like: dict) -> Optional[tuple[int, dict]]:
+        """(intervals done, {"state", "history"}) of the latest checkpoint, None if there is none."""
         step = self.manager.latest_step()
         if step is None:
             return None
-        abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
-        return step, self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        where, fix = self.folder / str(step), f"delete {self.folder} to retrain that chunk from its start"
+        abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, {**like, "digest": np.zeros(32, np.uint8)})
+        try:
+            tree = self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax and tensorstore raise many types for a damaged checkpoint
+            detail = " ".join(str(e).split())[:160]
+            raise store.StoreError(f"damaged checkpoint {where} ({type(e).__name__}: {detail}); {fix}") from None
+        tree = jax.tree.map(np.asarray, tree)
+        if not np.array_equal(tree.pop("digest"), _digest(tree)):
+            raise store.StoreError(f"damaged checkpoint {where} (its content does not match its sha256); {fix}")
+        return step, tree
 
     def save(self, step: int, tree: dict) -> None:
+        tree = {**tree, "digest": _digest(_to_host(tree))}
         self.manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
         self.manager.wait_until_finished()
 
@@ -253,9 +354,22 @@ def shard_runs(tree: Any, mesh: Mesh, axes: Optional[Sequence[Optional[int]]] = 
     return type(tree)(*(_put(t, run_sharded if a == 0 else replicated) for t, a in zip(tree, axes)))
 
 
+def _report(progress, history: dict[str, np.ndarray], column: int, steps: int, n_real: int) -> None:
+    """Advances the bar by one evaluation interval and shows that evaluation's loss."""
+    progress.update(steps)
+    alive = ~history["diverged"][:n_real, column].astype(bool)
+    loss = history["batch_loss"][:n_real, column][alive]
+    progress.set_postfix(loss=f"{np.mean(loss):.4f}" if loss.size else "all diverged", diverged=int((~alive).sum()))
+
+
 def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: Path, in_features: int,
                          num_classes: int, progress, mesh: Mesh) -> dict[str, np.ndarray]:
-    """Trains one chunk of runs to the end, checkpointing; returns its arrays for chunk-NNNN.npz."""
+    """Trains one chunk of runs to the end, checkpointing; returns its arrays for chunk-NNNN.npz.
+
+    Each evaluation interval is one call of `train_chunk`, all of a checkpoint's intervals
+    dispatched before the first result is read, so the device never waits for the host while
+    the bar advances per interval.
+    """
     n_real = len(seeds)
     pad = (-n_real) % mesh.size
     seeds_p, lrs_p = np.concatenate([seeds, np.repeat(seeds[-1:], pad)]), np.concatenate([lrs, np.repeat(lrs[-1:], pad)])
@@ -263,9 +377,11 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     streams = shard_runs(run_streams(cfg, seeds_p), mesh, axes)
     lr_arr = shard_runs(jnp.asarray(lrs_p, cfg.model.dtype), mesh)
     states = init_states(streams, lr_arr, cfg=cfg, axes=axes, in_features=in_features, num_classes=num_classes)
-    intervals_total = cfg.train.steps // cfg.train.eval_every
-    per_chunk = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
-    history = {m: np.full((len(seeds_p), intervals_total + 1), np.nan) for m in METRICS}
+    full, tail = train.interval_plan(cfg)
+    lengths = [None] * full + ([tail] if tail else [])  # None: eval_every steps
+    steps = [cfg.train.eval_every if n is None else n for n in lengths]
+    per_checkpoint = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
+    history = {m: np.full((len(seeds_p), len(lengths) + 1), np.nan) for m in METRICS}
 
     ckpt = _Checkpoints(folder)
     done = 0
@@ -273,28 +389,29 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     if restored is not None:
         done, tree = restored
         states = shard_runs(_unflat(tree["state"], states), mesh)
-        history = {m: np.asarray(v) for m, v in tree["history"].items()}
+        history = tree["history"]
     else:
         first = _to_host(evaluate_states(states, data, cfg=cfg))
         for m in METRICS:
             history[m][:, 0] = np.asarray(getattr(first, m), np.float64)
     if progress is not None:
-        progress.update(done * cfg.train.eval_every)
-    while done < intervals_total:
-        n = min(per_chunk, intervals_total - done)
-        states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=n)
-        metrics = _to_host(metrics)
-        for m in METRICS:
-            history[m][:, 1 + done:1 + done + n] = np.asarray(getattr(metrics, m), np.float64)
-        done += n
-        if done < intervals_total:  # the finished chunk is written next, as chunk-NNNN.npz
+        progress.update(sum(steps[:done]))
+    while done < len(lengths):
+        end = min(done + per_checkpoint, full) if done < full else len(lengths)
+        pending = []
+        for i in range(done, end):  # queued: the device runs ahead while the host reads results
+            states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
+                                          length=lengths[i])
+            pending.append(metrics)
+        for i, metrics in enumerate(pending, start=done):
+            metrics = _to_host(metrics)
+            for m in METRICS:
+                history[m][:, 1 + i] = np.asarray(getattr(metrics, m), np.float64)[:, 0]
+            if progress is not None:
+                _report(progress, history, 1 + i, steps[i], n_real)
+        done = end
+        if done < len(lengths):  # the finished chunk is written next, as chunk-NNNN.npz
             ckpt.save(done, {"state": _flat(states), "history": history})
-        if progress is not None:
-            progress.update(n * cfg.train.eval_every)
-            alive = ~history["diverged"][:n_real, done].astype(bool)
-            loss = history["batch_loss"][:n_real, done][alive]
-            progress.set_postfix(loss=f"{np.mean(loss):.4f}" if loss.size else "all diverged",
-                                 diverged=int((~alive).sum()))
     ckpt.close()
     predictions = np.asarray(_to_host(predict_states(states, data.x_test, cfg=cfg)))
     final = _to_host(states)
@@ -303,8 +420,16 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
             **{f"state/{k}": v[:n_real] for k, v in _flat(final).items()}}
 
 
-def summarize(history: dict[str, np.ndarray], lrs: np.ndarray) -> dict[str, Any]:
-    """Per-run finals and their statistics; diverged runs are counted, not averaged."""
+def summarize(history: dict[str, np.ndarray], lrs: np.ndarray, diverged_at: np.ndarray) -> dict[str, Any]:
+    """Per-run finals and their statistics; diverged runs are counted, not averaged.
+
+    Args:
+      history: metric -> (runs, evaluations).
+      lrs: (runs,) learning rates.
+      diverged_at: (runs,) `TrainState.diverged_at` of the final states: the index of the first
+        step whose minibatch loss was non-finite (`state.step` before it), -1 if none; stored
+        per run as `diverged_at_step`.
+    """
     diverged = history["diverged"][:, -1].astype(bool)
     finals = {m: history[m][:, -1] for m in ("train_loss", "train_acc", "test_loss", "test_acc")}
     per_lr = []
@@ -316,44 +441,274 @@ def summarize(history: dict[str, np.ndarray], lrs: np.ndarray) -> dict[str, Any]
         })
     return {"runs": int(len(lrs)), "diverged": int(diverged.sum()), "by_lr": per_lr,
             "per_run": {**{m: v for m, v in finals.items()}, "diverged": diverged,
-                        "diverged_at_step": np.where(diverged, history["diverged"].argmax(axis=1), -1)}}
+                        "diverged_at_step": np.where(diverged, np.asarray(diverged_at), -1)}}
 
 
-def _prepare_dir(out_dir: Path, record: dict) -> bool:
-    """Claims `out_dir` for `record`; True if it already holds this sweep's finished results."""
-    store.ensure_writable(out_dir)
+# ----------------------------------------------------------------------------- the folder
+
+RETRAINING = ".retraining"  # written before a forced retrain deletes anything; removed after
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _x64(cfg: Config):
+    """The context a run of `cfg` computes in: JAX's 64-bit mode for model.dtype=float64."""
+    return jax.enable_x64(True) if cfg.model.dtype == "float64" else contextlib.nullcontext()
+
+
+def _state_like(cfg: Config, info: dict) -> train.TrainState:
+    """Shapes and dtypes of one run's TrainState (call inside `_x64(cfg)`)."""
+    return jax.eval_shape(lambda: train.init_state(
+        train.Streams(*(jax.random.key(0),) * 3), jnp.asarray(cfg.optim.lr, cfg.model.dtype), cfg=cfg,
+        in_features=info["features"], num_classes=info["classes"]))
+
+
+def _expected(cfg: Config, info: dict, n_runs: int) -> dict[str, tuple[tuple, Optional[np.dtype]]]:
+    """Name -> (shape, dtype) of a chunk's arrays for `n_runs` runs (call inside `_x64(cfg)`)."""
+    evaluations = len(train.evaluation_steps(cfg))
+    out = {f"history/{m}": ((n_runs, evaluations), np.dtype(np.float64)) for m in METRICS}
+    out["test_predictions"] = ((n_runs, info["n_test"]), np.dtype(np.int32))
+    for k, leaf in _flat(_state_like(cfg, info)).items():
+        out[f"state/{k}"] = ((n_runs, *leaf.shape), np.dtype(leaf.dtype))
+    return out
+
+
+def _read_checked(path: Path, expected: dict, fix: str = "") -> dict[str, np.ndarray]:
+    """The arrays of `path`, each with its expected shape and dtype, or a one-line StoreError."""
+    try:
+        arrays = store.read_npz(path, keys=list(expected))
+    except store.StoreError as e:
+        raise store.StoreError(f"{e}{fix}") from None
+    for k, (shape, dtype) in expected.items():
+        a = arrays[k]
+        if a.shape != shape or (dtype is not None and a.dtype != dtype):
+            raise store.StoreError(f"damaged file {path}: array {k!r} is {a.dtype}{list(a.shape)}, "
+                                   f"expected {dtype}{list(shape)}{fix}")
+    return arrays
+
+
+def _read_record(path: Path) -> tuple[Config, dict]:
+    """config.json: (the config, the whole record), or a one-line StoreError naming the file."""
+    record = store.read_json(path)
+    try:
+        info = record["dataset"]
+        if not all(isinstance(info[k], int) for k in ("features", "classes", "n_test")):
+            raise TypeError("dataset sizes must be integers")
+        if not (record["lrs"] is None or all(isinstance(v, (int, float)) for v in record["lrs"])):
+            raise TypeError("lrs must be a list of numbers")
+        return config_lib.from_dict(record["config"]), record
+    except (config_lib.ConfigError, TypeError, KeyError, ValueError, IndexError) as e:
+        detail = str(e) if not isinstance(e, KeyError) else f"no key {e}"
+        raise store.StoreError(f"damaged file {path}: {detail}") from None
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    """summary.json, checked against the structure `summarize` writes."""
+    s = store.read_json(path)
+    number = (int, float, type(None))
+    try:
+        ok = (isinstance(s["runs"], int) and isinstance(s["diverged"], int) and isinstance(s["per_run"], dict)
+              and all(isinstance(g["lr"], (int, float)) and isinstance(g["runs"], int) and isinstance(g["diverged"], int)
+                      and all(isinstance(v["n_finite"], int) and all(isinstance(v[k], number)
+                                                                     for k in ("mean", "ci_low", "ci_high", "std"))
+                              for v in g["metrics"].values())
+                      for g in s["by_lr"]))
+    except (TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        raise store.StoreError(f"damaged file {path}: not a sweep summary")
+    return s
+
+
+def _wipe(out_dir: Path) -> None:
+    """Deletes a sweep's results, summary.json first (so the folder is never taken as finished)."""
+    for name in ("summary.json", "history.npz", "provenance.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in ("chunks", "checkpoints"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
+def _previous_devices(out_dir: Path, n_runs: int) -> Optional[int]:
+    """How many devices the folder's partial results were computed on (None if it holds none)."""
+    started = any((out_dir / "chunks").glob("chunk-*.npz")) or any((out_dir / "checkpoints").glob("chunk-*/*"))
+    if not started or not (out_dir / "provenance.json").exists():
+        return None
+    prov = store.read_json(out_dir / "provenance.json")
+    try:
+        segments = prov.get("segments")
+        return int(segments[-1]["mesh_devices"]) if segments else min(len(prov["devices"]), n_runs)
+    except (TypeError, KeyError, ValueError, IndexError, AttributeError):
+        raise store.StoreError(f"damaged file {out_dir / 'provenance.json'}: no device record") from None
+
+
+def _start_segment(out_dir: Path, mesh_devices: int) -> None:
+    """provenance.json: this process's provenance, plus the devices of every training segment."""
+    path, now = out_dir / "provenance.json", store.provenance()
+    segments = store.read_json(path).get("segments", []) if path.exists() else []
+    segments.append({"started": now["created"], "devices": now["devices"], "mesh_devices": mesh_devices,
+                     "process_count": now["process_count"], "git_commit": now["git_commit"]})
+    store.write_json(path, {**now, "segments": segments})
+
+
+def _prepare_dir(out_dir: Path, record: dict, *, force: bool, mesh_devices: int, n_runs: int) -> bool:
+    """Claims `out_dir` (lock held) for `record`; True if it already holds this finished sweep.
+
+    Refuses a folder of another config, and a partial sweep computed on another number of
+    devices. `force` deletes stored results first, behind a marker file, so that a forced
+    retrain that is interrupted goes on deleting and retraining next time (never mixing
+    chunks of the old results with new ones).
+    """
     existing = out_dir / "config.json"
     if existing.exists():
         if store.read_json(existing) != store.as_json_data(record):
-            raise store.StoreError(f"{out_dir} holds a sweep with a different config; "
-                                   f"use another output folder")
-        return (out_dir / "summary.json").exists()
-    store.write_json(existing, record)
+            raise store.StoreError(f"{out_dir} holds a sweep with a different config; use another output folder")
+        if force:
+            store.write_json(out_dir / RETRAINING, {"started": _now()})
+    else:
+        store.write_json(existing, record)
+    if (out_dir / RETRAINING).exists():
+        _wipe(out_dir)
+        (out_dir / RETRAINING).unlink()
+    if (out_dir / "summary.json").exists():
+        return True
+    previous = _previous_devices(out_dir, n_runs)
+    if previous is not None and previous != mesh_devices:
+        raise store.StoreError(
+            f"{out_dir} was partly trained on {previous} devices and would resume on {mesh_devices}, which changes "
+            f"results in the last bits; resume with {previous} devices (e.g. NETALCHEMY_CPU_DEVICES={previous}) "
+            f"or retrain it with force (netalchemy train --force)")
+    _start_segment(out_dir, mesh_devices)
     return False
 
 
+_REFUSALS = (store.StoreError, store.NoSpace, config_lib.ConfigError)
+
+
+def _shared_refusal(error: Optional[Exception]) -> Optional[Exception]:
+    """Process 0's refusal (or None), raised on every process: a collective, so none waits."""
+    if jax.process_count() == 1:
+        return error
+    from jax.experimental import multihost_utils
+
+    text = b"" if error is None else str(error).encode()[:1000]
+    kind = 0 if error is None else 1 + next(i for i, t in enumerate(_REFUSALS) if isinstance(error, t))
+    packed = np.zeros(1024, np.uint8)
+    packed[0], packed[1:3], packed[3:3 + len(text)] = kind, divmod(len(text), 256), np.frombuffer(text, np.uint8)
+    packed = np.asarray(multihost_utils.broadcast_one_to_all(packed))
+    if packed[0] == 0:
+        return None
+    n = int(packed[1]) * 256 + int(packed[2])
+    cls = _REFUSALS[int(packed[0]) - 1]
+    error = Exception.__new__(cls)  # NoSpace's constructor takes a path: set the message directly
+    Exception.__init__(error, bytes(packed[3:3 + n]).decode(errors="replace"))
+    return error
+
+
+def _claim(out_dir: Path, record: dict, stack: contextlib.ExitStack, *, force: bool, mesh_devices: int,
+           n_runs: int) -> bool:
+    """Locks and prepares `out_dir` on process 0; True if the sweep is already finished there."""
+    refused, finished = None, False
+    if _writer():
+        try:
+            stack.enter_context(store.locked(out_dir))
+            store.clean_tmp(out_dir)
+            finished = _prepare_dir(out_dir, record, force=force, mesh_devices=mesh_devices, n_runs=n_runs)
+        except _REFUSALS as e:
+            refused = e
+    refused = _shared_refusal(refused)  # every process learns process 0's answer
+    if refused is not None:
+        raise refused
+    return finished if _writer() else (out_dir / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _train_all(cfg: Config, dataset: data_lib.Dataset, seeds: np.ndarray, run_lrs: np.ndarray, *, out_dir: Path,
+               mesh: Mesh, per_run: int, info: dict, progress: bool) -> None:
+    """Trains the chunks not yet on disk, then writes history.npz, provenance and summary.json."""
+    from tqdm.auto import tqdm
+
+    dtype = cfg.model.dtype
+    data = jax.device_put(train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
+                                     jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test, jnp.int32)),
+                          NamedSharding(mesh, PartitionSpec()))
+    size = runs_per_chunk(cfg, len(seeds), per_run, mesh.size)
+    chunks = [slice(i, min(i + size, len(seeds))) for i in range(0, len(seeds), size)]
+    parts = {}  # chunk index -> its arrays (trained now, or read back and checked)
+    for c, sl in enumerate(chunks):
+        path = out_dir / "chunks" / f"chunk-{c:04d}.npz"
+        if path.exists():
+            parts[c] = _read_checked(path, _expected(cfg, info, sl.stop - sl.start),
+                                     fix="; delete it to retrain that chunk")
+            continue
+        bar = tqdm(total=cfg.train.steps, unit="step", disable=not (progress and _writer()), leave=False,
+                   desc=f"seeds {sl.start + 1}-{sl.stop}/{len(seeds)}")
+        with bar:
+            parts[c] = _train_chunk_of_runs(
+                cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
+                in_features=info["features"], num_classes=info["classes"], progress=bar if progress else None,
+                mesh=mesh)
+        if _writer():
+            try:
+                store.write_npz(path, parts[c])
+            except store.NoSpace as e:
+                raise store.NoSpace(e.path, c, len(chunks)) from None
+            shutil.rmtree(out_dir / "checkpoints" / f"chunk-{c:04d}", ignore_errors=True)
+        _sync(f"netalchemy-sweep-chunk-{c}")
+    if _writer():
+        merged = {k: np.concatenate([parts[c][k] for c in range(len(chunks))]) for k in parts[0]}
+        final = _unflat({k[len("state/"):]: v for k, v in merged.items() if k.startswith("state/")},
+                        _state_like(cfg, info))
+        try:
+            store.write_npz(out_dir / "history.npz", {**merged, "seeds": seeds, "lrs": run_lrs})
+            prov = store.read_json(out_dir / "provenance.json")
+            store.write_json(out_dir / "provenance.json", {**prov, "finished": _now()})
+            store.write_json(out_dir / "summary.json", summarize(
+                {m: merged[f"history/{m}"] for m in METRICS}, run_lrs, diverged_at=final.diverged_at))
+        except store.NoSpace as e:
+            raise store.NoSpace(e.path, len(chunks), len(chunks)) from None
+    _sync("netalchemy-sweep-written")
+
+
 def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional[Path] = None,
-        dataset: Optional[data_lib.Dataset] = None, progress: bool = True) -> SweepResult:
+        dataset: Optional[data_lib.Dataset] = None, progress: bool = True, force: bool = False) -> SweepResult:
     """Trains every run of the sweep (resuming from `out_dir` if it holds a partial one).
 
     Args:
-      cfg: the resolved config; `cfg.seeds` says which seeds and which streams vary.
+      cfg: the resolved config; `cfg.seeds` says which seeds and which streams vary;
+        model.dtype=float64 trains in JAX's 64-bit mode.
       lrs: an optional learning-rate grid; every seed then runs at every lr (runs = lr-major).
       out_dir: results folder; None keeps everything in memory (no checkpoints).
       dataset: arrays to train on; default `data.load(cfg.data)`.
-      progress: show a tqdm bar.
-    """
-    from tqdm.auto import tqdm
+      progress: show a tqdm bar (advancing per evaluation interval).
+      force: retrain even if `out_dir` holds this sweep, finished or partial.
 
+    Raises:
+      config.ConfigError: bad settings, or a sweep that cannot fit in memory (before anything
+        is written).
+      store.StoreError: a folder in use by another process (lock), of another config, partly
+        trained on another device count, or holding a damaged file (the message says which).
+      store.NoSpace: the disk filled up; rerunning after freeing space resumes.
+    """
     dataset = dataset if dataset is not None else data_lib.load(cfg.data)
     seeds, run_lrs = plan_runs(cfg, lrs)
     n_train, in_features = dataset.x_train.shape
     if cfg.train.batch_size > n_train:
         raise config_lib.ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds the training set "
                                      f"({n_train} examples)")
+    info = {"name": dataset.name, "n_train": n_train, "n_test": len(dataset.y_test), "features": in_features,
+            "classes": dataset.num_classes}
     record = {"config": config_lib.to_dict(cfg), "lrs": None if lrs is None else [float(v) for v in lrs],
-              "dataset": {"name": dataset.name, "n_train": n_train, "n_test": len(dataset.y_test),
-                          "features": in_features, "classes": dataset.num_classes}}
+              "dataset": info}
+    mesh = device_mesh(len(seeds))
+    per_run = bytes_per_run(cfg, in_features=in_features, num_classes=dataset.num_classes, n_train=n_train,
+                            n_test=info["n_test"])
+    check_memory(cfg, len(seeds), per_run=per_run, n_devices=mesh.size, available=available_memory(),
+                 per_result=result_bytes_per_run(cfg, in_features=in_features, num_classes=dataset.num_classes,
+                                                 n_test=info["n_test"]))
     scratch = out_dir is None
     if scratch and jax.process_count() > 1:
         raise config_lib.ConfigError("a sweep over several processes needs out_dir, a folder they share")
@@ -361,75 +716,44 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
         import tempfile
         out_dir = Path(tempfile.mkdtemp(prefix="netalchemy-sweep-"))
     out_dir = Path(out_dir)
-    refused = None
-    if _writer():
-        try:
-            finished = _prepare_dir(out_dir, record)
-        except store.StoreError as e:  # raised after the barrier, so no process waits on this one
-            refused = e
-    _sync("netalchemy-sweep-prepared")
-    if refused is not None:
-        raise refused
-    if not _writer():
-        finished = _prepare_dir(out_dir, record)  # reads what process 0 wrote, or refuses the same way
-    if not finished:
-        if _writer():
-            store.write_json(out_dir / "provenance.json", store.provenance())
-        mesh = device_mesh(len(seeds))
-        dtype = cfg.model.dtype
-        data = jax.device_put(train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
-                                         jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test, jnp.int32)),
-                              NamedSharding(mesh, PartitionSpec()))
-        per_run = bytes_per_run(cfg, in_features=in_features, num_classes=dataset.num_classes,
-                                n_train=n_train, n_test=len(dataset.y_test))
-        size = runs_per_chunk(cfg, len(seeds), per_run, mesh.size)
-        chunks = [slice(i, min(i + size, len(seeds))) for i in range(0, len(seeds), size)]
-        trained = {}  # chunk index -> arrays trained by this call (not read back from disk)
-        for c, sl in enumerate(chunks):
-            path = out_dir / "chunks" / f"chunk-{c:04d}.npz"
-            if path.exists():
-                continue
-            bar = tqdm(total=cfg.train.steps, unit="step", disable=not (progress and _writer()), leave=False,
-                       desc=f"seeds {sl.start + 1}-{sl.stop}/{len(seeds)}")
-            with bar:
-                arrays = _train_chunk_of_runs(cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
-                                              in_features=in_features, num_classes=dataset.num_classes,
-                                              progress=bar if progress else None, mesh=mesh)
-            trained[c] = arrays
-            if _writer():
-                store.write_npz(path, arrays)
-                shutil.rmtree(out_dir / "checkpoints" / f"chunk-{c:04d}", ignore_errors=True)
-            _sync(f"netalchemy-sweep-chunk-{c}")
-        if _writer():
-            parts = [trained[c] if c in trained else store.read_npz(out_dir / "chunks" / f"chunk-{c:04d}.npz")
-                     for c in range(len(chunks))]
-            merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-            store.write_npz(out_dir / "history.npz", {**merged, "seeds": seeds, "lrs": run_lrs})
-            history = {m: merged[f"history/{m}"] for m in METRICS}
-            store.write_json(out_dir / "summary.json", summarize(history, run_lrs))
-        _sync("netalchemy-sweep-written")
-    result = load(out_dir, dataset=dataset)
+    with _x64(cfg), contextlib.ExitStack() as stack:
+        finished = _claim(out_dir, record, stack, force=force, mesh_devices=mesh.size, n_runs=len(seeds))
+        if not finished:
+            _train_all(cfg, dataset, seeds, run_lrs, out_dir=out_dir, mesh=mesh, per_run=per_run, info=info,
+                       progress=progress)
+        result = load(out_dir)._replace(reused=finished)
     if scratch:
         shutil.rmtree(out_dir, ignore_errors=True)
-        result = result._replace(out_dir=None)
+        result = result._replace(out_dir=None, finished=None)
     return result
 
 
 def load(out_dir: Path, *, dataset: Optional[data_lib.Dataset] = None) -> SweepResult:
-    """Reads a finished sweep from disk (nothing is unpickled)."""
+    """Reads a finished sweep from disk, checking every file (nothing is unpickled).
+
+    `dataset` is accepted for symmetry with `run` and not needed. The result has
+    `reused=True`. Raises `store.StoreError` (one line naming the file) for a missing or
+    damaged file.
+    """
     out_dir = Path(out_dir)
     if not (out_dir / "summary.json").exists():
         raise store.StoreError(f"{out_dir} holds no finished sweep (no summary.json)")
-    record = store.read_json(out_dir / "config.json")
-    cfg = config_lib.from_dict(record["config"])
-    arrays = store.read_npz(out_dir / "history.npz")
-    info = record["dataset"]
-    like = jax.eval_shape(lambda: train.init_state(
-        train.Streams(*(jax.random.key(0),) * 3), jnp.asarray(cfg.optim.lr, cfg.model.dtype), cfg=cfg,
-        in_features=info["features"], num_classes=info["classes"]))
-    final = _unflat({k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}, like)
+    cfg, record = _read_record(out_dir / "config.json")
+    n_runs = cfg.seeds.n * (1 if record["lrs"] is None else len(record["lrs"]))
+    with _x64(cfg):
+        expected = {**_expected(cfg, record["dataset"], n_runs), "seeds": ((n_runs,), None), "lrs": ((n_runs,), None)}
+        arrays = _read_checked(out_dir / "history.npz", expected)
+        final = _unflat({k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")},
+                        _state_like(cfg, record["dataset"]))
+    summary = _read_summary(out_dir / "summary.json")
+    finished = None
+    if (out_dir / "provenance.json").exists():
+        finished = store.read_json(out_dir / "provenance.json").get("finished")
+    if not isinstance(finished, str):  # a sweep stored before finish times were recorded
+        mtime = (out_dir / "summary.json").stat().st_mtime
+        finished = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(timespec="seconds")
     return SweepResult(cfg, arrays["seeds"], arrays["lrs"], {m: arrays[f"history/{m}"] for m in METRICS},
-                       arrays["test_predictions"], final, store.read_json(out_dir / "summary.json"), out_dir)
+                       arrays["test_predictions"], final, summary, out_dir, reused=True, finished=finished)
 
 
 def format_summary(result: SweepResult) -> str:

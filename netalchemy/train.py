@@ -7,7 +7,8 @@ exactly from the state at its start: that is what makes chunked, checkpointed, r
 sweeps bit-identical to uninterrupted ones.
 
 Training is `lax.scan` over steps inside `lax.scan` over evaluation intervals. After every
-`eval_every` steps the run is evaluated on the full train and test sets (evaluation mode).
+`eval_every` steps, and after the last step, the run is evaluated on the full train and test
+sets (evaluation mode): `steps=600, eval_every=250` evaluates at 0, 250, 500 and 600.
 A run whose minibatch loss turns NaN/Inf is marked diverged at that step and frozen: its
 state goes back to the start of that interval and stays there, while other runs go on.
 """
@@ -69,6 +70,17 @@ class Metrics(NamedTuple):
     grad_norm: Array  # mean global norm of the minibatch gradient over the interval
     param_norm: Array  # global norm of the params
     diverged: Array  # bool
+
+
+def interval_plan(cfg: Config) -> tuple[int, int]:
+    """(full intervals, steps of a shorter last interval or 0): `divmod(steps, eval_every)`."""
+    return divmod(cfg.train.steps, cfg.train.eval_every)
+
+
+def evaluation_steps(cfg: Config) -> list[int]:
+    """The steps at which a run is evaluated: 0, every `eval_every`, and the last step."""
+    full, tail = interval_plan(cfg)
+    return [i * cfg.train.eval_every for i in range(full + 1)] + ([cfg.train.steps] if tail else [])
 
 
 def optimizer(cfg: Config, lr: Array) -> optax.GradientTransformation:
@@ -134,8 +146,14 @@ def evaluate(state: TrainState, data: Data, *, cfg: Config, batch_loss=jnp.nan, 
                    jnp.asarray(grad_norm, dtype), optax.tree.norm(state.params), state.diverged_at >= 0)
 
 
-def train_interval(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config):
-    """`eval_every` steps, the divergence check, then an evaluation. Returns (state, Metrics)."""
+def train_interval(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config,
+                   length: int | None = None):
+    """`length` steps (default `eval_every`), the divergence check, then an evaluation.
+
+    Returns:
+      (state, Metrics). `diverged_at` becomes the step index (`state.step` before the update)
+      of the first step whose minibatch loss was non-finite.
+    """
     start = state
 
     def body(carry, _):
@@ -145,7 +163,7 @@ def train_interval(state: TrainState, streams: Streams, data: Data, lr: Array, *
         return (s, first_bad), (loss, gnorm)
 
     (end, first_bad), (step_losses, grad_norms) = jax.lax.scan(
-        body, (state, jnp.full((), -1, jnp.int32)), None, length=cfg.train.eval_every)
+        body, (state, jnp.full((), -1, jnp.int32)), None, length=length or cfg.train.eval_every)
     newly = (start.diverged_at < 0) & (first_bad >= 0)
     frozen = (start.diverged_at >= 0) | newly
     kept = jax.tree.map(lambda a, b: jnp.where(frozen, a, b), start._replace(step=end.step), end)
@@ -153,10 +171,15 @@ def train_interval(state: TrainState, streams: Streams, data: Data, lr: Array, *
     return state, evaluate(state, data, cfg=cfg, batch_loss=jnp.mean(step_losses), grad_norm=jnp.mean(grad_norms))
 
 
-def train_intervals(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config, intervals: int):
-    """`intervals` evaluation intervals in one scan. Returns (state, Metrics with (intervals,) fields)."""
+def train_intervals(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config, intervals: int,
+                    length: int | None = None):
+    """`intervals` evaluation intervals of `length` steps (default `eval_every`) in one scan.
+
+    Returns:
+      (state, Metrics with (intervals,) fields).
+    """
     def body(s, _):
-        return train_interval(s, streams, data, lr, cfg=cfg)
+        return train_interval(s, streams, data, lr, cfg=cfg, length=length)
 
     return jax.lax.scan(body, state, None, length=intervals)
 
@@ -166,13 +189,18 @@ def train_run(streams: Streams, data: Data, lr: Array, *, cfg: Config, in_featur
     """A whole run for one seed: init, evaluation at step 0, then `steps` steps.
 
     Returns:
-      (final TrainState, Metrics history with (1 + steps / eval_every,) fields).
+      (final TrainState, Metrics history with (len(evaluation_steps(cfg)),) fields).
     """
     state = init_state(streams, lr, cfg=cfg, in_features=in_features, num_classes=num_classes)
-    first = evaluate(state, data, cfg=cfg)
-    state, history = train_intervals(state, streams, data, lr, cfg=cfg, intervals=cfg.train.steps // cfg.train.eval_every)
-    history = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, history)
-    return state, history
+    parts = [jax.tree.map(lambda a: a[None], evaluate(state, data, cfg=cfg))]
+    full, tail = interval_plan(cfg)
+    if full:
+        state, history = train_intervals(state, streams, data, lr, cfg=cfg, intervals=full)
+        parts.append(history)
+    if tail:
+        state, history = train_intervals(state, streams, data, lr, cfg=cfg, intervals=1, length=tail)
+        parts.append(history)
+    return state, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def predict(params, bn_state, x: Array, *, cfg: Config) -> Array:
