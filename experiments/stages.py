@@ -69,7 +69,7 @@ def probe_accuracies(params, bn_state, data, cfg: Config, *, l2: float, num_clas
 
 def cka_matrix(reps_a: list[np.ndarray], reps_b: list[np.ndarray]) -> np.ndarray:
     """(layers, layers) linear CKA between every layer of one net and every layer of another."""
-    return np.array([[stats.linear_cka(a, b) for b in reps_b] for a in reps_a])
+    return np.array([[probes.linear_cka(a, b) for b in reps_b] for a in reps_a])
 
 
 def correspondence(cross: np.ndarray) -> float:

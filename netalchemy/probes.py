@@ -1,15 +1,19 @@
-"""What the layers of a trained net hold: activations per layer and linear probes.
+"""What the layers of a trained net hold: activations per layer, linear probes, and the linear
+CKA similarity of two representations.
 
 References: Alain & Bengio 2016 (linear classifier probes); Kornblith et al. 2019
-(similarity of representations, see `stats.linear_cka`).
+(*Similarity of Neural Network Representations Revisited*: CKA).
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from numpy.typing import ArrayLike
 
 from netalchemy import mlp
 from netalchemy.config import ModelConfig
@@ -46,3 +50,35 @@ def ridge_probe_accuracy(train_features: Array, train_labels: Array, test_featur
     gram = x_tr.T @ x_tr + l2 * x_tr.shape[0] * jnp.eye(x_tr.shape[1], dtype=x_tr.dtype)
     w = jnp.linalg.solve(gram, x_tr.T @ y)
     return jnp.mean(jnp.argmax(x_te @ w, axis=1) == test_labels)
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019, eq. 5) between two
+    representations of the same ``n`` examples, ``x`` (n, p1) and ``y`` (n, p2):
+
+    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, with column-centred ``Xc, Yc``.
+
+    In [0, 1]; 1 for identical inputs; invariant to orthogonal transforms and isotropic
+    scaling of either input, but not to general invertible linear maps. Computed in
+    feature space, or through the equivalent ``n x n`` Gram matrices when ``n`` is
+    smaller than the widths. A constant representation (zero after centring) returns
+    NaN. 1-D inputs are treated as a single feature.
+    """
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    a = a[:, None] if a.ndim == 1 else a
+    b = b[:, None] if b.ndim == 1 else b
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"need x (n, p1) and y (n, p2), got {a.shape} and {b.shape}")
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    if a.shape[0] < max(a.shape[1], b.shape[1]):
+        k, l = a @ a.T, b @ b.T  # noqa: E741
+        cross, norm_a, norm_b = np.sum(k * l), np.linalg.norm(k), np.linalg.norm(l)
+    else:
+        cross = np.linalg.norm(b.T @ a) ** 2
+        norm_a, norm_b = np.linalg.norm(a.T @ a), np.linalg.norm(b.T @ b)
+    denominator = norm_a * norm_b
+    if not denominator > 0:
+        return math.nan
+    return float(np.clip(cross / denominator, 0.0, 1.0))

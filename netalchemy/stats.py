@@ -1,11 +1,11 @@
 """Statistics over seeds: bootstrap CIs, proportions, IQM, probability of improvement, churn,
-variance shares, linear CKA, log-log slopes, and a JSON-safe per-seed summary.
+variance shares, log-log slopes, and a JSON-safe per-seed summary.
 
 Pure numpy/scipy functions; nothing here knows about training. The intervals come from
 libraries: bootstrap CIs from ``scipy.stats.bootstrap`` (BCa), proportions from
 ``scipy.stats.binomtest(...).proportion_ci`` (Wilson score). Hand-written here is only what
-no library does (churn, linear CKA, variance shares), each tested against an independent
-computation. Conventions:
+no library does (churn, variance shares; linear CKA lives in `probes`), each tested against an
+independent computation. Conventions:
 
 - Per-seed values live on the **last axis** (or form a 1-D array).
 - Non-finite values (NaN, ±inf) mark diverged seeds: the CI and summary functions drop
@@ -21,7 +21,6 @@ Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 14 (BCa inter
 Wilson (1927), *Probable inference, the law of succession, and statistical inference*.
 Agarwal et al. (2021), *Deep RL at the Edge of the Statistical Precipice* (IQM,
 probability of improvement; the ``rliable`` library, whose definitions are matched here).
-Kornblith et al. (2019), *Similarity of Neural Network Representations Revisited* (CKA).
 """
 
 from __future__ import annotations
@@ -44,7 +43,6 @@ __all__ = [
     "grid_variance_shares",
     "independent_bootstrap_ci",
     "iqm",
-    "linear_cka",
     "mean_pairwise_churn",
     "paired_bootstrap_ci",
     "paired_improvement_ci",
@@ -428,41 +426,6 @@ def grid_variance_shares(
     shares = variance_decomposition(g.ravel(), {names[0]: rows.ravel(), names[1]: cols.ravel()})
     shares["interaction_residual"] = shares.pop("residual")
     return shares
-
-
-# ---------------------------------------------------------------------- linear CKA
-
-
-def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
-    """Linear centred kernel alignment (Kornblith et al. 2019, eq. 5) between two
-    representations of the same ``n`` examples, ``x`` (n, p1) and ``y`` (n, p2):
-
-    ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``, with column-centred ``Xc, Yc``.
-
-    In [0, 1]; 1 for identical inputs; invariant to orthogonal transforms and isotropic
-    scaling of either input, but not to general invertible linear maps. Computed in
-    feature space, or through the equivalent ``n x n`` Gram matrices when ``n`` is
-    smaller than the widths. A constant representation (zero after centring) returns
-    NaN. 1-D inputs are treated as a single feature.
-    """
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
-    a = a[:, None] if a.ndim == 1 else a
-    b = b[:, None] if b.ndim == 1 else b
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"need x (n, p1) and y (n, p2), got {a.shape} and {b.shape}")
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    if a.shape[0] < max(a.shape[1], b.shape[1]):
-        k, l = a @ a.T, b @ b.T  # noqa: E741
-        cross, norm_a, norm_b = np.sum(k * l), np.linalg.norm(k), np.linalg.norm(l)
-    else:
-        cross = np.linalg.norm(b.T @ a) ** 2
-        norm_a, norm_b = np.linalg.norm(a.T @ a), np.linalg.norm(b.T @ b)
-    denominator = norm_a * norm_b
-    if not denominator > 0:
-        return math.nan
-    return float(np.clip(cross / denominator, 0.0, 1.0))
 
 
 # --------------------------------------------------------------------------- summary

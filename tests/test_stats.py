@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from netalchemy import stats
+from netalchemy import probes, stats
 
 FAST = settings(max_examples=40, deadline=None)
 finite_floats = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
@@ -351,7 +351,7 @@ def test_linear_cka_matches_hsic_formula(n, p1, p2):
     rng = np.random.default_rng(n + p1 + p2)
     x = rng.normal(size=(n, p1))
     y = x[:, :1] @ rng.normal(size=(1, p2)) + rng.normal(size=(n, p2))
-    got = stats.linear_cka(x, y)
+    got = probes.linear_cka(x, y)
     assert 0.0 <= got <= 1.0
     assert got == pytest.approx(_cka_via_hsic(x, y), rel=1e-9)
 
@@ -363,14 +363,14 @@ def test_linear_cka_invariances(seed, n, p1, p2, scale):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, p1)) + 3.0
     y = rng.normal(size=(n, p2))
-    base = stats.linear_cka(x, y)
-    assert stats.linear_cka(x, x) == pytest.approx(1.0)
+    base = probes.linear_cka(x, y)
+    assert probes.linear_cka(x, x) == pytest.approx(1.0)
     assert 0.0 <= base <= 1.0
-    assert base == pytest.approx(stats.linear_cka(y, x), abs=1e-9)
-    assert stats.linear_cka(x @ _random_orthogonal(rng, p1), y) == pytest.approx(base, abs=1e-9)
+    assert base == pytest.approx(probes.linear_cka(y, x), abs=1e-9)
+    assert probes.linear_cka(x @ _random_orthogonal(rng, p1), y) == pytest.approx(base, abs=1e-9)
     rotated_scaled = scale * y @ _random_orthogonal(rng, p2)
-    assert stats.linear_cka(x, rotated_scaled) == pytest.approx(base, abs=1e-9)
-    assert stats.linear_cka(x + 7.0, y - 2.0) == pytest.approx(base, abs=1e-9)
+    assert probes.linear_cka(x, rotated_scaled) == pytest.approx(base, abs=1e-9)
+    assert probes.linear_cka(x + 7.0, y - 2.0) == pytest.approx(base, abs=1e-9)
 
 
 def test_linear_cka_not_invariant_to_general_linear_maps():
@@ -378,17 +378,17 @@ def test_linear_cka_not_invariant_to_general_linear_maps():
     x = rng.normal(size=(200, 4))
     a = np.diag([1.0, 1.0, 1.0, 20.0]) @ np.triu(np.ones((4, 4)))  # invertible, not orthogonal
     assert abs(np.linalg.det(a)) > 0
-    cka = stats.linear_cka(x, x @ a)
+    cka = probes.linear_cka(x, x @ a)
     assert cka < 0.9
     assert cka == pytest.approx(_cka_via_hsic(x, x @ a))
 
 
 def test_linear_cka_degenerate_and_shapes():
     x = np.random.default_rng(0).normal(size=(10, 3))
-    assert math.isnan(stats.linear_cka(np.ones((10, 4)), x))
-    assert stats.linear_cka(x[:, 0], 2 * x[:, 0] + 1) == pytest.approx(1.0)
+    assert math.isnan(probes.linear_cka(np.ones((10, 4)), x))
+    assert probes.linear_cka(x[:, 0], 2 * x[:, 0] + 1) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        stats.linear_cka(x, x[:5])
+        probes.linear_cka(x, x[:5])
 
 
 # --------------------------------------------------------------------------- summary
