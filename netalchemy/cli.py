@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import errno
 import os
 import sys
 from pathlib import Path
@@ -43,12 +42,6 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 
     return (UsageError, config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError,
             devices.DeviceError)
-
-
-def _no_space_errors() -> tuple[type[BaseException], ...]:
-    """store.NoSpace: a full disk, reported with exit status 1."""
-    no_space = getattr(store, "NoSpace", None)
-    return (no_space,) if no_space is not None else ()
 
 
 class Parser(argparse.ArgumentParser):
@@ -127,12 +120,10 @@ def cmd_train(args) -> int:
     _check_overrides(args.overrides)
     cfg = config_lib.override(config_lib.Config(), with_preset(args.overrides))
     out_dir = args.out / "train" / config_lib.config_hash(cfg)
-    options = {"force": True} if args.force else {}
-    result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet, **options)
+    result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet, force=args.force)
     if args.process_id == 0:
-        if getattr(result, "reused", False):
-            print(f"reusing {out_dir}, finished {_when(getattr(result, 'finished', None))}; "
-                  f"use --force to retrain", file=sys.stderr)
+        if result.reused:
+            print(f"reusing {out_dir}, finished {_when(result.finished)}; use --force to retrain", file=sys.stderr)
         print(sweep.format_summary(result))
         print(f"\nresults: {out_dir}")
     return 0
@@ -215,9 +206,7 @@ def _describe_run(folder: Path) -> dict[str, str]:
         return {"hash": folder.name, "finished": "unfinished", "test_acc": "—",
                 "config": " ".join(f"{k}={v}" for k, v in changed_keys(cfg).items()) or "defaults"}
     result = sweep.load(folder)  # checks every file
-    finished = getattr(result, "finished", None) or datetime.datetime.fromtimestamp(
-        (folder / "summary.json").stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
-    return {"hash": folder.name, "finished": _when(finished), "test_acc": _headline(result.summary),
+    return {"hash": folder.name, "finished": _when(result.finished), "test_acc": _headline(result.summary),
             "config": " ".join(f"{k}={v}" for k, v in changed_keys(result.cfg).items()) or "defaults"}
 
 
@@ -244,12 +233,6 @@ def format_run_list(rows: Sequence[dict[str, str]]) -> str:
     widths = {k: max(len(r[k]) for r in [header, *rows]) for k in ("hash", "finished", "test_acc")}
     lines = ["  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["config"] for r in [header, *rows]]
     return "\n".join(lines)
-
-
-def eval_steps(cfg: config_lib.Config, n_evals: int) -> list[int]:
-    """The training step of each of `n_evals` evaluations: 0, eval_every, 2·eval_every, …, and
-    the final step (which need not be a multiple of eval_every)."""
-    return [min(i * cfg.train.eval_every, cfg.train.steps) for i in range(n_evals)]
 
 
 def _cell(value: Any) -> Any:
@@ -281,8 +264,10 @@ def write_csv(result: Any, folder: Path) -> tuple[Path, Path]:
             at = per_run["diverged_at_step"][i]
             writer.writerow([_cell(seed), _cell(lr), *(_cell(per_run[m][i]) for m in FINAL_METRICS),
                              int(bool(per_run["diverged"][i])), "" if at is None or at < 0 else _cell(at)])
+    from netalchemy import train
+
     metrics = {m: v for m, v in result.history.items() if m != "step"}  # the step is a column
-    steps = eval_steps(result.cfg, next(iter(metrics.values())).shape[1])
+    steps = train.evaluation_steps(result.cfg)  # 0, every eval_every, and the final step
     with open(history_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["seed", "lr", "step", "metric", "value"])
@@ -434,21 +419,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.func(args)
     except SystemExit:  # --help, --version
         raise
-    except _no_space_errors() as e:
+    except store.NoSpace as e:  # a StoreError, but the input was fine: exit status 1
         print(f"netalchemy: error: {e}", file=sys.stderr)
         return 1
     except _usage_errors() as e:
         print(f"netalchemy: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full disk that no layer below turned into store.NoSpace
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"netalchemy: error: no space left on the device writing {e.filename or 'results'}; "
-              "free some and rerun to resume", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("netalchemy: interrupted; finished work is saved and a rerun resumes", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk that no layer below turned into store.NoSpace (e.g. a CSV export)
+        if not store.is_no_space(e):
+            raise
+        print(f"netalchemy: error: no space left on the device ({e}); free some and rerun", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -67,9 +67,21 @@ def test_errors_raised_by_the_engine_are_one_line_exit_2(error, tmp_path, capsys
     assert (code, out, err) == (2, "", f"netalchemy: error: {error}\n")
 
 
-def test_a_full_disk_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+def _enospc():
+    raise OSError(errno.ENOSPC, "No space left on device", "runs/train/abc/chunks/chunk-0001.npz")
+
+
+def _wrapped_enospc():
+    try:
+        _enospc()
+    except OSError as e:
+        raise ValueError("checkpoint write failed: runs/train/abc/chunks/chunk-0001.npz") from e
+
+
+@pytest.mark.parametrize("raise_full", [_enospc, _wrapped_enospc])
+def test_a_full_disk_is_one_line_exit_1(raise_full, tmp_path, capsys, monkeypatch):
     def full(cfg, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "runs/train/abc/chunks/chunk-0001.npz")
+        raise_full()
 
     monkeypatch.setattr(sweep, "run", full)
     code, out, err = run_cli(["train", "--out", str(tmp_path / "runs")], capsys, monkeypatch)
@@ -78,8 +90,6 @@ def test_a_full_disk_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
 
 
 def test_store_no_space_is_exit_1_with_its_own_message(tmp_path, capsys, monkeypatch):
-    if not hasattr(store, "NoSpace"):
-        pytest.skip("store.NoSpace has not landed")
     error = store.NoSpace(Path("runs/train/abc/chunks/chunk-0001.npz"), 1, 2)
 
     def full(cfg, **kwargs):

@@ -141,13 +141,6 @@ def test_diverged_runs_export_empty_cells(tmp_path):
     assert diverged == ["0.1", "0.2", "", ""]
 
 
-@pytest.mark.parametrize("steps, every, n_evals, expected", [
-    (20, 10, 3, [0, 10, 20]), (25, 10, 4, [0, 10, 20, 25]), (100, 250, 2, [0, 100]), (1, 1, 2, [0, 1])])
-def test_evaluation_steps(steps, every, n_evals, expected):
-    cfg = config_lib.override(config_lib.Config(), [f"train.steps={steps}", f"train.eval_every={every}"])
-    assert cli.eval_steps(cfg, n_evals) == expected
-
-
 def test_headline_accuracy_of_a_learning_rate_grid():
     group = lambda mean: {"metrics": {"test_acc": {"mean": mean}}}
     assert cli._headline({"by_lr": [group(0.5)]}) == "0.5000"
