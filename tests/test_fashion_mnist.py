@@ -7,7 +7,6 @@ reads the real files (when `dataset-fashion-mnist` is installed) skips otherwise
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import importlib
 import os
@@ -28,13 +27,6 @@ from netalchemy.data import fashion_mnist_builder as fm
 from netalchemy.data import idx
 
 load_module = importlib.import_module("netalchemy.data.load")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassesConfig(DataConfig):
-    """DataConfig with `classes` (a field of DataConfig itself once the CLI adds it)."""
-
-    classes: str = ""
 
 
 @pytest.fixture(autouse=True)
@@ -261,7 +253,7 @@ def test_the_debian_package_files_are_fashion_mnist():
 def test_classes_keeps_and_relabels_in_the_given_order(tmp_path):
     arrays = write_fashion(tmp_path, n_train=60, n_test=30)
     full = load(DataConfig(name="fashion_mnist", image_size=28, data_dir=str(tmp_path)))
-    pair = load(ClassesConfig(name="fashion_mnist", image_size=28, data_dir=str(tmp_path),
+    pair = load(DataConfig(name="fashion_mnist", image_size=28, data_dir=str(tmp_path),
                               classes="4,2"))
     assert pair.num_classes == 2
     for split, y_full in (("train", full.y_train), ("test", full.y_test)):
@@ -283,7 +275,7 @@ def test_classes_keeps_and_relabels_in_the_given_order(tmp_path):
 def test_bad_classes_are_one_line_errors(tmp_path, classes, message):
     write_fashion(tmp_path)
     with pytest.raises(DataError, match=f"data.classes={classes}: {message}"):
-        load(ClassesConfig(name="fashion_mnist", data_dir=str(tmp_path), classes=classes))
+        load(DataConfig(name="fashion_mnist", data_dir=str(tmp_path), classes=classes))
 
 
 def test_parse_classes_accepts_empty_and_sequences():
@@ -295,19 +287,6 @@ def test_parse_classes_accepts_empty_and_sequences():
 # --------------------------------------------------------------------------------- presets
 
 
-def _article(data_dir) -> tuple:
-    """(Config, data config) of the article preset, reading data from `data_dir`."""
-    from netalchemy.config import Config, override
-
-    items = (*presets.overrides("article"), f"data.data_dir={data_dir}")
-    if "classes" in {f.name for f in dataclasses.fields(DataConfig)}:
-        cfg = override(Config(), items)
-        return cfg, cfg.data
-    cfg = override(Config(), [o for o in items if not o.startswith("data.classes=")])
-    classes = dict(o.split("=", 1) for o in items)["data.classes"]
-    return cfg, ClassesConfig(**dataclasses.asdict(cfg.data), classes=classes)
-
-
 def test_every_preset_has_a_one_line_description_and_valid_overrides():
     from netalchemy.config import Config, override
 
@@ -315,8 +294,6 @@ def test_every_preset_has_a_one_line_description_and_valid_overrides():
     for name, items in presets.PRESETS.items():
         assert presets.DESCRIPTIONS[name] and "\n" not in presets.DESCRIPTIONS[name]
         assert all("=" in item for item in items)
-        if "classes" not in {f.name for f in dataclasses.fields(DataConfig)}:
-            items = [o for o in items if not o.startswith("data.classes=")]
         override(Config(), items)  # every key exists and every value parses
 
 
@@ -329,10 +306,11 @@ def test_unknown_preset_is_a_one_line_error_with_a_suggestion():
 
 def test_article_preset_is_the_essays_4096_512_256_2_network(tmp_path):
     from netalchemy import mlp
+    from netalchemy.config import Config, override
 
     arrays = write_fashion(tmp_path, n_train=50, n_test=20)
-    cfg, data_cfg = _article(tmp_path)
-    data = load(data_cfg)
+    cfg = override(Config(), [*presets.overrides("article"), f"data.data_dir={tmp_path}"])
+    data = load(cfg.data)
     n_train = int(np.isin(arrays["train_labels"], [0, 6]).sum())
     assert data.x_train.shape == (n_train, 64 * 64) and data.num_classes == 2
     shirt = arrays["train_labels"][np.isin(arrays["train_labels"], [0, 6])] == 6
@@ -342,3 +320,16 @@ def test_article_preset_is_the_essays_4096_512_256_2_network(tmp_path):
     assert [layer.w.shape for layer in params] == [(4096, 512), (512, 256), (256, 2)]
     assert cfg.train.steps % cfg.train.eval_every == 0
     assert cfg.train.steps * cfg.train.batch_size == 10 * 12000  # 10 epochs of the real pair
+
+
+@pytest.mark.slow
+def test_cli_trains_the_article_preset_offline(tmp_path, monkeypatch, capsys):
+    from netalchemy import cli
+
+    write_fashion(tmp_path / "idx", n_train=30, n_test=10)
+    monkeypatch.setattr(cli.devices, "use_cpu_cores", lambda *a, **k: None)  # keep JAX as is
+    status = cli.main(["train", "--quiet", "--out", str(tmp_path / "runs"), "preset=article",
+                       f"data.data_dir={tmp_path / 'idx'}", "seeds.n=1", "train.steps=2",
+                       "train.eval_every=2", "train.batch_size=3"])
+    out = capsys.readouterr().out
+    assert status == 0 and "test_acc" in out and "1 runs, 0 diverged" in out

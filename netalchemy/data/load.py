@@ -97,7 +97,7 @@ def load(cfg: DataConfig) -> Dataset:
     """
     x_train, y_train, x_test, y_test, num_classes = _preprocessed(
         cfg.name, cfg.data_dir, cfg.image_size, cfg.grayscale, cfg.holdout_fraction, cfg.seed,
-        getattr(cfg, "classes", ""))
+        cfg.classes)
     if cfg.train_size:
         if cfg.train_size > len(y_train):
             raise DataError(f"data.train_size={cfg.train_size} is larger than the "
