@@ -40,9 +40,6 @@ def test_train_help_lists_config_keys(capsys):
     (["run", "gradcheck", "no_such_key=1"], "unknown config key"),
     (["show", "/nonexistent/run"], "no finished sweep"),
     (["frobnicate"], "unknown command 'frobnicate'"),
-    (["trian"], "(did you mean 'train'?)"),
-    (["run", "chanse"], "(did you mean 'chance'?)"),
-    (["train", "optim.lrr=1"], "(did you mean 'optim.lr'?)"),
     (["train", "train.steps=1e99", "train.eval_every=1e99"], "train.steps must be in [1, 2147483647], got 1e+99"),
     (["train", "model.hidden=1e9"], "of memory"),  # checked against the machine's memory before anything is written
     (["train", "seeds.n=1e6"], "of memory"),
@@ -87,8 +84,6 @@ def test_train_then_show(tmp_path):
     assert len(provenance["devices"]) == 3  # the command gave JAX the CPU devices asked for
     shown = netalchemy("show", str(run_dir))
     assert shown.returncode == 0 and "test_acc" in shown.stdout and "model.hidden=(8,)" in shown.stdout
-    listed = netalchemy("show", "--out", str(tmp_path))
-    assert listed.returncode == 0 and listed.stdout.splitlines()[1].startswith(run_dir.name)
     again = netalchemy("train", *args, env={"NETALCHEMY_CPU_DEVICES": "3"})  # reloaded, not retrained
     assert again.stdout == trained.stdout
     assert again.stderr.startswith(f"reusing {run_dir}, finished 20") and "use --force to retrain" in again.stderr
