@@ -1,12 +1,12 @@
 """The `netalchemy` command.
 
-  netalchemy train [--out DIR] [--force] [preset=NAME] [key=value ...]   train a seed sweep
-  netalchemy show [--out DIR]                                      list the stored sweeps
-  netalchemy show RUN_DIR [--csv DIR]                              a stored sweep's summary (and CSV)
-  netalchemy run NAME [--profile P] [--out DIR] [key=value ...]    run one experiment
-  netalchemy audit [--profile quick|full] [--out DIR]              every experiment, one report
-  netalchemy bench [--profile P] [--out DIR] [key=value ...]       throughput against peers
-  netalchemy list                                                  list experiments and claims
+  netalchemy train [--out DIR] [--force] [preset=NAME] [key=value ...]  train a seed sweep
+  netalchemy show [--out DIR]                                            list the stored sweeps
+  netalchemy show RUN_DIR [--csv DIR]                                    a sweep's summary (and CSV)
+  netalchemy run NAME [--profile P] [--out DIR] [key=value ...]          run one experiment
+  netalchemy audit [--profile quick|full] [--out DIR]                    every experiment, one report
+  netalchemy bench [--profile P] [--out DIR] [key=value ...]             throughput against peers
+  netalchemy list                                                        experiments and their claims
   netalchemy --version
 
 Bad input prints one line, `netalchemy: error: ...`, and exits with status 2 (a mistyped
