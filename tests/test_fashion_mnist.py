@@ -184,6 +184,19 @@ def test_resized_images_match_jax_image_resize(tmp_path):
                                atol=1e-4)
 
 
+def test_bulk_decoding_equals_tfds_record_by_record(tmp_path):
+    arrays = write_fashion(tmp_path, n_train=25, n_test=7)
+    builder = fm.prepare(str(tmp_path))
+    for split, n in (("train", 25), ("test", 7)):
+        images, labels = builder.read_arrays(split)
+        source = builder.as_data_source(split=split)
+        assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
+        np.testing.assert_array_equal(images, np.stack([source[i]["image"] for i in range(n)]))
+        np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(n)])
+        np.testing.assert_array_equal(labels, arrays[f"{split}_labels"])
+        np.testing.assert_array_equal(images[..., 0], arrays[f"{split}_images"])
+
+
 def test_once_prepared_the_idx_files_are_no_longer_needed(tmp_path, monkeypatch):
     write_fashion(tmp_path / "downloads" / "manual")
     cfg = DataConfig(name="fashion_mnist", image_size=28, data_dir=str(tmp_path))
