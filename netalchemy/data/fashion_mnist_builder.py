@@ -179,8 +179,6 @@ def prepare(data_dir: str | None = None) -> FashionMnist:
         return builder
     try:
         builder.download_and_prepare(file_format="array_record")
-    except DataError:
-        raise
     except FileExistsError:  # another process renamed its finished copy into place first
         builder = FashionMnist(data_dir=data_dir)
         if not builder.is_prepared():
