@@ -13,7 +13,11 @@ Per layer, with upstream gradient g = ∂L/∂(layer output):
   batch norm u = γ x̂ + β, x̂ = (z − μ) / σ
              dγ = Σ g ⊙ x̂,  dβ = Σ g,
              dz = (1 / (B σ)) · (B ĝ − Σ ĝ − x̂ ⊙ Σ(ĝ ⊙ x̂)),  ĝ = g ⊙ γ   (Ioffe & Szegedy 2015)
+             then, as Σ_batch dz = 0:  dz ← dz − mean dz,  dW = (x − x̄)ᵀ dz
   penalties  + l1 · sign(W) + l2 · W
+
+The last batch-norm line is exact in real arithmetic and is there for round-off: see
+`batch_norm_backward`.
 """
 
 from __future__ import annotations
@@ -68,12 +72,25 @@ def penalty_grad(w: Array, *, l1: float, l2: float) -> Array:
 
 
 def batch_norm_backward(g: Array, cache: mlp.HiddenCache, scale: Array) -> tuple[Array, Array, Array]:
-    """Gradients of u = scale · x̂ + offset with batch statistics: (dz, dscale, doffset)."""
+    """Gradients of u = scale · x̂ + offset with batch statistics: (dz, dscale, doffset).
+
+    g: (batch, width) = ∂L/∂u. dz is (batch, width), dscale and doffset (width,).
+
+    dz = (σ⁻¹/B)(B ĝ − Σĝ − x̂ Σ(ĝ x̂)) (Ioffe & Szegedy 2015, §3) sums to zero over the
+    batch in exact arithmetic, because Σ x̂ = 0. In floating point, when z's batch mean is
+    far from zero relative to its spread (off-centre inputs), the computed x̂ misses Σ x̂ = 0
+    by about B·u·|mean|/std, and dz inherits a spurious batch mean. The layer below
+    multiplies that mean by the mean of its inputs (dW = xᵀ dz), an error growing like
+    u·(mean/std)², where `jax.grad`'s grows like u·(mean/std). Subtracting dz's batch mean
+    (a no-op in real arithmetic) removes it; `hand_grad` also forms dW from centred inputs.
+    What is left is x̂'s own u·(mean/std) error from the forward pass, which jax.grad shares.
+    """
     batch = g.shape[0]
     x_hat = cache.normalized  # (batch, width)
     g_hat = g * scale  # ∂L/∂x̂
     dz = (cache.inv_std / batch) * (
         batch * g_hat - jnp.sum(g_hat, axis=0) - x_hat * jnp.sum(g_hat * x_hat, axis=0))
+    dz = dz - jnp.mean(dz, axis=0)  # Σ_batch dz = 0 exactly: drop the round-off's batch mean
     return dz, jnp.sum(g * x_hat, axis=0), jnp.sum(g, axis=0)
 
 
@@ -111,11 +128,14 @@ def hand_grad(params: mlp.Params, state: mlp.State, x: Array, y: Array, *, cfg: 
             g = g * cache.mask
         g = activation_backward(g, cache.pre_activation, cfg)
         dscale = doffset = db = None
+        inputs = cache.inputs  # (batch, fan_in)
         if layer.scale is not None:
             g, dscale, doffset = batch_norm_backward(g, cache, layer.scale)
+            # Σ_batch g = 0, so xᵀg = (x − x̄)ᵀg: the centred form keeps x̄ · (round-off of Σg) out of dW.
+            inputs = inputs - jnp.mean(inputs, axis=0)
         if layer.b is not None:
             db = jnp.sum(g, axis=0)
-        dw = cache.inputs.T @ g + penalty_grad(layer.w, l1=l1, l2=l2)
+        dw = inputs.T @ g + penalty_grad(layer.w, l1=l1, l2=l2)
         grads.append(mlp.Layer(dw, db, dscale, doffset))
         if i > 0:
             g = g @ layer.w.T
