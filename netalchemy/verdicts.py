@@ -338,8 +338,12 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
         raise ValueError("part names must be distinct")
     decisions = dict(zip((p.name for p in parts), holm(parts, alpha)))
     verdict = combine(decisions)
-    rule = (" ".join(f"[{p.name}] {p.rule.describe()}." for p in parts)
-            + f" Parts' one-sided tests corrected by Holm at family-wise α = {alpha:g} ({len(parts)} parts); {how}")
+    by_rule: dict[Rule, list[str]] = {}
+    for p in parts:  # one text per distinct rule, naming every part that uses it
+        by_rule.setdefault(p.rule, []).append(p.name)
+    rule = (" ".join(f"[{', '.join(names)}] {r.describe()}." for r, names in by_rule.items())
+            + f" Parts' one-sided tests corrected by Holm at family-wise α = {alpha:g} ({len(parts)} "
+            + ("part" if len(parts) == 1 else "parts") + f"); {how}")
     flips = [(p.p_value()[0], p.name, p.rule.flip_point(p.ci)) for p in parts]
     shown = [f for f in flips if f[2] is not None]
     closest = max(shown, key=lambda f: f[0]) if shown else None

@@ -233,3 +233,11 @@ def test_the_cli_table_shows_the_flip_point():
                              dataclasses.replace(ABOVE.verdict("A2", ci(None, None, None), measurement="none"))])
     rows = table.splitlines()
     assert "supported (flips at 0.3)" in rows[2] and rows[3].split()[:4] == ["A2", "—", "—", "inconclusive"]
+
+
+def test_judge_writes_a_shared_rule_once():
+    parts = [_part("step 1", (0.5, 0.3, 0.62)), _part("step 2", (0.4, 0.2, 0.6)), _part("gap", (-0.2, -0.3, -0.1), BELOW)]
+    v, _ = verdicts.judge("X", parts, lambda d: verdicts.all_hold(list(d.values())), how="all", measurement="m")
+    assert v.rule.count(ABOVE.describe()) == 1 and v.rule.startswith(f"[step 1, step 2] {ABOVE.describe()}.")
+    one, _ = verdicts.judge("Y", parts[:1], lambda d: d["step 1"], how="as is", measurement="m")
+    assert "(1 part); as is" in one.rule
