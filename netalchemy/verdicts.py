@@ -64,14 +64,14 @@ def one_sided_p(ci: Any, threshold: float, alternative: str, *, confidence: floa
     the threshold on that side; away from that level it is a normal approximation. A missing
     CI gives 1.0.
     """
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     values = _interval(ci)
     if values is None:
         return 1.0
     est, low, high = values
     z = norm.ppf(0.5 + confidence / 2.0)
     distance = est - threshold if alternative == "greater" else threshold - est
-    if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
     # The side of the CI that lies towards the threshold carries the uncertainty that matters.
     toward_low = (alternative == "greater") == (distance >= 0)
     se = (est - low if toward_low else high - est) / z
