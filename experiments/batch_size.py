@@ -1,6 +1,6 @@
 """Mini-batch size: does it smooth gradient noise, buy parallelism, and regularise?
 
-Claim M9 (../shared/CLAIMS.md): "mini-batches (32–512) smooth gradient noise, allow
+Claim M9 (experiments/claims.toml): "mini-batches (32–512) smooth gradient noise, allow
 parallelism, regularise". Three measurements, one per part:
 
 1. **Gradient noise.** At fixed params — at initialisation and after `pretrain_steps` of

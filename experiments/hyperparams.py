@@ -1,6 +1,6 @@
 """Learning rate and optimizer: too small is slow, too large diverges, and which matters more, lr or seed.
 
-Claims (../shared/CLAIMS.md):
+Claims (experiments/claims.toml):
   M7  learning rate too small → slow; too large → unstable, diverges;
   M8  momentum smooths oscillations, Adam adapts per parameter, RMSProp normalises by recent
       history — i.e. each beats plain SGD;

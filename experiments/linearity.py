@@ -1,6 +1,6 @@
 """Without a nonlinearity depth adds nothing (M4); how many ReLU units are active (M5).
 
-Claims (../shared/CLAIMS.md):
+Claims (experiments/claims.toml):
   M4 "Without a nonlinear activation the whole network, whatever its depth, reduces to one
      linear transformation."
   M5 "ReLU gives sparse activations: only ~50% of neurons are active at once."

@@ -1,6 +1,6 @@
 """Training phases (fast learning → fine tuning → overfitting) and the untrained net.
 
-Claims (../shared/CLAIMS.md):
+Claims (experiments/claims.toml):
   M10 "Phase 1: fast learning (epochs 1–50), the loss falls rapidly, gradients are largest;
       phase 2: fine tuning (50–500), gradients shrink; phase 3 (500+): the training loss
       keeps falling while the validation loss rises."
