@@ -3,7 +3,7 @@
 A preset is a tuple of `key=value` overrides applied to the defaults before the user's
 own, so `preset=article seeds.n=4` is the article preset with four seeds.
 
-`article`: the network of the essay whose claims the audit checks (CLAIMS.md): a 64x64
+`article`: the network of the article whose claims the audit checks (experiments/claims.toml): a 64x64
 grayscale picture, 4 096 inputs, fed to a ReLU MLP with a two-way softmax. Its cat-vs-dog
 pictures are replaced by Fashion-MNIST's (Xiao et al. 2017, arXiv:1708.07747) T-shirt/top
 (class 0) vs shirt (class 6), upsampled from 28x28: real photographs, offline, and the
@@ -35,7 +35,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 DESCRIPTIONS: dict[str, str] = {
-    "article": "the essay's 4096-512-256-2 ReLU MLP on 64x64 grayscale pictures: Fashion-MNIST "
+    "article": "the article's 4096-512-256-2 ReLU MLP on 64x64 grayscale pictures: Fashion-MNIST "
                "T-shirt/top vs shirt (its most confused pair, as cat vs dog is hard for an MLP), "
                "Adam 1e-3, 10 epochs",
 }
