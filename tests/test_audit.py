@@ -27,27 +27,47 @@ TINY = experiment.EXPERIMENTS  # every experiment: the whole tiny audit
 KNOWN_FAULTS = {
     "chance/a1_accuracy.png": "the left panel's legend covers the ensemble lines (chance._fig_a1: legend outside)",
     "chance/a1_churn_vs_error.png": "the legend covers the churn bound line (chance._fig_a1)",
-    "batch_size/gap.png": "the 'lr …, underfit' note runs into the right panel's label (batch_size: constrained layout)",
+    "batch_size/gap.png": "the 'lr …, underfit' note runs into the right panel's tick labels (batch_size: keep "
+                          "annotations inside their panel, constrained layout)",
     "phases/phases.png": "legends cover the phase-boundary lines (phases: legend outside the panels)",
-    "linearity/activity.png": "the left panel's long title runs into the right panel's (linearity: shorter titles)",
+    "linearity/activity.png": "the left panel's long title runs over the right panel's tick labels (linearity: a "
+                              "shorter title or a suptitle)",
 }
 
 
+def _drawn_texts(ax) -> list:
+    """The texts an axes draws: title, axis labels, annotations, tick labels of ticks in view."""
+    texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+    for axis in (ax.xaxis, ax.yaxis):
+        low, high = sorted(axis.get_view_interval())
+        for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+            if low <= tick.get_loc() <= high:
+                texts += [tick.label1, tick.label2]
+    return [t for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _overlap(a: Bbox, b: Bbox) -> bool:
+    box = Bbox.intersection(a, b)
+    return box is not None and box.width > 1 and box.height > 1  # touching is not overlapping
+
+
 def label_overlaps(fig: Figure) -> list[str]:
-    """Pairs of panels whose drawn extents (ticks, labels, titles) overlap; [] when none do."""
+    """Texts of one panel (or the figure's title and legends) that run into another panel's texts
+    or plotting area; [] when none do."""
     fig.draw_without_rendering()
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    boxes = [ax.get_tightbbox() for ax in axes]
+    texts = {i: [(t.get_text(), t.get_window_extent()) for t in _drawn_texts(ax)] for i, ax in enumerate(axes)}
+    texts[-1] = [(t.get_text(), t.get_window_extent()) for t in [fig._suptitle] if t is not None and t.get_text()]
+    texts[-1] += [("figure legend", legend.get_window_extent()) for legend in fig.legends]
+    frames = {i: ax.get_window_extent() for i, ax in enumerate(axes)}
     out = []
-    for i in range(len(axes)):
-        for j in range(i + 1, len(axes)):
-            a, b = boxes[i], boxes[j]
-            if a is None or b is None:
+    for i, mine in texts.items():
+        for j in frames:
+            if j == i:
                 continue
-            overlap = Bbox.intersection(a, b)
-            # a colorbar sits right by its image: only a real overlap (≥ 2 px both ways) counts
-            if overlap is not None and overlap.width > 2 and overlap.height > 2:
-                out.append(f"panels {i} ({axes[i].get_title()!r}) and {j} ({axes[j].get_title()!r}) overlap")
+            out += [f"{text!r} runs into panel {j}'s area" for text, box in mine if _overlap(box, frames[j])]
+            out += [f"{text!r} runs into {other!r}" for text, box in mine for other, obox in texts[j]
+                    if j > i and _overlap(box, obox)]
     return out
 
 
