@@ -27,7 +27,7 @@ and their arrays are read-only.
 resolve to this project's builders, which need no TensorFlow: `mnist1d` (generated,
 `mnist1d_builder`) and `fashion_mnist` (read from its IDX files, `fashion_mnist_builder`);
 every other name goes to TFDS's own builder. Bad names, versions and data folders raise
-a one-line `DataError` before anything is written.
+a one-line `DataError` before anything is written (see `netalchemy.data.names`).
 
 Under `tfds.testing.mock_data`, give the mock a data_dir holding the dataset's
 `dataset_info.json` (policy AUTO or USE_FILES) so that its split names are known.
@@ -35,14 +35,12 @@ Under `tfds.testing.mock_data`, give the mock a data_dir holding the dataset's
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import importlib.util
 import os
 import re
 import sys
-import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -50,10 +48,9 @@ import tensorflow_datasets as tfds
 
 from netalchemy.config import DataConfig
 from netalchemy.data import fashion_mnist_builder, mnist1d_builder
-from netalchemy.data import preprocess
+from netalchemy.data import names, preprocess
 from netalchemy.data.errors import DataError
 
-KNOWN = "mnist1d, fashion_mnist, or a TFDS name such as mnist, cifar10, cats_vs_dogs"
 TF_HINT = "pip install 'netalchemy[tensorflow]'"
 
 # Builders of this project (no TensorFlow): name -> (builder class, prepare(data_dir)).
@@ -61,9 +58,6 @@ OWN_BUILDERS = {
     "mnist1d": (mnist1d_builder.Mnist1d, mnist1d_builder.prepare),
     "fashion_mnist": (fashion_mnist_builder.FashionMnist, fashion_mnist_builder.prepare),
 }
-# TFDS's name syntax, name[/config][:version] (version parts may be *), and nothing else.
-_NAME = re.compile(r"(?P<name>[A-Za-z0-9_]+)(?:/(?P<config>[A-Za-z0-9_][A-Za-z0-9_.\-]*))?"
-                   r"(?::(?P<version>(?:\d+|\*)(?:\.(?:\d+|\*)){2}))?")
 
 
 class Dataset(NamedTuple):
@@ -123,7 +117,7 @@ def _preprocessed(name: str, data_dir: str, image_size: int, grayscale: bool,
         raise DataError(f"dataset {name!r} has no 'train' split (it has: "
                         f"{', '.join(sorted(splits))})")
 
-    bulk = _base_name(name) in OWN_BUILDERS
+    bulk = names.base_name(name) in OWN_BUILDERS
     x_train, y_train = _read(builder, "train", x_key, y_key, name, bulk=bulk)
     if "test" in splits:
         x_test, y_test = _read(builder, "test", x_key, y_key, name, bulk=bulk)
@@ -289,64 +283,21 @@ def _feature_keys(info: Any, name: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- preparing
 
 
-def parse_name(name: str) -> tuple[str, str, str]:
-    """(name, config, version) of a TFDS dataset name `name[/config][:version]`.
-
-    Missing parts are "". Raises `DataError` for anything else (a path, spaces, ...).
-    """
-    match = _NAME.fullmatch(name)
-    if not match:
-        raise DataError(f"data.name={name!r} is not a dataset name: expected "
-                        f"name[/config][:version] (letters, digits, _), e.g. mnist or "
-                        f"fashion_mnist:1.0.0")
-    return match["name"], match["config"] or "", match["version"] or ""
-
-
-def _base_name(name: str) -> str:
-    match = _NAME.fullmatch(name)
-    return match["name"] if match else name
-
-
-def check_data_dir(path: str, *, writable: bool, default: bool = False) -> None:
-    """Raises `DataError` unless `path` is a folder, created if missing, and writable if asked.
-
-    `default`: the path is TFDS's default data folder, not the user's `data.data_dir`.
-    """
-    shown = f"TFDS's data folder {path}" if default else f"data.data_dir={path}"
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise DataError(f"{shown} is not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{shown} cannot be created ({e.strerror or e})") from None
-    if writable:
-        try:  # os.access says yes to root even where nothing can be written (/proc)
-            os.rmdir(tempfile.mkdtemp(prefix=".netalchemy-probe-", dir=path))
-        except OSError as e:
-            raise DataError(f"{shown} is not writable (making a folder in it: "
-                            f"{e.strerror or e}); set data.data_dir to a folder you can "
-                            f"write") from None
-
-
 def _prepared_builder(name: str, data_dir: str) -> Any:
     """The TFDS builder for `name`, prepared as array_record in `data_dir` ("" = default)."""
-    base, config, version = parse_name(name)
+    base, config, version = names.parse_name(name)
     if data_dir:
         data_dir = os.path.expanduser(data_dir)
-        check_data_dir(data_dir, writable=False)
+        names.check_data_dir(data_dir, writable=False)
     data_dir = data_dir or None
     if base in OWN_BUILDERS:
         cls, prepare = OWN_BUILDERS[base]
-        if config:
-            raise DataError(f"dataset {base!r} has no config {config!r} (it has no configs)")
-        if version and not cls.VERSION.match(version):
-            raise DataError(f"dataset {base!r} has no version {version} "
-                            f"(available: {cls.VERSION})")
+        names.check_own_version(base, cls, config, version)
         builder = cls(data_dir=data_dir)
         if builder.is_prepared():
             return builder
         where = os.fspath(builder.data_dir_root)
-        check_data_dir(where, writable=True, default=not data_dir)
+        names.check_data_dir(where, writable=True, default=not data_dir)
         try:
             return prepare(data_dir)
         except OSError as e:  # e.g. no space left
@@ -355,17 +306,14 @@ def _prepared_builder(name: str, data_dir: str) -> Any:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        names = [*OWN_BUILDERS, *tfds.list_builders(with_community_datasets=False)]
-        close = difflib.get_close_matches(base, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DataError(f"unknown dataset {base!r}{hint}; known: {KNOWN}") from None
+        raise names.unknown_name_error(base, list(OWN_BUILDERS)) from None
     except (AssertionError, ValueError) as e:  # TFDS: no such version or config
-        raise _version_or_config_error(base, config, version, e) from None
+        raise names.version_or_config_error(base, config, version, e) from None
     if builder.is_prepared():
         return builder
 
     where = builder.data_dir_root
-    check_data_dir(os.fspath(where), writable=True, default=not data_dir)
+    names.check_data_dir(os.fspath(where), writable=True, default=not data_dir)
     if _needs_tensorflow(builder) and not _has_tensorflow():
         raise DataError(
             f"dataset {name!r} is not prepared in {where}; preparing it needs network "
@@ -386,22 +334,6 @@ def _prepared_builder(name: str, data_dir: str) -> Any:
             f"dataset {name!r} is not prepared in {where} and downloading it failed; "
             f"it needs network access ({detail})") from None
     return builder
-
-
-def _version_or_config_error(base: str, config: str, version: str, e: Exception) -> DataError:
-    """A one-line DataError for `tfds.builder`'s refusal of a version or config."""
-    cls = tfds.builder_cls(base)
-    configs = [c.name for c in getattr(cls, "BUILDER_CONFIGS", [])]
-    if config and config not in configs:
-        listed = ", ".join(configs[:12]) + (", ..." if len(configs) > 12 else "")
-        return DataError(f"dataset {base!r} has no config {config!r} "
-                         f"({'configs: ' + listed if configs else 'it has no configs'})")
-    if version:
-        versions = sorted({str(v) for v in (cls.VERSION, *cls.SUPPORTED_VERSIONS) if v},
-                          key=lambda v: tuple(map(int, v.split("."))))
-        return DataError(f"dataset {base!r} has no version {version} "
-                         f"(available: {', '.join(versions) or 'unknown'})")
-    return DataError(f"dataset {base!r}: {str(e).splitlines()[0][:200]}")
 
 
 def _has_tensorflow() -> bool:
