@@ -13,12 +13,16 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt  # for callers that draw with pyplot; importing it picks no backend
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.4, 4.8),
              **kwargs: Any) -> tuple[Figure, Any]:
-    """A figure with constrained layout (labels never overlap) and its axes, as `plt.subplots`.
+    """A figure with constrained layout (panels spaced so their labels stay apart) and its axes.
+
+    Takes `plt.subplots`' arguments (sharex, squeeze, gridspec_kw, ...).
 
     The figure belongs to no pyplot backend: save it with `save`, or display it in a notebook.
     """
@@ -89,7 +93,7 @@ def gradcheck_errors(rows: Sequence[Mapping], path: Path, *, thresholds: Mapping
     return save(fig, path)
 
 
-def seed_band(ax, x, values, *, label: str, color=None, log_y: bool = False):
+def seed_band(ax: Axes, x: Any, values: Any, *, label: str, color: Any = None, log_y: bool = False) -> Line2D:
     """Median over seeds with an interquartile band; `values` is (seeds, points), NaN ignored."""
     values = np.asarray(values, np.float64)
     with np.errstate(all="ignore"):
