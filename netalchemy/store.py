@@ -58,6 +58,8 @@ def is_no_space(error: BaseException) -> bool:
         seen.add(id(error))
         if isinstance(error, NoSpace) or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
             return True
+        if "No space left on device" in str(error):  # libraries (tensorstore) that wrap the OSError in text
+            return True
         error = error.__cause__ or error.__context__
     return False
 

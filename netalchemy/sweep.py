@@ -293,8 +293,13 @@ class _Checkpoints:
 
     def save(self, step: int, tree: dict) -> None:
         tree = {**tree, "digest": _digest(_to_host(tree))}
-        self.manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if store.is_no_space(e):
+                raise store.NoSpace(self.folder / str(step)) from e
+            raise
 
     def close(self) -> None:
         self.manager.close()
@@ -378,7 +383,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     lr_arr = shard_runs(jnp.asarray(lrs_p, cfg.model.dtype), mesh)
     states = init_states(streams, lr_arr, cfg=cfg, axes=axes, in_features=in_features, num_classes=num_classes)
     full, tail = train.interval_plan(cfg)
-    lengths = [None] * full + ([tail] if tail else [])  # None: eval_every steps
+    lengths = [None] * full + ([tail] if tail else [])  # steps per interval; None: eval_every
     steps = [cfg.train.eval_every if n is None else n for n in lengths]
     per_checkpoint = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
     history = {m: np.full((len(seeds_p), len(lengths) + 1), np.nan) for m in METRICS}
@@ -397,7 +402,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     if progress is not None:
         progress.update(sum(steps[:done]))
     while done < len(lengths):
-        end = min(done + per_checkpoint, full) if done < full else len(lengths)
+        end = min(done + per_checkpoint, len(lengths))
         pending = []
         for i in range(done, end):  # queued: the device runs ahead while the host reads results
             states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
@@ -532,7 +537,7 @@ def _wipe(out_dir: Path) -> None:
 
 def _previous_devices(out_dir: Path, n_runs: int) -> Optional[int]:
     """How many devices the folder's partial results were computed on (None if it holds none)."""
-    started = any((out_dir / "chunks").glob("chunk-*.npz")) or any((out_dir / "checkpoints").glob("chunk-*/*"))
+    started = any((out_dir / "chunks").glob("chunk-*.npz")) or any((out_dir / "checkpoints").glob("chunk-*/[0-9]*"))
     if not started or not (out_dir / "provenance.json").exists():
         return None
     prov = store.read_json(out_dir / "provenance.json")
@@ -646,16 +651,17 @@ def _train_all(cfg: Config, dataset: data_lib.Dataset, seeds: np.ndarray, run_lr
             continue
         bar = tqdm(total=cfg.train.steps, unit="step", disable=not (progress and _writer()), leave=False,
                    desc=f"seeds {sl.start + 1}-{sl.stop}/{len(seeds)}")
-        with bar:
-            parts[c] = _train_chunk_of_runs(
-                cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
-                in_features=info["features"], num_classes=info["classes"], progress=bar if progress else None,
-                mesh=mesh)
-        if _writer():
-            try:
+        try:
+            with bar:
+                parts[c] = _train_chunk_of_runs(
+                    cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
+                    in_features=info["features"], num_classes=info["classes"], progress=bar if progress else None,
+                    mesh=mesh)
+            if _writer():
                 store.write_npz(path, parts[c])
-            except store.NoSpace as e:
-                raise store.NoSpace(e.path, c, len(chunks)) from None
+        except store.NoSpace as e:  # chunks 0 … c-1 are on disk
+            raise store.NoSpace(e.path, c, len(chunks)) from None
+        if _writer():
             shutil.rmtree(out_dir / "checkpoints" / f"chunk-{c:04d}", ignore_errors=True)
         _sync(f"netalchemy-sweep-chunk-{c}")
     if _writer():
