@@ -17,16 +17,14 @@ exits with status 1.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import netalchemy
 from netalchemy import config as config_lib
-from netalchemy import devices, experiment, presets, store
+from netalchemy import devices, experiment, presets, runs, store
 
 SMOKE_BANNER = ("==== SMOKE TEST (tiny profile): these verdicts show that the code runs end to end; "
                 "they say nothing about the claims ====")
@@ -123,7 +121,8 @@ def cmd_train(args) -> int:
     result = sweep.run(cfg, out_dir=out_dir, progress=not args.quiet, force=args.force)
     if args.process_id == 0:
         if result.reused:
-            print(f"reusing {out_dir}, finished {_when(result.finished)}; use --force to retrain", file=sys.stderr)
+            print(f"reusing {out_dir}, finished {runs.format_time(result.finished)}; use --force to retrain",
+                  file=sys.stderr)
         print(sweep.format_summary(result))
         print(f"\nresults: {out_dir}")
     return 0
@@ -151,131 +150,18 @@ def cmd_show(args) -> int:
     if args.run_dir is None:
         if args.csv is not None:
             raise UsageError("--csv needs a RUN_DIR to export")
-        print(format_run_list(list_runs(args.out / "train")) or f"no stored sweeps under {args.out / 'train'}")
+        root = args.out / "train"
+        print(runs.format_run_list(runs.list_runs(root)) or f"no stored sweeps under {root}")
         return 0
     from netalchemy import sweep
 
     result = sweep.load(args.run_dir)
-    print(describe_config(result.cfg))
+    print(runs.describe_config(result.cfg))
     print(sweep.format_summary(result))
     if args.csv is not None:
-        finals, history = write_csv(result, store.ensure_writable(args.csv))
+        finals, history = runs.write_csv(result, store.ensure_writable(args.csv))
         print(f"\nwrote {finals} and {history}")
     return 0
-
-
-def changed_keys(cfg: config_lib.Config) -> dict[str, Any]:
-    """The config keys whose values differ from the defaults."""
-    defaults = config_lib.all_keys(config_lib.Config())
-    return {k: v for k, v in config_lib.all_keys(cfg).items() if defaults[k] != v}
-
-
-def describe_config(cfg: config_lib.Config) -> str:
-    return "config: defaults" + "".join(f" {k}={v}" for k, v in changed_keys(cfg).items())
-
-
-def _when(iso: Optional[str]) -> str:
-    """An ISO time as 'YYYY-MM-DD HH:MM UTC' (or '?' when unknown)."""
-    if not iso:
-        return "?"
-    try:
-        t = datetime.datetime.fromisoformat(iso)
-    except (TypeError, ValueError):
-        return str(iso)
-    if t.tzinfo is not None:
-        t = t.astimezone(datetime.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
-
-
-def _headline(summary: dict) -> str:
-    """Mean final test accuracy; with a learning-rate grid, the best lr's (and how many lrs)."""
-    means = [g["metrics"]["test_acc"]["mean"] for g in summary["by_lr"]]
-    finite = [m for m in means if m is not None]
-    if not finite:
-        return "—"
-    best = f"{max(finite):.4f}"
-    return best if len(means) == 1 else f"{best} (best of {len(means)} lrs)"
-
-
-def _describe_run(folder: Path) -> dict[str, str]:
-    """One row of `netalchemy show`: hash, finished, test_acc, config; raises on a damaged folder."""
-    from netalchemy import sweep
-
-    if not (folder / "summary.json").exists():  # config.json is written first, summary.json last
-        cfg = config_lib.from_dict(store.read_json(folder / "config.json")["config"])
-        return {"hash": folder.name, "finished": "unfinished", "test_acc": "—",
-                "config": " ".join(f"{k}={v}" for k, v in changed_keys(cfg).items()) or "defaults"}
-    result = sweep.load(folder)  # checks every file
-    return {"hash": folder.name, "finished": _when(result.finished), "test_acc": _headline(result.summary),
-            "config": " ".join(f"{k}={v}" for k, v in changed_keys(result.cfg).items()) or "defaults"}
-
-
-def list_runs(root: Path) -> list[dict[str, str]]:
-    """A row per sweep folder under `root` (OUT/train), newest first; damaged ones say why."""
-    rows = []
-    for folder in sorted(p for p in Path(root).glob("*") if p.is_dir() and not p.name.startswith(".")):
-        try:
-            rows.append(_describe_run(folder))
-        except (store.StoreError, config_lib.ConfigError, OSError, ValueError, KeyError, TypeError,
-                AttributeError) as e:
-            message = str(e) if isinstance(e, (store.StoreError, config_lib.ConfigError)) else \
-                f"{type(e).__name__}: {e}"
-            rows.append({"hash": folder.name, "finished": "damaged", "test_acc": "—",
-                         "config": message.splitlines()[0] if message else type(e).__name__})
-    return sorted(rows, key=lambda r: r["finished"] if r["finished"][:1].isdigit() else "", reverse=True)
-
-
-def format_run_list(rows: Sequence[dict[str, str]]) -> str:
-    """The rows of `list_runs` as a plain-text table ('' when there are none)."""
-    if not rows:
-        return ""
-    header = {"hash": "hash", "finished": "finished", "test_acc": "test_acc", "config": "config (not default)"}
-    widths = {k: max(len(r[k]) for r in [header, *rows]) for k in ("hash", "finished", "test_acc")}
-    lines = ["  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["config"] for r in [header, *rows]]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> Any:
-    """A CSV cell: numbers as Python writes them (exact round trip), NaN and None as ''."""
-    if value is None:
-        return ""
-    value = value.item() if hasattr(value, "item") else value
-    if isinstance(value, float) and value != value:
-        return ""
-    return value
-
-
-FINAL_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-
-
-def write_csv(result: Any, folder: Path) -> tuple[Path, Path]:
-    """Writes `folder/finals.csv` (a row per run) and `folder/history.csv` (a row per run, step, metric).
-
-    Finals come from `summary.json`'s per-run values (NaN for diverged runs is an empty cell;
-    `diverged_at_step` is empty for runs that never diverged); the history is every metric at
-    every evaluation, in long format for pandas (`pd.read_csv(...).pivot_table(...)`).
-    """
-    per_run = result.summary["per_run"]
-    finals_path, history_path = Path(folder) / "finals.csv", Path(folder) / "history.csv"
-    with open(finals_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["seed", "lr", *FINAL_METRICS, "diverged", "diverged_at_step"])
-        for i, (seed, lr) in enumerate(zip(result.seeds, result.lrs)):
-            at = per_run["diverged_at_step"][i]
-            writer.writerow([_cell(seed), _cell(lr), *(_cell(per_run[m][i]) for m in FINAL_METRICS),
-                             int(bool(per_run["diverged"][i])), "" if at is None or at < 0 else _cell(at)])
-    from netalchemy import train
-
-    metrics = {m: v for m, v in result.history.items() if m != "step"}  # the step is a column
-    steps = train.evaluation_steps(result.cfg)  # 0, every eval_every, and the final step
-    with open(history_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["seed", "lr", "step", "metric", "value"])
-        for i, (seed, lr) in enumerate(zip(result.seeds, result.lrs)):
-            seed, lr = _cell(seed), _cell(lr)
-            for metric, values in metrics.items():
-                writer.writerows([seed, lr, step, metric, _cell(v)] for step, v in zip(steps, values[i]))
-    return finals_path, history_path
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -342,8 +228,10 @@ def cmd_audit(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure training throughput against plain JAX, Flax and PyTorch",
                        description="Time netalchemy's sweep engine and its peers side by side, in one run, "
-                                   "and write OUT/bench/PROFILE/{bench.json,table.txt,scaling.png}. "
-                                   "PyTorch peers need the bench extra (pip install -e '.[bench]').")
+                                   "and write OUT/bench/PROFILE/{bench.json,table.txt,summary.md,scaling.png}. "
+                                   "Needs a source checkout: the benchmark lives in benchmarks/, which the "
+                                   "wheel does not ship. PyTorch peers need the bench extra "
+                                   "(pip install -e '.[bench]').")
     p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="benchmark settings overrides")

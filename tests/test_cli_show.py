@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from netalchemy import cli, store, sweep
+from netalchemy import cli, runs, store, sweep
 from netalchemy import config as config_lib
 
 TINY = ["model.hidden=8", "train.steps=20", "train.eval_every=10", "seeds.n=2", "train.batch_size=50"]
@@ -129,7 +129,7 @@ def test_diverged_runs_export_empty_cells(tmp_path):
                "diverged": [False, True], "diverged_at_step": [-1, 13]}
     result = sweep.SweepResult(cfg, np.array([0, 1]), np.array([0.01, 0.01]), history, None, None,
                                {"per_run": per_run}, None)
-    finals, hist = cli.write_csv(result, tmp_path)
+    finals, hist = runs.write_csv(result, tmp_path)
     rows = list(csv.DictReader(open(finals, newline="")))
     assert rows[1]["test_acc"] == "" and rows[1]["diverged"] == "1" and rows[1]["diverged_at_step"] == "13"
     assert rows[0]["diverged_at_step"] == "" and rows[0]["test_acc"] == "0.7"
@@ -143,9 +143,9 @@ def test_diverged_runs_export_empty_cells(tmp_path):
 
 def test_headline_accuracy_of_a_learning_rate_grid():
     group = lambda mean: {"metrics": {"test_acc": {"mean": mean}}}
-    assert cli._headline({"by_lr": [group(0.5)]}) == "0.5000"
-    assert cli._headline({"by_lr": [group(0.5), group(0.61), group(None)]}) == "0.6100 (best of 3 lrs)"
-    assert cli._headline({"by_lr": [group(None)]}) == "—"
+    assert runs._headline({"by_lr": [group(0.5)]}) == "0.5000"
+    assert runs._headline({"by_lr": [group(0.5), group(0.61), group(None)]}) == "0.6100 (best of 3 lrs)"
+    assert runs._headline({"by_lr": [group(None)]}) == "—"
 
 
 @pytest.mark.parametrize("damaged, spoil", [
@@ -166,3 +166,13 @@ def test_show_on_a_damaged_folder_is_one_line_naming_the_file(damaged, spoil, st
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("netalchemy: error: ")
     assert damaged in err, err
     assert sorted(p.name for p in copy.iterdir()) == before and not (tmp_path / "csv").exists()
+
+
+def test_format_time_and_describe_config():
+    assert runs.format_time("2026-03-01T14:05:09+02:00") == "2026-03-01 12:05 UTC"  # converted to UTC
+    assert runs.format_time("2026-03-01T14:05:09") == "2026-03-01 14:05"  # naive: no zone claimed
+    assert runs.format_time(None) == "?" and runs.format_time("yesterday") == "yesterday"
+    assert runs.describe_config(config_lib.Config()) == "config: defaults"
+    cfg = config_lib.override(config_lib.Config(), ["model.hidden=8", "seeds.n=2"])
+    assert runs.changed_keys(cfg) == {"model.hidden": (8,), "seeds.n": 2}
+    assert runs.describe_config(cfg) == "config: defaults model.hidden=(8,) seeds.n=2"
