@@ -29,7 +29,7 @@ import zlib
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -156,7 +156,7 @@ def write_npz(path: Path, arrays: Mapping[str, Any]) -> None:
     _atomic_write(Path(path), lambda f: np.savez(f, **data))
 
 
-def read_npz(path: Path, keys: Optional[Iterator[str]] = None) -> dict[str, np.ndarray]:
+def read_npz(path: Path, keys: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
     """Every array of an `.npz` (or only `keys`, each required), read in full.
 
     Reading a member in full checks its CRC-32, so flipped bits in the data are caught too.

@@ -551,7 +551,9 @@ def _previous_devices(out_dir: Path, n_runs: int) -> Optional[int]:
 def _start_segment(out_dir: Path, mesh_devices: int) -> None:
     """provenance.json: this process's provenance, plus the devices of every training segment."""
     path, now = out_dir / "provenance.json", store.provenance()
-    segments = store.read_json(path).get("segments", []) if path.exists() else []
+    previous = store.read_json(path) if path.exists() else {}
+    segments = previous.get("segments") if isinstance(previous, dict) else None
+    segments = segments if isinstance(segments, list) else []  # a sweep started before segments were kept
     segments.append({"started": now["created"], "devices": now["devices"], "mesh_devices": mesh_devices,
                      "process_count": now["process_count"], "git_commit": now["git_commit"]})
     store.write_json(path, {**now, "segments": segments})
@@ -588,7 +590,7 @@ def _prepare_dir(out_dir: Path, record: dict, *, force: bool, mesh_devices: int,
     return False
 
 
-_REFUSALS = (store.StoreError, store.NoSpace, config_lib.ConfigError)
+_REFUSALS = (store.NoSpace, store.StoreError, config_lib.ConfigError)  # subclasses first
 
 
 def _shared_refusal(error: Optional[Exception]) -> Optional[Exception]:
