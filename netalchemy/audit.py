@@ -174,7 +174,7 @@ def settings_table(settings: Mapping[str, Any]) -> list[str]:
     def text(value: Any) -> str:
         if isinstance(value, (list, tuple)):
             return ", ".join(text(v) for v in value) if value else "(none)"
-        return "—" if value is None else str(value)
+        return "—" if value is None else str(value) or "(empty)"
 
     return md_table(("setting", "value"), [(k, text(v)) for k, v in flat(settings)])
 
@@ -295,6 +295,7 @@ STYLE = (
     "table{border-collapse:collapse;font-size:90%}"
     "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
     "th{background:#f3f3f3}table.ledger td:nth-child(2){min-width:14em}"
+    "table:not(.ledger) td{overflow-wrap:anywhere}"  # a long setting name or value wraps on a phone
     "figure{margin:1.5em 0}figure img{max-width:100%;height:auto;display:block}"
     "figcaption{font-size:90%;color:#444;margin-top:.3em}"
     "code{overflow-wrap:anywhere}p,li{overflow-wrap:break-word}"

@@ -122,7 +122,8 @@ def _entries(folder: Path, profile: str):
         _figure(out / "corr.png", f"{name}: correlation of units | per layer")
         entries.append((name, out, {
             "experiment": name, "profile": profile, "verdicts": verdicts, "seconds": 1.5,
-            "settings": {"base": {"train": {"steps": 10}, "model": {"hidden": [16, 8]}}, "seeds": 2, "note": None},
+            "settings": {"base": {"train": {"steps": 10}, "model": {"hidden": [16, 8]}, "data": {"data_dir": ""}},
+                         "seeds": 2, "note": None},
             "provenance": {"devices": ["cpu:0"], "backend": "cpu", "git_commit": "0123456789ab", "created": "now"}}))
     return entries
 
@@ -223,7 +224,7 @@ def test_settings_are_a_two_column_table(reports):
     settings_rows = [[c["text"] for c in r] for t in page.tables if "ledger" not in t["class"] for r in t["rows"]]
     assert ["setting", "value"] in settings_rows
     assert ["base.train.steps", "10"] in settings_rows and ["base.model.hidden", "16, 8"] in settings_rows
-    assert ["note", "—"] in settings_rows
+    assert ["note", "—"] in settings_rows and ["base.data.data_dir", "(empty)"] in settings_rows
     assert "{'" not in reports["quick"]["report.md"]  # no Python dict anywhere
 
 
