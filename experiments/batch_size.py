@@ -165,15 +165,25 @@ def noise_slopes(batch_sizes, noise: np.ndarray, n: int) -> np.ndarray:
     return np.array([stats.slope_loglog(x, row).slope for row in np.asarray(noise)])
 
 
+def pretrain_config(s: Settings) -> Config:
+    """The Adam run that takes each noise seed to its "trained" point."""
+    return config_lib.override(s.base, [
+        "optim.name=adam", f"optim.lr={s.pretrain_lr}", "train.batch_size=100", f"train.steps={s.pretrain_steps}",
+        f"train.eval_every={s.pretrain_steps}", f"train.chunk_steps={s.pretrain_steps}", f"seeds.n={s.noise_seeds}"])
+
+
+def noise_settings(s: Settings) -> dict:
+    """Everything noise.npz depends on (its `store.cached` key)."""
+    return {"pretrain": config_lib.to_dict(pretrain_config(s)), "batch_sizes": list(s.noise_batch_sizes),
+            "minibatches": s.noise_minibatches}
+
+
 def measure_noise(s: Settings, dataset: data_lib.Dataset, out_dir: Path) -> dict[str, np.ndarray]:
     """E‖g_B − g_N‖² (points, seeds, batch sizes) at init and after Adam pretraining."""
     cfg = s.base
     n = dataset.x_train.shape[0]
     sizes = [b for b in s.noise_batch_sizes if b < n]
-    pre = config_lib.override(cfg, [
-        "optim.name=adam", f"optim.lr={s.pretrain_lr}", "train.batch_size=100", f"train.steps={s.pretrain_steps}",
-        f"train.eval_every={s.pretrain_steps}", f"train.chunk_steps={s.pretrain_steps}", f"seeds.n={s.noise_seeds}"])
-    trained = sweep.run(pre, out_dir=out_dir / "pretrain", dataset=dataset, progress=False)
+    trained = sweep.run(pretrain_config(s), out_dir=out_dir / "pretrain", dataset=dataset, progress=False)
     seeds = np.asarray(trained.seeds)
     init_keys = jax.vmap(lambda sd: train.stream_key(sd, "init"))(jnp.asarray(seeds))
     at_init = jax.vmap(lambda k: mlp.init(k, cfg.model, in_features=dataset.x_train.shape[1],
@@ -223,6 +233,25 @@ def training_throughput(cfg: Config, dataset: data_lib.Dataset, *, examples: int
     return steps * b / np.asarray(seconds)
 
 
+def _device() -> dict:
+    return {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "device_count": jax.device_count()}
+
+
+def throughput_settings(s: Settings) -> dict:
+    """Everything throughput.npz depends on, the device included (its `store.cached` key)."""
+    return {"config": config_lib.to_dict(s.base), "batch_sizes": list(s.throughput_batch_sizes),
+            "examples": s.throughput_examples, "repeats": s.throughput_repeats, **_device()}
+
+
+def measure_throughput(s: Settings, dataset: data_lib.Dataset) -> dict[str, np.ndarray]:
+    """Examples/s (batch sizes, repeats) at each throughput batch size that fits the training set."""
+    sizes = [b for b in s.throughput_batch_sizes if b <= dataset.x_train.shape[0]]
+    rates = [training_throughput(config_lib.override(s.base, [f"train.batch_size={b}"]), dataset,
+                                 examples=s.throughput_examples, repeats=s.throughput_repeats) for b in sizes]
+    return {"batch_sizes": np.asarray(sizes), "examples_per_s": np.asarray(rates, np.float64),
+            **{k: np.asarray(v) for k, v in _device().items()}}
+
+
 # ----------------------------------------------------------------------------- (3) generalization gap
 
 
@@ -261,23 +290,16 @@ def tune_by_validation(val_acc: np.ndarray, diverged: np.ndarray, chance: float)
 
 
 def run(s: Settings, out_dir: Path) -> None:
-    """Gradient noise, throughput and the per-batch-size lr sweeps; every part resumable."""
+    """Gradient noise, throughput and the per-batch-size lr sweeps; every part resumable.
+
+    noise.npz and throughput.npz are `store.cached` values keyed by `noise_settings` and
+    `throughput_settings`: an edited setting recomputes them, an unchanged rerun reuses them.
+    """
     out_dir = Path(out_dir)
     dataset = data_lib.load(s.base.data)
     n = dataset.x_train.shape[0]
-    if not (out_dir / "noise.npz").exists():
-        store.write_npz(out_dir / "noise.npz", measure_noise(s, dataset, out_dir))
-    if not (out_dir / "throughput.json").exists():
-        rows = []
-        for b in s.throughput_batch_sizes:
-            if b > n:
-                continue
-            cfg = config_lib.override(s.base, [f"train.batch_size={b}"])
-            rate = training_throughput(cfg, dataset, examples=s.throughput_examples, repeats=s.throughput_repeats)
-            rows.append({"batch_size": b, "examples_per_s": rate.tolist()})
-        store.write_json(out_dir / "throughput.json", {
-            "rows": rows, "device": str(jax.devices()[0]), "backend": jax.default_backend(),
-            "device_count": jax.device_count()})
+    store.cached("noise.npz", noise_settings(s), partial(measure_noise, s, dataset, out_dir), folder=out_dir)
+    store.cached("throughput.npz", throughput_settings(s), partial(measure_throughput, s, dataset), folder=out_dir)
     for b in s.gap_batch_sizes:
         sweep.run(gap_config(s, b, n), lrs=s.gap_lrs, out_dir=out_dir / f"gap-B{b}", dataset=dataset, progress=False)
     val, test = split_test(len(dataset.y_test), s.validation_size)
@@ -341,14 +363,13 @@ def analyse(s: Settings, out_dir: Path) -> dict:
         a["noise"][point] = {"slope": _ci(slopes), "slope_vs_B": _ci(raw), "pooled_fit": pooled.as_dict(),
                              "mean_by_batch": values.mean(axis=0).tolist(), "per_seed": values.tolist()}
 
-    tp = store.read_json(out_dir / "throughput.json")
-    bs = np.concatenate([[r["batch_size"]] * len(r["examples_per_s"]) for r in tp["rows"]])
-    rates = np.concatenate([r["examples_per_s"] for r in tp["rows"]])
-    fit = stats.slope_loglog(bs, rates)
-    medians = [float(np.median(r["examples_per_s"])) for r in tp["rows"]]
-    a["throughput"] = {"batch_sizes": [r["batch_size"] for r in tp["rows"]], "median_examples_per_s": medians,
-                       "all": [r["examples_per_s"] for r in tp["rows"]], "fit": fit.as_dict(),
-                       "ratio_largest_to_smallest": medians[-1] / medians[0], "device": tp["device"]}
+    tp = store.read_npz(out_dir / "throughput.npz")
+    sizes_tp, rates = tp["batch_sizes"], tp["examples_per_s"]  # (sizes,), (sizes, repeats)
+    fit = stats.slope_loglog(np.repeat(sizes_tp, rates.shape[1]), rates.ravel())
+    medians = np.median(rates, axis=1).tolist()
+    a["throughput"] = {"batch_sizes": sizes_tp.tolist(), "median_examples_per_s": medians,
+                       "all": rates.tolist(), "fit": fit.as_dict(),
+                       "ratio_largest_to_smallest": medians[-1] / medians[0], "device": str(tp["device"])}
 
     split = store.read_npz(out_dir / "split.npz")
     y_val, y_test = split["y_test"][split["validation"]], split["y_test"][split["test"]]
@@ -510,7 +531,7 @@ def format_table(a: dict) -> str:
 
 
 def report(out_dir: Path) -> list[Verdict]:
-    """Reads noise.npz, throughput.json and the gap sweeps; writes analysis.json, table.txt, figures."""
+    """Reads noise.npz, throughput.npz and the gap sweeps; writes analysis.json, table.txt, figures."""
     out_dir = Path(out_dir)
     s = config_lib.from_dict(store.read_json(out_dir / "settings.json"), Settings)
     a = analyse(s, out_dir)

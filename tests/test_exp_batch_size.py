@@ -1,7 +1,11 @@
-"""experiments/batch_size.py: the tiny profile end to end, gradient noise against its exact
-sampling formula, and the verdict rules on synthetic numbers."""
+"""experiments/batch_size.py: the tiny profile end to end, its cache (recomputed exactly when a
+setting it depends on changes), gradient noise against its exact sampling formula, and the
+verdict rules on synthetic numbers."""
 
+import dataclasses
 import math
+import shutil
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -9,18 +13,42 @@ import numpy as np
 import pytest
 
 from experiments import batch_size as B
-from netalchemy import mlp, stats, verdicts
+from netalchemy import mlp, stats, store, verdicts
 from netalchemy.config import ModelConfig
 from netalchemy.experiment import VERDICTS, run_experiment
 
 
-def test_tiny_profile_end_to_end(tmp_path):
-    out, verdicts = run_experiment("batch_size", profile="tiny", root=tmp_path)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile, run once for this module: (folder, verdicts)."""
+    return run_experiment("batch_size", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+
+
+def test_tiny_profile_end_to_end(tiny):
+    out, verdicts = tiny
     assert [v.claim for v in verdicts] == list(B.CLAIMS)
     assert all(v.verdict in VERDICTS and v.rule and v.measurement for v in verdicts)
     for name in ("verdicts.json", "analysis.json", "table.txt", "grad_noise.png", "throughput.png", "gap.png"):
         assert (out / name).exists(), name
     assert B.report(out) == verdicts
+
+
+def test_cache_recomputes_exactly_when_a_setting_it_depends_on_changes(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny[0], out)
+    noise = mock.Mock(wraps=B.measure_noise)
+    throughput = mock.Mock(wraps=B.measure_throughput)
+    monkeypatch.setattr(B, "measure_noise", noise)
+    monkeypatch.setattr(B, "measure_throughput", throughput)
+    s = B.PROFILES["tiny"]
+    B.run(s, out)  # unchanged: both stored values are reused
+    assert (noise.call_count, throughput.call_count) == (0, 0)
+    B.run(dataclasses.replace(s, noise_batch_sizes=(8, 32, 64)), out)  # noise only
+    assert (noise.call_count, throughput.call_count) == (1, 0)
+    assert store.read_npz(out / "noise.npz")["batch_sizes"].tolist() == [8, 32, 64]
+    B.run(dataclasses.replace(s, noise_batch_sizes=(8, 32, 64), throughput_repeats=1), out)  # throughput only
+    assert (noise.call_count, throughput.call_count) == (1, 1)
+    assert store.read_npz(out / "throughput.npz")["examples_per_s"].shape == (2, 1)
 
 
 def test_minibatch_gradient_noise_matches_the_sampling_formula():
