@@ -237,9 +237,9 @@ def landscape_config(s: Settings, variant: str) -> Config:
         seeds=dataclasses.replace(base.seeds, n=s.landscape_seeds))
 
 
-def landscape_key(s: Settings, variant: str) -> str:
-    """Identifies a stored landscape measurement: its training config and its η grid."""
-    return f"{config_lib.config_hash(landscape_config(s, variant))}-{','.join(map(repr, s.eta_multipliers))}"
+def landscape_settings(s: Settings, variant: str) -> dict:
+    """Everything a stored landscape measurement depends on: its training config and its η grid."""
+    return {"config": config_lib.to_dict(landscape_config(s, variant)), "eta_multipliers": list(s.eta_multipliers)}
 
 
 def measure_variant(s: Settings, variant: str, dataset: data_lib.Dataset) -> dict[str, np.ndarray]:
@@ -257,14 +257,15 @@ def measure_variant(s: Settings, variant: str, dataset: data_lib.Dataset) -> dic
     return {**{k: np.asarray(v, np.float64) for k, v in measures._asdict().items()},  # (seeds, points, ...)
             "steps": np.arange(points) * s.measure_every, "etas": np.asarray(etas, np.float64),
             "train_loss_after": np.asarray(metrics.train_loss, np.float64),  # (seeds, points)
-            "diverged": np.asarray(metrics.diverged, bool), "config_hash": np.asarray(landscape_key(s, variant))}
+            "diverged": np.asarray(metrics.diverged, bool)}
 
 
 # --------------------------------------------------------------------------------- run
 
 
 def run(s: Settings, out_dir: Path) -> None:
-    """Both stability sweeps and both landscape measurements; each part resumes if present."""
+    """Both stability sweeps (resumable) and both landscape measurements (`store.cached`, keyed
+    by `landscape_settings`: reused while the settings stay, recomputed when one changes)."""
     out_dir = Path(out_dir)
     dataset = data_lib.load(s.base.data)
     seconds = {}
@@ -274,11 +275,9 @@ def run(s: Settings, out_dir: Path) -> None:
                   dataset=dataset, progress=False)
         seconds[f"stability-{variant}"] = time.perf_counter() - started
     for variant in VARIANTS:
-        path = out_dir / f"landscape-{variant}.npz"
-        if path.exists() and str(store.read_npz(path)["config_hash"]) == landscape_key(s, variant):
-            continue
         started = time.perf_counter()
-        store.write_npz(path, measure_variant(s, variant, dataset))
+        store.cached(f"landscape-{variant}.npz", landscape_settings(s, variant),
+                     partial(measure_variant, s, variant, dataset), folder=out_dir)
         seconds[f"landscape-{variant}"] = time.perf_counter() - started
     store.write_json(out_dir / "run.json", {
         "settings": config_lib.to_dict(s), "lr_grid": lr_grid(s), "num_classes": dataset.num_classes,

@@ -1,7 +1,10 @@
 """Batch norm (M12, A4): Santurkar et al. measures against direct computation, the stability
 statistics and verdict rules on synthetic numbers, and the tiny profile end to end."""
 
+import dataclasses
 import math
+import shutil
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from experiments import batchnorm as bn
-from netalchemy import backprop, mlp
+from netalchemy import backprop, mlp, store
 from netalchemy.config import ConfigError, ModelConfig, override
 from netalchemy.experiment import run_experiment
 from netalchemy.stats import CI
@@ -127,8 +130,14 @@ def test_settings_and_grid():
         override(s, ["landscape_steps=55"])  # not a multiple of measure_every
 
 
-def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = run_experiment("batchnorm", profile="tiny", root=tmp_path)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile, run once for this module: (folder, verdicts)."""
+    return run_experiment("batchnorm", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+
+
+def test_tiny_profile_end_to_end(tiny):
+    out_dir, verdicts = tiny
     assert [v.claim for v in verdicts] == list(bn.CLAIMS)
     for v in verdicts:
         assert v.value is not None and v.ci_low <= v.value <= v.ci_high
@@ -138,3 +147,22 @@ def test_tiny_profile_end_to_end(tmp_path):
     land = np.load(out_dir / "landscape-bn.npz")
     assert land["beta"].shape == (2, 2) and land["ics_cos"].shape == (2, 2, 2)
     assert np.isfinite(land["beta"]).all()
+
+
+def test_landscape_cache_recomputes_exactly_when_a_setting_it_depends_on_changes(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny[0], out)
+    # Stands in for the measurement (whose compilation is slow): the η grid it would use.
+    measure = mock.Mock(side_effect=lambda s, variant, dataset: {"etas": s.landscape_lr * np.asarray(s.eta_multipliers)})
+    monkeypatch.setattr(bn, "measure_variant", measure)
+    s = bn.PROFILES["tiny"]
+    bn.run(s, out)  # unchanged: both landscapes reused
+    assert measure.call_count == 0
+    edited = dataclasses.replace(s, eta_multipliers=(0.5, 1.0, 2.0))
+    bn.run(edited, out)
+    assert measure.call_count == 2
+    np.testing.assert_allclose(store.read_npz(out / "landscape-bn.npz")["etas"], [0.05, 0.1, 0.2])
+    bn.run(edited, out)
+    assert measure.call_count == 2
+    bn.run(dataclasses.replace(edited, landscape_lr=0.2), out)
+    assert measure.call_count == 4
