@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -337,17 +337,6 @@ def a7_chunk(auto, hand, auto_streams, hand_streams, data, lr, *, cfg_auto: Conf
 # ----------------------------------------------------------------------------- run
 
 
-def _cached(path: Path, record: dict, compute: Callable[[], dict]) -> dict:
-    """`compute()`'s arrays, stored at `path`; reused when `path` holds the same `record`."""
-    meta = path.with_suffix(".json")
-    if path.exists() and meta.exists() and store.read_json(meta) == store.as_json_data(record):
-        return store.read_npz(path)
-    arrays = compute()
-    store.write_npz(path, arrays)
-    store.write_json(meta, record)
-    return arrays
-
-
 def _log(message: str, started: float) -> None:
     print(f"[chance {time.perf_counter() - started:6.1f}s] {message}", flush=True)
 
@@ -356,7 +345,6 @@ def run_a1(s: Settings, out_dir: Path, ds: data_lib.Dataset) -> dict:
     """A1: `a1_seeds` seeds of the base config with `sweep.run`; ensembles from the final params."""
     cfg = dataclasses.replace(s.base, seeds=SeedsConfig(n=s.a1_seeds, start=s.base.seeds.start))
     result = sweep.run(cfg, out_dir=out_dir / "a1", dataset=ds, progress=False)
-    record = {"config": config_lib.to_dict(cfg), "sweep": str(result.out_dir)}
 
     def compute() -> dict:
         diverged = result.history["diverged"][:, -1].astype(bool)
@@ -384,7 +372,7 @@ def run_a1(s: Settings, out_dir: Path, ds: data_lib.Dataset) -> dict:
             "ensemble_sizes": np.asarray(sizes), "ensemble_softmax_curve": soft, "ensemble_vote_curve": vote,
         }
 
-    return _cached(out_dir / "a1.npz", record, compute)
+    return store.cached("a1.npz", {"config": config_lib.to_dict(cfg)}, compute, folder=out_dir)
 
 
 def run_a2(s: Settings, out_dir: Path, ds: data_lib.Dataset, started: float) -> dict:
@@ -396,7 +384,7 @@ def run_a2(s: Settings, out_dir: Path, ds: data_lib.Dataset, started: float) -> 
     out = {}
     for source in A2_SOURCES:
         vary = RANDOMNESS_STREAMS if source == "all" else (source,)
-        record = {"config": config_lib.to_dict(cfg), "vary": list(vary)}
+        settings = {"config": config_lib.to_dict(cfg), "vary": list(vary)}
 
         def compute(vary=vary) -> dict:
             state, history, preds = train_runs(source_streams(seeds, vary, cfg.seeds.start), data,
@@ -406,7 +394,7 @@ def run_a2(s: Settings, out_dir: Path, ds: data_lib.Dataset, started: float) -> 
             return {"test_acc": np.where(diverged, np.nan, np.asarray(history.test_acc[:, -1], np.float64)),
                     "diverged": diverged, "predictions": np.asarray(preds)}
 
-        arrays = _cached(out_dir / f"a2-{source}.npz", record, compute)
+        arrays = store.cached(f"a2-{source}.npz", settings, compute, folder=out_dir)
         _log(f"A2 source {source}: {s.a2_seeds} seeds done", started)
         out |= {f"{k}_{source}": v for k, v in arrays.items()}
     return out
@@ -417,7 +405,6 @@ def run_a7(s: Settings, out_dir: Path, ds: data_lib.Dataset, started: float) -> 
     cfg = config_lib.override(s.base, [f"train.eval_every={s.a7_eval_every}", "train.grad=autodiff"])
     cfg = dataclasses.replace(cfg, seeds=SeedsConfig(n=s.a7_seeds, start=s.base.seeds.start))
     cfg_hand = config_lib.override(cfg, ["train.grad=hand"])
-    record = {"config": config_lib.to_dict(cfg)}
 
     def compute() -> dict:
         n, start = s.a7_seeds, cfg.seeds.start
@@ -443,11 +430,15 @@ def run_a7(s: Settings, out_dir: Path, ds: data_lib.Dataset, started: float) -> 
         arrays["steps"] = np.arange(total + 1) * cfg.train.eval_every
         return arrays
 
-    return _cached(out_dir / "a7.npz", record, compute)
+    return store.cached("a7.npz", {"config": config_lib.to_dict(cfg)}, compute, folder=out_dir)
 
 
 def run(s: Settings, out_dir: Path) -> None:
-    """Trains A1, A2 and A7 (each resumable: finished parts are reused); writes their arrays."""
+    """Trains A1, A2 and A7 and writes their arrays (a1.npz, a2-<source>.npz, a7.npz).
+
+    Each file is a `store.cached` value keyed by the full config of its part: a rerun with
+    the same settings reuses it, an edited profile or override recomputes it.
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     ds = data_lib.load(s.base.data)
@@ -617,7 +608,7 @@ def report(out_dir: Path) -> list[Verdict]:
     _fig_a2(rows, out_dir / "a2_spread.png")
 
     # A7 -------------------------------------------------------------------
-    final = {k: v[..., -1] for k, v in a7.items() if k != "steps"}
+    final = {f"{m}_{p}": a7[f"{m}_{p}"][..., -1] for m in ("dist", "churn") for p in A7_PAIRS}
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = {p: final[f"churn_{p}"] / final["churn_seed"] for p in ("ulp", "hand")}
         dist_ratios = {p: final[f"dist_{p}"] / final["dist_seed"] for p in ("ulp", "hand")}

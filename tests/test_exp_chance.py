@@ -1,5 +1,9 @@
 """The chance experiment (claims A1, A2, A7): its statistics and verdict rules on synthetic
-numbers with known answers, and a tiny end-to-end run."""
+numbers with known answers, a tiny end-to-end run and its cache."""
+
+import dataclasses
+import shutil
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -131,9 +135,15 @@ def test_source_streams_are_the_keys_sweep_uses(vary):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile, run once for this module: (folder, verdicts)."""
+    return experiment.run_experiment("chance", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+
+
 @pytest.mark.slow
-def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = experiment.run_experiment("chance", profile="tiny", root=tmp_path)
+def test_tiny_profile_end_to_end(tiny):
+    out_dir, verdicts = tiny
     assert [v.claim for v in verdicts] == list(chance.CLAIMS)
     for v in verdicts:
         assert v.verdict in experiment.VERDICTS and v.rule
@@ -146,5 +156,28 @@ def test_tiny_profile_end_to_end(tmp_path):
     assert np.all(a7["dist_copy"] == 0)  # the control stays bitwise identical
     assert np.all(a7["dist_seed"][:, -1] > 0.1) and np.all(a7["dist_ulp"][:, 0] < 1e-6)
     # Running again reuses every stored part and reports the same verdicts.
-    _, again = experiment.run_experiment("chance", profile="tiny", root=tmp_path)
+    _, again = experiment.run_experiment("chance", profile="tiny", root=out_dir.parent.parent)
     assert again == verdicts
+
+
+class Recomputed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_cache_recomputes_exactly_the_part_whose_setting_changed(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "tiny"
+    shutil.copytree(tiny[0], out)
+    # Each part's first computation, made to stop the run at once: it shows which part recomputes.
+    first = {"A1": "mean_softmax", "A2": "train_runs", "A7": "a7_init"}
+    mocks = {part: mock.Mock(side_effect=Recomputed(part)) for part in first}
+    for part, name in first.items():
+        monkeypatch.setattr(chance, name, mocks[part])
+    s = chance.PROFILES["tiny"]
+    chance.run(s, out)  # unchanged: every part reused
+    assert not any(m.called for m in mocks.values())
+    with pytest.raises(Recomputed, match="A2"):
+        chance.run(dataclasses.replace(s, a2_dropout=0.2), out)
+    with pytest.raises(Recomputed, match="A7"):
+        chance.run(dataclasses.replace(s, a7_eval_every=50), out)
+    assert not mocks["A1"].called
