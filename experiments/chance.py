@@ -42,7 +42,7 @@ from jax.flatten_util import ravel_pytree
 
 from netalchemy import config as config_lib
 from netalchemy import data as data_lib
-from netalchemy import mlp, plots, stats, store, sweep, train
+from netalchemy import mlp, plots, spread, stats, store, sweep, train
 from netalchemy.config import RANDOMNESS_STREAMS, Config, SeedsConfig
 from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, across, judge
@@ -168,7 +168,7 @@ def pair_error_and_churn(predictions: np.ndarray, labels: np.ndarray) -> tuple[n
     hence ≤ 2 × the mean error; it is no smaller than the difference of the error rates.
     """
     errors = (np.asarray(predictions) != np.asarray(labels)[None]).mean(axis=-1)  # (seeds,)
-    matrix = stats.churn(predictions)
+    matrix = spread.churn(predictions)
     i, j = np.triu_indices(len(errors), k=1)
     return (errors[i] + errors[j]) / 2, matrix[i, j]
 
@@ -576,7 +576,7 @@ def report(out_dir: Path) -> list[Verdict]:
     # A1 -------------------------------------------------------------------
     ok = ~a1["diverged"].astype(bool)
     acc = a1["test_acc"][ok]
-    churn_ci = pairwise_mean_ci(stats.churn(a1["predictions"][ok]), n_resamples=b)
+    churn_ci = pairwise_mean_ci(spread.churn(a1["predictions"][ok]), n_resamples=b)
     acc_std = std_ci(acc, n_resamples=b)
     err_pair, churn_pair = pair_error_and_churn(a1["predictions"][ok], a1["y_test"])
     summary_a1 = {
@@ -598,7 +598,7 @@ def report(out_dir: Path) -> list[Verdict]:
         rows[source] = {
             "std": _ci_dict(std_ci(acc_s, n_resamples=b)),
             "ratio_to_all": _ci_dict(std_ratio_ci(acc_s, all_acc, n_resamples=b)),
-            "churn": _ci_dict(pairwise_mean_ci(stats.churn(a2[source]["predictions"][keep]), n_resamples=b)),
+            "churn": _ci_dict(pairwise_mean_ci(spread.churn(a2[source]["predictions"][keep]), n_resamples=b)),
             "test_acc_mean": float(np.nanmean(acc_s)), "diverged": int((~keep).sum()),
         }
     singles = [s for s in A2_SOURCES if s != "all"]

@@ -26,7 +26,7 @@ From the histories:
   over optimizers, of the `target_quantile` quantile of the final training loss at the tuned
   lr, so every optimizer reaches it in most seeds. Runs that never reach it are censored
   (ranked last);
-- **variance shares** (A3): two-way ANOVA shares (`stats.grid_variance_shares`) of the final
+- **variance shares** (A3): two-way ANOVA shares (`spread.grid_variance_shares`) of the final
   test accuracy on the (lr, seed) grid; diverged runs count as chance accuracy (1/classes).
   The verdict uses the lrs within `a3_window_decades` of the tuned lr (the range a
   practitioner who already knows the order of magnitude would search; on the whole 6-decade
@@ -68,7 +68,7 @@ import numpy as np
 
 from netalchemy import config as config_lib
 from netalchemy import data as data_lib
-from netalchemy import plots, stats, store, sweep
+from netalchemy import plots, spread, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, across, judge
@@ -188,7 +188,7 @@ def variance_shares_ci(grid: np.ndarray, *, n_resamples: int = 2000, seed: int =
     grid = np.asarray(grid, np.float64)
 
     def shares(g):
-        sh = stats.grid_variance_shares(g, ("lr", "seed"))
+        sh = spread.grid_variance_shares(g, ("lr", "seed"))
         return np.array([sh["lr"], sh["seed"], sh["interaction_residual"], sh["lr"] - sh["seed"]])
 
     point = shares(grid)

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from netalchemy import plots, probes, stats, store, sweep
+from netalchemy import plots, probes, spread, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
 from netalchemy.experiment import Verdict
@@ -94,7 +94,7 @@ def run(s: Settings, out_dir: Path) -> None:
     within = np.stack([cka_matrix(p, p) for p in per_seed])
     pairs = [(a, b) for a in range(len(seeds)) for b in range(a + 1, len(seeds))][: s.cka_pairs]
     cross = np.stack([cka_matrix(per_seed[a], per_seed[b]) for a, b in pairs])
-    churn = stats.churn(result.test_predictions)
+    churn = spread.churn(result.test_predictions)
     store.write_npz(out_dir / "results.npz", {
         "probe_init": probe["init"], "probe_trained": probe["trained"], "cka_within": within,
         "cka_cross": cross, "pairs": np.array(pairs), "pair_churn": np.array([churn[a, b] for a, b in pairs]),

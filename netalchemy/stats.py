@@ -1,11 +1,12 @@
-"""Statistics over seeds: bootstrap CIs, proportions, IQM, probability of improvement, churn,
-variance shares, log-log slopes, and a JSON-safe per-seed summary.
+"""Statistics over seeds: bootstrap CIs, proportions, IQM, probability of improvement, log-log
+slopes, and a JSON-safe per-seed summary (how runs differ — churn, variance shares — is in
+`spread`).
 
 Pure numpy/scipy functions; nothing here knows about training. The intervals come from
 libraries: bootstrap CIs from ``scipy.stats.bootstrap`` (BCa), proportions from
-``scipy.stats.binomtest(...).proportion_ci`` (Wilson score). Hand-written here is only what
-no library does (churn, variance shares; linear CKA lives in `probes`), each tested against an
-independent computation. Conventions:
+``scipy.stats.binomtest(...).proportion_ci`` (Wilson score). What no library does is
+hand-written elsewhere (churn and variance shares in `spread`, linear CKA in `probes`), each
+tested against an independent computation. Conventions:
 
 - Per-seed values live on the **last axis** (or form a 1-D array).
 - Non-finite values (NaN, ±inf) mark diverged seeds: the CI and summary functions drop
@@ -27,36 +28,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import scipy.stats
 from numpy.typing import ArrayLike
 
-__all__ = [
-    "CI",
-    "LogLogFit",
-    "bootstrap_ci",
-    "churn",
-    "finite_or_none",
-    "fraction_ci",
-    "grid_variance_shares",
-    "independent_bootstrap_ci",
-    "iqm",
-    "mean_pairwise_churn",
-    "paired_bootstrap_ci",
-    "paired_improvement_ci",
-    "probability_of_improvement",
-    "probability_of_improvement_ci",
-    "proportion_ci",
-    "slope_loglog",
-    "summarize",
-    "variance_decomposition",
-]
+# Re-exported, outside `__all__`, only because notebooks/03_chance.ipynb calls `stats.churn` and
+# `stats.mean_pairwise_churn`; everything else imports them from `spread`.
+from netalchemy.spread import churn, mean_pairwise_churn  # noqa: F401
 
-# Upper bound on the number of elements in one block of churn comparisons (~32 MiB).
-_CHUNK_ELEMENTS = 1 << 22
-
+__all__ = ["CI", "LogLogFit", "bootstrap_ci", "finite_or_none", "fraction_ci", "independent_bootstrap_ci", "iqm",
+           "paired_bootstrap_ci", "paired_improvement_ci", "probability_of_improvement",
+           "probability_of_improvement_ci", "proportion_ci", "slope_loglog", "summarize"]
 
 # --------------------------------------------------------------------------- helpers
 
@@ -151,14 +135,8 @@ def _bootstrap_1d(x: np.ndarray, statistic: Callable[..., Any], confidence: floa
                                    n_resamples=n_resamples, rng=rng))
 
 
-def bootstrap_ci(
-    values: ArrayLike,
-    *,
-    statistic: Callable[..., Any] = np.mean,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int | np.random.Generator = 0,
-) -> CI:
+def bootstrap_ci(values: ArrayLike, *, statistic: Callable[..., Any] = np.mean, confidence: float = 0.95,
+                 n_resamples: int = 10_000, seed: int | np.random.Generator = 0) -> CI:
     """BCa bootstrap CI of ``statistic`` over per-seed values (``scipy.stats.bootstrap``,
     Efron & Tibshirani 1993, ch. 14).
 
@@ -183,15 +161,8 @@ def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def paired_bootstrap_ci(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    statistic: Callable[..., Any] = _mean_difference,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int | np.random.Generator = 0,
-) -> CI:
+def paired_bootstrap_ci(a: ArrayLike, b: ArrayLike, *, statistic: Callable[..., Any] = _mean_difference,
+                        confidence: float = 0.95, n_resamples: int = 10_000, seed: int | np.random.Generator = 0) -> CI:
     """BCa CI of ``statistic(a, b, axis=-1)`` for a paired design: seed ``i`` of ``a`` and
     seed ``i`` of ``b`` are resampled together (``scipy.stats.bootstrap(paired=True)``).
 
@@ -215,15 +186,9 @@ def paired_bootstrap_ci(
                                    n_resamples=n_resamples, rng=np.random.default_rng(seed)))
 
 
-def independent_bootstrap_ci(
-    a: ArrayLike,
-    b: ArrayLike,
-    *,
-    statistic: Callable[..., Any] = _mean_difference,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int | np.random.Generator = 0,
-) -> CI:
+def independent_bootstrap_ci(a: ArrayLike, b: ArrayLike, *, statistic: Callable[..., Any] = _mean_difference,
+                             confidence: float = 0.95, n_resamples: int = 10_000,
+                             seed: int | np.random.Generator = 0) -> CI:
     """BCa CI of ``statistic(a, b, axis=-1)`` for two independent samples, each resampled on its
     own (stratified; ``scipy.stats.bootstrap`` with two samples). Non-finite values are dropped
     from each; NaN if either is then empty or the statistic is not finite; a point interval when
@@ -308,14 +273,8 @@ def probability_of_improvement(x: ArrayLike, y: ArrayLike) -> float:
     return float(_u_over_nm(a, b))
 
 
-def probability_of_improvement_ci(
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int | np.random.Generator = 0,
-) -> CI:
+def probability_of_improvement_ci(x: ArrayLike, y: ArrayLike, *, confidence: float = 0.95,
+                                  n_resamples: int = 10_000, seed: int | np.random.Generator = 0) -> CI:
     """:func:`probability_of_improvement` with a BCa bootstrap CI; the seeds of ``x`` and of
     ``y`` are resampled independently (stratified, as ``rliable``). When every seed of one
     sample beats every seed of the other the interval is [1, 1] (or [0, 0]): no resample can
@@ -332,112 +291,11 @@ def probability_of_improvement_ci(
                                    n_resamples=n_resamples, rng=np.random.default_rng(seed)))
 
 
-# ---------------------------------------------------------------------------- churn
-
-
-def churn(predictions: ArrayLike) -> np.ndarray:
-    """Pairwise disagreement matrix: ``out[i, j]`` is the fraction of examples on which
-    seeds ``i`` and ``j`` predict different classes.
-
-    ``predictions`` is an integer array ``(seeds, examples)`` of predicted labels. Rows are
-    processed in blocks of at most ~4M comparisons, so 256 seeds x 10k examples is cheap.
-    """
-    p = np.asarray(predictions)
-    if p.ndim != 2:
-        raise ValueError(f"predictions must be (seeds, examples), got shape {p.shape}")
-    s, e = p.shape
-    out = np.empty((s, s))
-    if e == 0:
-        out.fill(math.nan)
-        return out
-    block = max(1, _CHUNK_ELEMENTS // max(s * e, 1))
-    for start in range(0, s, block):
-        rows = p[start : start + block]
-        out[start : start + block] = (rows[:, None, :] != p[None, :, :]).mean(axis=-1)
-    return out
-
-
-def mean_pairwise_churn(predictions: ArrayLike) -> float:
-    """Mean of :func:`churn` over unordered pairs of distinct seeds ``i < j``; NaN for
-    fewer than two seeds."""
-    matrix = churn(predictions)
-    i, j = np.triu_indices(matrix.shape[0], k=1)
-    return float(matrix[i, j].mean()) if i.size else math.nan
-
-
-# ------------------------------------------------------------- variance decomposition
-
-
-def variance_decomposition(
-    values: ArrayLike, factors: Mapping[str, ArrayLike]
-) -> dict[str, float]:
-    """Share of the total variance of ``values`` explained by each factor's main effect.
-
-    For each factor, eta-squared = SS_between / SS_total, where SS_between is the sum of
-    squares of the group means (the factor's levels) about the grand mean, weighted by
-    group size. ``'residual'`` is ``1 - sum(shares)``: interaction plus noise. In a
-    balanced crossed design (a full grid, e.g. lr x seed) the main effects are orthogonal
-    and everything is non-negative and sums to 1; in unbalanced designs main effects
-    overlap and the residual can come out negative. Observations whose value is
-    non-finite are dropped. All shares are NaN if the total variance is zero.
-
-    ``factors`` maps a name to a 1-D array of level labels (any hashable dtype), one per
-    observation. The name ``'residual'`` is reserved.
-    """
-    y = np.asarray(values, dtype=np.float64).ravel()
-    if "residual" in factors:
-        raise ValueError("'residual' is reserved; rename that factor")
-    keep = np.isfinite(y)
-    y = y[keep]
-    centred = y - y.mean() if y.size else y
-    ss_total = float(centred @ centred)
-    shares: dict[str, float] = {}
-    for name, labels in factors.items():
-        lab = np.asarray(labels).ravel()
-        if lab.shape[0] != keep.shape[0]:
-            raise ValueError(
-                f"factor {name!r} has {lab.shape[0]} labels for {keep.shape[0]} values"
-            )
-        _, group = np.unique(lab[keep], return_inverse=True)
-        counts = np.bincount(group)
-        sums = np.bincount(group, weights=centred)
-        nonempty = counts > 0
-        ss_between = float(np.sum(sums[nonempty] ** 2 / counts[nonempty]))
-        shares[name] = ss_between / ss_total if ss_total > 0 else math.nan
-    shares["residual"] = 1.0 - sum(shares.values()) if ss_total > 0 else math.nan
-    return shares
-
-
-def grid_variance_shares(
-    grid: ArrayLike, names: tuple[str, str] = ("a", "b")
-) -> dict[str, float]:
-    """Variance shares of a 2-D grid ``(levels_a, levels_b)``, e.g. accuracy over
-    lr x seed: ``{names[0]: ..., names[1]: ..., 'interaction_residual': ...}``.
-
-    For a complete grid the three shares are non-negative and sum to 1 (two-way ANOVA
-    without replication, where interaction and noise are not separable).
-    """
-    g = np.asarray(grid, dtype=np.float64)
-    if g.ndim != 2:
-        raise ValueError(f"grid must be 2-D (levels_a, levels_b), got shape {g.shape}")
-    if len(names) != 2 or names[0] == names[1] or "interaction_residual" in names:
-        raise ValueError(f"names must be two distinct factor names, got {names!r}")
-    rows, cols = np.indices(g.shape)
-    shares = variance_decomposition(g.ravel(), {names[0]: rows.ravel(), names[1]: cols.ravel()})
-    shares["interaction_residual"] = shares.pop("residual")
-    return shares
-
-
 # --------------------------------------------------------------------------- summary
 
 
-def summarize(
-    values: ArrayLike,
-    *,
-    confidence: float = 0.95,
-    n_resamples: int = 10_000,
-    seed: int | np.random.Generator = 0,
-) -> dict[str, int | float | None]:
+def summarize(values: ArrayLike, *, confidence: float = 0.95, n_resamples: int = 10_000,
+              seed: int | np.random.Generator = 0) -> dict[str, int | float | None]:
     """JSON-safe summary of per-seed final values.
 
     Keys: ``n`` (all seeds), ``n_finite`` (seeds that did not diverge), and over the

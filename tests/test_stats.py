@@ -1,4 +1,5 @@
-"""Tests for netalchemy.stats: each function against scipy or a hand-computed answer."""
+"""Tests for netalchemy.stats and netalchemy.spread: each function against scipy or a
+hand-computed answer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from netalchemy import probes, stats
+from netalchemy import probes, spread, stats
 
 FAST = settings(max_examples=40, deadline=None)
 finite_floats = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
@@ -231,7 +232,13 @@ def test_probability_of_improvement_ci():
     assert stats.probability_of_improvement_ci([5.0, 6.0], [1.0, 2.0]) == (1.0, 1.0, 1.0)
 
 
-# ----------------------------------------------------------------------------- churn
+# ----------------------------------------------------------------------------- churn (spread)
+
+
+def test_stats_reexports_only_what_the_chance_notebook_calls():
+    assert stats.churn is spread.churn and stats.mean_pairwise_churn is spread.mean_pairwise_churn
+    assert not hasattr(stats, "variance_decomposition") and not hasattr(stats, "grid_variance_shares")
+    assert "churn" not in stats.__all__
 
 
 def test_churn_hand_made():
@@ -243,25 +250,25 @@ def test_churn_hand_made():
         ]
     )
     expected = np.array([[0, 0.25, 0.75], [0.25, 0, 0.5], [0.75, 0.5, 0]])
-    np.testing.assert_allclose(stats.churn(preds), expected)
-    assert stats.mean_pairwise_churn(preds) == pytest.approx(0.5)
-    assert math.isnan(stats.mean_pairwise_churn(preds[:1]))
+    np.testing.assert_allclose(spread.churn(preds), expected)
+    assert spread.mean_pairwise_churn(preds) == pytest.approx(0.5)
+    assert math.isnan(spread.mean_pairwise_churn(preds[:1]))
 
 
 def test_churn_blocked_matches_bruteforce(monkeypatch):
     preds = np.random.default_rng(0).integers(0, 10, size=(37, 300))
     brute = np.array([[np.mean(a != b) for b in preds] for a in preds])
-    monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 5000)  # forces single-row blocks
-    np.testing.assert_allclose(stats.churn(preds), brute)
+    monkeypatch.setattr(spread, "_CHUNK_ELEMENTS", 5000)  # forces single-row blocks
+    np.testing.assert_allclose(spread.churn(preds), brute)
 
 
 def test_churn_large_is_fast_and_sane():
     preds = np.random.default_rng(0).integers(0, 10, size=(256, 10_000), dtype=np.int8)
-    matrix = stats.churn(preds)
+    matrix = spread.churn(preds)
     assert matrix.shape == (256, 256)
     np.testing.assert_array_equal(np.diag(matrix), 0.0)
     np.testing.assert_allclose(matrix, matrix.T)
-    assert stats.mean_pairwise_churn(preds) == pytest.approx(0.9, abs=0.01)
+    assert spread.mean_pairwise_churn(preds) == pytest.approx(0.9, abs=0.01)
 
 
 # ------------------------------------------------------------- variance decomposition
@@ -271,19 +278,19 @@ def test_variance_decomposition_one_factor_explains_everything():
     lr = np.repeat([1e-3, 1e-2, 1e-1], 5)
     seed = np.tile(np.arange(5), 3)
     accuracy = np.repeat([0.8, 0.9, 0.7], 5)  # only lr matters
-    shares = stats.variance_decomposition(accuracy, {"lr": lr, "seed": seed})
+    shares = spread.variance_decomposition(accuracy, {"lr": lr, "seed": seed})
     assert shares["lr"] == pytest.approx(1.0)
     assert shares["seed"] == pytest.approx(0.0, abs=1e-12)
     assert shares["residual"] == pytest.approx(0.0, abs=1e-12)
     grid = accuracy.reshape(3, 5)
-    g = stats.grid_variance_shares(grid, names=("lr", "seed"))
+    g = spread.grid_variance_shares(grid, names=("lr", "seed"))
     assert g == pytest.approx({"lr": 1.0, "seed": 0.0, "interaction_residual": 0.0}, abs=1e-12)
 
 
 def test_variance_decomposition_additive_grid_hand_computed():
     # y = a_i + b_j with a = (-1, 1), b = (-2, 0, 2): Var = Var(a) + Var(b) = 1 + 8/3.
     grid = np.array([-1.0, 1.0])[:, None] + np.array([-2.0, 0.0, 2.0])[None, :]
-    shares = stats.grid_variance_shares(grid)
+    shares = spread.grid_variance_shares(grid)
     total = 1 + 8 / 3
     assert shares["a"] == pytest.approx(1 / total)
     assert shares["b"] == pytest.approx((8 / 3) / total)
@@ -295,7 +302,7 @@ def test_variance_decomposition_additive_grid_hand_computed():
     hnp.arrays(np.float64, st.tuples(st.integers(2, 6), st.integers(2, 6)), elements=finite_floats)
 )
 def test_balanced_grid_shares_sum_to_one(grid):
-    shares = stats.grid_variance_shares(grid)
+    shares = spread.grid_variance_shares(grid)
     if np.ptp(grid) == 0 or grid.var() < 1e-9:
         return
     assert sum(shares.values()) == pytest.approx(1.0)
@@ -307,7 +314,7 @@ def test_balanced_grid_shares_sum_to_one(grid):
     expected_residual = (interaction**2).sum() / ss_total
     assert shares["interaction_residual"] == pytest.approx(expected_residual, abs=1e-9)
     rows, cols = np.indices(grid.shape)
-    flat = stats.variance_decomposition(grid.ravel(), {"a": rows.ravel(), "b": cols.ravel()})
+    flat = spread.variance_decomposition(grid.ravel(), {"a": rows.ravel(), "b": cols.ravel()})
     assert flat["a"] == pytest.approx(shares["a"]) and flat["b"] == pytest.approx(shares["b"])
 
 
@@ -315,15 +322,15 @@ def test_variance_decomposition_string_labels_nan_and_errors():
     values = [1.0, 3.0, np.nan, 5.0, 7.0]
     labels = ["x", "x", "y", "y", "y"]
     # Finite: x -> {1, 3}, y -> {5, 7}; grand mean 4, SS_total 20, SS_between 4*(1+1)=16.
-    shares = stats.variance_decomposition(values, {"opt": labels})
+    shares = spread.variance_decomposition(values, {"opt": labels})
     assert shares["opt"] == pytest.approx(0.8)
     assert shares["residual"] == pytest.approx(0.2)
-    constant = stats.variance_decomposition([2.0, 2.0], {"f": [0, 1]})
+    constant = spread.variance_decomposition([2.0, 2.0], {"f": [0, 1]})
     assert math.isnan(constant["f"]) and math.isnan(constant["residual"])
     with pytest.raises(ValueError):
-        stats.variance_decomposition([1.0, 2.0], {"f": [0]})
+        spread.variance_decomposition([1.0, 2.0], {"f": [0]})
     with pytest.raises(ValueError):
-        stats.variance_decomposition([1.0, 2.0], {"residual": [0, 1]})
+        spread.variance_decomposition([1.0, 2.0], {"residual": [0, 1]})
 
 
 # ------------------------------------------------------------------------ linear CKA
