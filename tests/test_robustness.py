@@ -2,6 +2,7 @@
 kill -9 leftovers, two processes on one folder, a device-count change, float64, divergence."""
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from netalchemy import config as C
-from netalchemy import store, sweep, train
+from netalchemy import checkpoints, store, sweep, train
 from netalchemy.data import load
 
 TINY = ["model.hidden=16", "train.steps=40", "train.eval_every=10", "train.chunk_steps=20",
@@ -198,17 +199,33 @@ def test_a_damaged_chunk_is_named_never_trusted_and_retrained_once_deleted(mnist
     assert same(sweep.run(tiny(), out_dir=folder, dataset=mnist1d, progress=False), finished[1])
 
 
+def test_checkpoint_digest_is_sha256_of_paths_dtypes_shapes_and_bytes():
+    one = {"x": np.array([1, 2], np.uint8)}
+    assert checkpoints.digest(one).tobytes() == hashlib.sha256(b"['x'] uint8 (2,)" + b"\x01\x02").digest()
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2, np.int32)}
+    flipped = tree["a"].copy()
+    flipped.reshape(-1).view(np.uint8)[5] ^= 1  # one bit of one float
+    variants = [{**tree, "a": tree["a"].reshape(3, 2)}, {**tree, "b": tree["b"].astype(np.int64)},
+                {"c": tree["a"], "b": tree["b"]}, {**tree, "a": flipped}]
+    digests = {checkpoints.digest(t).tobytes() for t in [tree, *variants]}
+    assert len(digests) == 1 + len(variants)  # each change of a path, dtype, shape or byte is seen
+    leaves = checkpoints.flat(tree)
+    assert list(leaves) == ["0000", "0001"] and leaves["0000"] is tree["a"]
+    back = checkpoints.unflat(leaves, tree)
+    assert list(back) == ["a", "b"] and back["a"] is tree["a"] and back["b"] is tree["b"]
+
+
 def test_a_damaged_checkpoint_is_named_and_says_how_to_recover(mnist1d, tmp_path, monkeypatch):
-    original = sweep._Checkpoints.save
+    original = checkpoints.Checkpoints.save
 
     def crash_after_saving(self, step, tree):
         original(self, step, tree)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep._Checkpoints, "save", crash_after_saving)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash_after_saving)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
-    monkeypatch.setattr(sweep._Checkpoints, "save", original)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
     ckpt = tmp_path / "checkpoints" / "chunk-0000"
     files = [p for p in ckpt.rglob("*") if p.is_file()]
     biggest = max(files, key=lambda p: p.stat().st_size)
@@ -356,10 +373,10 @@ def test_reuse_and_force(mnist1d, finished, tmp_path):
 
 
 def test_resuming_on_another_device_count_is_refused_and_segments_are_recorded(mnist1d, tmp_path):
-    script = ("import sys; from netalchemy import sweep, config as C\n"
-              "save = sweep._Checkpoints.save\n"
+    script = ("import sys; from netalchemy import checkpoints, sweep, config as C\n"
+              "save = checkpoints.Checkpoints.save\n"
               "def crash(self, step, tree):\n    save(self, step, tree); raise SystemExit(3)\n"
-              "sweep._Checkpoints.save = crash\n"
+              "checkpoints.Checkpoints.save = crash\n"
               f"sweep.run(C.override(C.Config(), {TINY!r}), out_dir=sys.argv[1], progress=False)")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True)
@@ -378,16 +395,16 @@ def test_resuming_on_another_device_count_is_refused_and_segments_are_recorded(m
 
 
 def test_a_resumed_sweep_records_every_segment(mnist1d, tmp_path, monkeypatch):
-    original = sweep._Checkpoints.save
+    original = checkpoints.Checkpoints.save
 
     def crash_after_saving(self, step, tree):
         original(self, step, tree)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep._Checkpoints, "save", crash_after_saving)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash_after_saving)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
-    monkeypatch.setattr(sweep._Checkpoints, "save", original)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
     sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert [s["mesh_devices"] for s in prov["segments"]] == [1, 1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from netalchemy import config as C
-from netalchemy import sweep, train
+from netalchemy import checkpoints, sweep, train
 from netalchemy.data import load
 
 TINY = ["model.hidden=16", "train.steps=40", "train.eval_every=10", "train.chunk_steps=20",
@@ -59,18 +59,18 @@ def test_a_finished_sweep_is_never_overwritten_by_another_config(mnist1d, tmp_pa
 def test_resume_after_interruption_is_bit_identical(mnist1d, tmp_path, monkeypatch):
     reference = sweep.run(tiny(), out_dir=tmp_path / "ref", dataset=mnist1d, progress=False)
     calls = []
-    original = sweep._Checkpoints.save
+    original = checkpoints.Checkpoints.save
 
     def crash_after_first_checkpoint(self, step, tree):
         original(self, step, tree)
         calls.append(step)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep._Checkpoints, "save", crash_after_first_checkpoint)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False)
     assert calls == [2] and not (tmp_path / "cut" / "summary.json").exists()
-    monkeypatch.setattr(sweep._Checkpoints, "save", original)
+    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
     resumed = sweep.run(tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False)
     assert same(reference, resumed)
 
