@@ -4,10 +4,13 @@
                 init, evaluations, divergence checks, shuffled epochs, checkpoints, files,
                 predictions, reading the result back. Compilations during the timed calls
                 are counted through the engine's jitted functions and must be 0.
-  engine_chunk  the engine's compiled training program alone: `sweep.train_chunk` called
-                once per `chunk_steps` as `sweep.run` calls it, metrics fetched to the host;
-                no init, checkpoints or files (states are re-initialised, untimed, before
-                each call because the program donates them).
+  engine_chunk  the engine's compiled training program alone: `sweep.train_chunk` over
+                every evaluation interval of `train.interval_plan(cfg)`, one call per
+                `chunk_steps` of full intervals (several intervals scanned in one program;
+                `sweep.run` instead queues one call per interval) and one for a shorter last
+                interval, metrics fetched to the host after each call; no init, checkpoints
+                or files (states are re-initialised, untimed, before each timed call because
+                the program donates them).
 
 Both run on the CPU devices the `netalchemy` command sets up (one per core, runs sharded
 over them); `engine_cpu_devices` overrides.
@@ -75,7 +78,7 @@ def sweep_runner(spec: dict, data: dict) -> Runner:
 
 
 def program_runner(spec: dict, data: dict) -> Runner:
-    """`sweep.train_chunk` alone, every run in one run chunk, as `sweep.run` calls it."""
+    """`sweep.train_chunk` alone, every run in one run chunk, `chunk_steps` of intervals per call."""
     _use_devices(spec)
     import jax
     import jax.numpy as jnp
@@ -93,7 +96,7 @@ def program_runner(spec: dict, data: dict) -> Runner:
     lrs = sweep.shard_runs(jnp.full(len(seeds), w.lr, jnp.float32), mesh)
     arrays = train.Data(*(jnp.asarray(data[k]) for k in ("x_train", "y_train", "x_test", "y_test")))
     arrays = jax.device_put(arrays, NamedSharding(mesh, PartitionSpec()))
-    total = cfg.train.steps // cfg.train.eval_every
+    full, tail = train.interval_plan(cfg)  # full intervals, steps of a shorter last one (0: none)
     per_chunk = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
     box = {}
 
@@ -103,11 +106,15 @@ def program_runner(spec: dict, data: dict) -> Runner:
 
     def run():
         states, done = box.pop("states"), 0
-        while done < total:
-            k = min(per_chunk, total - done)
+        while done < full:
+            k = min(per_chunk, full - done)
             states, metrics = sweep.train_chunk(states, streams, arrays, lrs, cfg=cfg, axes=axes, intervals=k)
             jax.device_get(metrics)
             done += k
+        if tail:
+            states, metrics = sweep.train_chunk(states, streams, arrays, lrs, cfg=cfg, axes=axes, intervals=1,
+                                                length=tail)
+            jax.device_get(metrics)
         jax.block_until_ready(states)
 
     return Runner(run, prepare, lambda: {"eval_every": cfg.train.eval_every})
