@@ -34,10 +34,6 @@ import numpy as np
 import scipy.stats
 from numpy.typing import ArrayLike
 
-# Re-exported, outside `__all__`, only because notebooks/03_chance.ipynb calls `stats.churn` and
-# `stats.mean_pairwise_churn`; everything else imports them from `spread`.
-from netalchemy.spread import churn, mean_pairwise_churn  # noqa: F401
-
 __all__ = ["CI", "LogLogFit", "bootstrap_ci", "finite_or_none", "fraction_ci", "independent_bootstrap_ci", "iqm",
            "paired_bootstrap_ci", "paired_improvement_ci", "probability_of_improvement",
            "probability_of_improvement_ci", "proportion_ci", "slope_loglog", "summarize"]
