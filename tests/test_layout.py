@@ -1,0 +1,22 @@
+"""The repository's shape: library modules stay small, and nothing points outside the repository."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = sorted((ROOT / "netalchemy").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=lambda p: str(p.relative_to(ROOT)))
+def test_library_modules_hold_at_most_400_lines(path):
+    assert len(path.read_text(encoding="utf-8").splitlines()) <= 400
+
+
+def test_nothing_points_outside_the_repository():
+    texts = [ROOT / "README.md"]
+    for folder in ("netalchemy", "experiments", "benchmarks", "notebooks", "tests"):
+        texts += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".md", ".ipynb", ".toml"}]
+    offenders = [str(p.relative_to(ROOT)) for p in texts
+                 if p != Path(__file__) and "../shared" in p.read_text(encoding="utf-8")]
+    assert offenders == []
