@@ -445,7 +445,7 @@ def plot_noise(a: dict, path: Path) -> None:
     """E‖g_B − g_N‖² vs B (log-log), seed bands at init and trained, with the fitted power law."""
     sizes = np.asarray(a["noise"]["batch_sizes"], np.float64)
     n = a["n_train"]
-    fig, ax = plots.plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plots.subplots(figsize=(6.5, 4.5))
     for point, color in zip(POINTS, ("C0", "C1")):
         d = a["noise"][point]
         plots.seed_band(ax, sizes, np.asarray(d["per_seed"]), label=f"{point}", color=color)
@@ -470,7 +470,7 @@ def plot_throughput(a: dict, path: Path) -> None:
     med = np.asarray(tp["median_examples_per_s"])
     lo = np.array([min(r) for r in tp["all"]])
     hi = np.array([max(r) for r in tp["all"]])
-    fig, ax = plots.plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plots.subplots(figsize=(6.5, 4.5))
     ax.errorbar(b, med, yerr=[med - lo, hi - med], marker="o", capsize=3, label="median (bars: min–max of repeats)")
     fit = tp["fit"]
     ax.plot(b, np.exp(fit["intercept"]) * b ** fit["slope"], ls="--", color="gray",
@@ -487,7 +487,7 @@ def plot_throughput(a: dict, path: Path) -> None:
 def plot_gap(s: Settings, a: dict, path: Path) -> None:
     rows = a["gap"]["rows"]
     b = np.asarray([r["batch_size"] for r in rows], np.float64)
-    fig, axes = plots.plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plots.subplots(1, 2, figsize=(12, 4.5))
     for ax, keys in zip(axes, (("gap",), ("train_acc", "test_acc"))):
         for key in keys:
             est = np.array([r[key]["estimate"] for r in rows])
@@ -498,15 +498,16 @@ def plot_gap(s: Settings, a: dict, path: Path) -> None:
         ax.set_xlabel("batch size B")
         ax.legend(fontsize=7)
     fits = a["gap"]["comparable"]
-    for x, r in zip(b, rows):
+    for i, (x, r) in enumerate(zip(b, rows)):
         if r["batch_size"] not in fits:
             axes[0].scatter([x], [r["gap"]["estimate"]], s=120, facecolor="none", edgecolor="red", zorder=3)
         label = f"lr {r['tuned_lr']:g}" + ("" if r["batch_size"] in fits else ", underfit")
-        axes[0].annotate(label, (x, r["gap"]["estimate"]), fontsize=7,
-                         textcoords="offset points", xytext=(4, 4))
+        right_half = i >= len(rows) / 2  # notes point inwards, so they stay inside the panel
+        axes[0].annotate(label, (x, r["gap"]["estimate"]), fontsize=7, textcoords="offset points",
+                         xytext=(-4 if right_half else 4, 4), ha="right" if right_half else "left")
     axes[0].set_ylabel("generalization gap: train acc − held-out test acc")
     axes[1].set_ylabel("accuracy")
-    fig.suptitle(f"M9: SGD, {s.epochs} epochs at every B, lr tuned per B on a validation half of the test split; "
+    fig.suptitle(f"M9: SGD, {s.epochs} epochs at every B, lr tuned per B on a validation half of the test split\n"
                  f"red circle = underfit (train acc more than {s.fit_tolerance:g} below the best), "
                  f"left out of the verdict",
                  fontsize=9)

@@ -458,10 +458,8 @@ def _ci_dict(ci: stats.CI) -> dict:
 
 
 def _fig_a1(a1: dict, churn: stats.CI, path_hist: Path, path_scatter: Path) -> None:
-    import matplotlib.pyplot as plt
-
     acc = a1["test_acc"][np.isfinite(a1["test_acc"])]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, bx) = plots.subplots(1, 2, figsize=(11, 4.6))
     ax.hist(100 * acc, bins=max(5, min(30, len(acc) // 2)), color="C0", alpha=0.8, label=f"{len(acc)} seeds")
     ax.axvline(100 * acc.mean(), color="k", ls="--", label=f"mean {100 * acc.mean():.1f}%")
     ax.axvline(100 * float(a1["ensemble_softmax_acc"]), color="C3", label="ensemble of all (mean softmax)")
@@ -469,7 +467,6 @@ def _fig_a1(a1: dict, churn: stats.CI, path_hist: Path, path_scatter: Path) -> N
     ax.set_xlabel("final test accuracy (%)")
     ax.set_ylabel("seeds")
     ax.set_title("A1: same config, different seeds")
-    ax.legend(fontsize=8)
     sizes = a1["ensemble_sizes"]
     for key, label, color in (("ensemble_softmax_curve", "mean softmax", "C3"),
                               ("ensemble_vote_curve", "majority vote", "C2")):
@@ -481,12 +478,12 @@ def _fig_a1(a1: dict, churn: stats.CI, path_hist: Path, path_scatter: Path) -> N
     bx.set_xlabel("ensemble size (seeds)")
     bx.set_ylabel("ensemble test accuracy (%)")
     bx.set_title("what the seeds are worth together")
-    bx.legend(fontsize=8)
+    fig.legend(fontsize=8, ncol=3, loc="outside lower center")  # both panels' entries, off the data
     plots.save(fig, path_hist)
 
     ok = ~a1["diverged"].astype(bool)
     err, ch = pair_error_and_churn(a1["predictions"][ok], a1["y_test"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plots.subplots(figsize=(5.5, 5.2))
     ax.scatter(100 * err, 100 * ch, s=8, alpha=0.5, label=f"{len(err)} pairs of seeds")
     lim = np.array([0.0, 100 * max(err.max(initial=0.01), ch.max(initial=0.01) / 2) * 1.1])
     ax.plot(lim, 2 * lim, "k--", lw=0.8, label="upper bound: churn = err$_i$ + err$_j$")
@@ -497,7 +494,7 @@ def _fig_a1(a1: dict, churn: stats.CI, path_hist: Path, path_scatter: Path) -> N
     ax.set_xlabel("mean test error rate of the pair (%)")
     ax.set_ylabel("churn: test examples the pair disagrees on (%)")
     ax.set_title(f"A1: disagreement vs error (mean churn {100 * churn.estimate:.1f}%)")
-    ax.legend(fontsize=8, loc="upper left")
+    fig.legend(fontsize=8, ncol=2, loc="outside lower center")
     plots.save(fig, path_scatter)
 
 

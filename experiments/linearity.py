@@ -42,7 +42,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 
 from netalchemy import config as config_lib
@@ -251,7 +250,7 @@ def plot_accuracy(r: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
     """Final test accuracy per model with 95% CI whiskers; collapsed-map accuracy as crosses."""
     names = meta["models"]
     colors = {"logreg": "C0", "linear": "C1", "relu": "C2"}
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.5), constrained_layout=True)
+    fig, ax = plots.subplots(figsize=(max(6, 0.9 * len(names) + 2), 4.5))
     for i, name in enumerate(names):
         ci = stats.bootstrap_ci(r[f"{name}/test_acc"])
         ax.bar(i, ci.estimate, color=colors[name.split("-")[0]], alpha=0.8)
@@ -277,7 +276,7 @@ def plot_activity(r: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
     """Active fraction and dead-unit fraction per ReLU layer, at init vs trained, 95% CIs."""
     layers = [(name, j) for name in meta["models"] if name.startswith("relu-")
               for j in range(r[f"{name}/active_init"].shape[1])]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(layers) + 4), 4), constrained_layout=True)
+    fig, axes = plots.subplots(1, 2, figsize=(max(8, 1.2 * len(layers) + 4), 4))
     x = np.arange(len(layers))
     for ax, kind, ylabel in ((axes[0], "active", "fraction of (example, unit) pairs active"),
                              (axes[1], "dead", "fraction of units never active on the test set")):
@@ -295,8 +294,8 @@ def plot_activity(r: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
                                             for s in ("init", "trained"))))
     for ax in axes:
         ax.legend(fontsize=8)
-    axes[0].set_title("ReLU units active on a test example (mean, 95% CI over seeds)")
-    axes[1].set_title("Dead ReLU units")
+    axes[0].set_title("Active ReLU units\n(per test example; mean, 95% CI over seeds)")
+    axes[1].set_title("Dead ReLU units\n(never active on the test set)")
     return plots.save(fig, path)
 
 

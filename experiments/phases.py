@@ -53,7 +53,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
 import numpy as np
 
 from netalchemy import data as data_lib
@@ -317,7 +316,7 @@ def plot_curves(curves: dict[str, np.ndarray], bounds: dict[str, stats.CI], meta
     """Loss, accuracy and gradient-norm curves over log epochs with seed bands and boundaries."""
     e = curves["epochs"]
     keep = e > 0
-    fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
+    fig, axes = plots.subplots(3, 1, figsize=(8, 11), sharex=True)
     for ax, metrics, ylabel, log_y in (
             (axes[0], ("train_loss", "test_loss"), "cross-entropy (nats)", True),
             (axes[1], ("train_acc", "test_acc"), "accuracy", False),
@@ -330,9 +329,12 @@ def plot_curves(curves: dict[str, np.ndarray], bounds: dict[str, stats.CI], meta
     if acc_peak is not None and np.isfinite(acc_peak.estimate):
         axes[1].axvline(acc_peak.estimate, color="C1", ls="--", lw=1,
                         label=f"test-accuracy peak: {acc_peak.estimate:.0f} ep [{acc_peak.low:.0f}, {acc_peak.high:.0f}]")
-        axes[1].legend(fontsize=7, loc="upper left")
     axes[0].axhline(math.log(meta["num_classes"]), color="grey", lw=0.8, ls="--", label="ln(classes)")
-    axes[0].legend(fontsize=7, loc="lower left")
+    entries = {}  # label -> handle, each entry once (the boundaries are marked in every panel)
+    for ax in axes:
+        entries.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels())
+                        if label not in entries})
+    fig.legend(entries.values(), entries.keys(), fontsize=7, ncol=2, loc="outside lower center")
     axes[2].set_xscale("log")
     axes[2].set_xlim(e[keep][0], max(e[-1], ARTICLE_EPOCHS["overfit_onset"] * 1.2))
     axes[2].set_xlabel(f"epoch (1 epoch = {meta['steps_per_epoch']} steps of batch {meta['batch_size']}; log scale)")
@@ -345,7 +347,7 @@ def plot_init(curves: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
     """Initial loss per seed vs ln C, and the distribution of the largest softmax probability."""
     inits = list(dict.fromkeys((meta["init"], meta["contrast_init"])))
     c = meta["num_classes"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax0, ax1) = plots.subplots(1, 2, figsize=(11, 4))
     rng = np.random.default_rng(0)
     for i, name in enumerate(inits):
         loss = curves[f"init_{name}/loss"]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import chance
 from netalchemy import config as config_lib
 from netalchemy import experiment, mlp, stats, sweep
@@ -136,9 +137,23 @@ def test_source_streams_are_the_keys_sweep_uses(vary):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny profile, run once for this module: (folder, verdicts)."""
-    return experiment.run_experiment("chance", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+def tiny_run(tmp_path_factory):
+    """The tiny profile, run once for this module, its figures checked as drawn: (folder, verdicts, checks)."""
+    with checking_figures() as drawn:
+        out, verdicts = experiment.run_experiment("chance", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+    return out, verdicts, drawn
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run):
+    """The tiny profile's (folder, verdicts)."""
+    return tiny_run[:2]
+
+
+@pytest.mark.slow
+def test_every_figure_is_drawn_clean_and_captioned(tiny_run):
+    out, _, drawn = tiny_run
+    assert_clean(drawn, out)
 
 
 @pytest.mark.slow

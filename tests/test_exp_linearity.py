@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import linearity
 from netalchemy import mlp, store
 from netalchemy.config import ModelConfig
@@ -112,7 +113,9 @@ def test_m5_row_value_and_flip_point():
 
 
 def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = run_experiment("linearity", profile="tiny", root=tmp_path)
+    with checking_figures() as drawn:
+        out_dir, verdicts = run_experiment("linearity", profile="tiny", root=tmp_path)
+    assert_clean(drawn, out_dir)
     assert [v.claim for v in verdicts] == list(linearity.CLAIMS)
     assert all(v.verdict in VERDICTS and v.rule for v in verdicts)
     for v in verdicts:

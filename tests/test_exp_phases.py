@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import phases
 from netalchemy import stats, store
 from netalchemy.experiment import VERDICTS, run_experiment
@@ -110,7 +111,9 @@ def test_m6_verdict_rule(loss, acc, expected):
 
 
 def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = run_experiment("phases", profile="tiny", root=tmp_path)
+    with checking_figures() as drawn:
+        out_dir, verdicts = run_experiment("phases", profile="tiny", root=tmp_path)
+    assert_clean(drawn, out_dir)
     assert [v.claim for v in verdicts] == list(phases.CLAIMS)
     assert all(v.verdict in VERDICTS and v.rule for v in verdicts)
     for v in verdicts:
