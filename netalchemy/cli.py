@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import netalchemy
+from netalchemy import claims as claims_lib
 from netalchemy import config as config_lib
 from netalchemy import devices, experiment, presets, runs, store
 
@@ -39,7 +40,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from netalchemy.data import DataError  # imports TFDS: not needed for --help or --version
 
     return (UsageError, config_lib.ConfigError, experiment.ExperimentError, store.StoreError, DataError,
-            devices.DeviceError)
+            devices.DeviceError, claims_lib.ClaimsError)
 
 
 class Parser(argparse.ArgumentParser):
@@ -260,10 +261,14 @@ def _add_list(sub) -> None:
 
 
 def cmd_list(args) -> int:
+    """Each experiment, then the claims of experiments/claims.toml it tests, with their statements."""
+    tested_by: dict[str, list] = {}
+    for claim in claims_lib.load().values():
+        tested_by.setdefault(claim.experiment, []).append(claim)
     for name in experiment.EXPERIMENTS:
-        module = experiment.load_module(name)
-        summary = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:14s} {', '.join(module.CLAIMS):14s} {summary}")
+        print(name)
+        for claim in tested_by.get(name, []):
+            print(f"  {claim.id:4s} {claim.statement}")
     return 0
 
 

@@ -94,7 +94,13 @@ def test_train_then_show(tmp_path):
 
 def test_list_names_experiments_and_claims():
     result = netalchemy("list")
-    assert result.returncode == 0 and "gradcheck" in result.stdout and "M2" in result.stdout
+    assert result.returncode == 0, result.stderr
+    from netalchemy import claims, experiment
+
+    for claim in claims.load().values():  # every claim, with its statement, under its experiment
+        assert f"  {claim.id:4s} {claim.statement}" in result.stdout
+    experiments = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert experiments == list(experiment.EXPERIMENTS)
 
 
 def test_run_gradcheck_tiny_passes_its_thresholds(tmp_path):
