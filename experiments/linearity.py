@@ -294,7 +294,7 @@ def plot_activity(r: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
                                             for s in ("init", "trained"))))
     for ax in axes:
         ax.legend(fontsize=8)
-    axes[0].set_title("Active ReLU units\n(per test example; mean, 95% CI over seeds)")
+    axes[0].set_title("Active ReLU units per test example\n(mean, 95% CI over seeds)")
     axes[1].set_title("Dead ReLU units\n(never active on the test set)")
     return plots.save(fig, path)
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from figure_checks import assert_clean, checking_figures
 from experiments import batchnorm as bn
 from netalchemy import backprop, mlp, store
 from netalchemy.config import ConfigError, ModelConfig, override
@@ -131,9 +132,22 @@ def test_settings_and_grid():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny profile, run once for this module: (folder, verdicts)."""
-    return run_experiment("batchnorm", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+def tiny_run(tmp_path_factory):
+    """The tiny profile, run once for this module, its figures checked as drawn: (folder, verdicts, checks)."""
+    with checking_figures() as drawn:
+        out, verdicts = run_experiment("batchnorm", profile="tiny", root=tmp_path_factory.mktemp("runs"))
+    return out, verdicts, drawn
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_run):
+    """The tiny profile's (folder, verdicts)."""
+    return tiny_run[:2]
+
+
+def test_every_figure_is_drawn_clean_and_captioned(tiny_run):
+    out, _, drawn = tiny_run
+    assert_clean(drawn, out)
 
 
 def test_tiny_profile_end_to_end(tiny):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import hyperparams as H
 from netalchemy import config as C
 from netalchemy import stats, sweep, verdicts
@@ -14,7 +15,9 @@ from netalchemy.stats import CI
 
 
 def test_tiny_profile_end_to_end(tmp_path):
-    out, verdicts = run_experiment("hyperparams", profile="tiny", root=tmp_path)
+    with checking_figures() as drawn:
+        out, verdicts = run_experiment("hyperparams", profile="tiny", root=tmp_path)
+    assert_clean(drawn, out)
     assert [v.claim for v in verdicts] == list(H.CLAIMS)
     assert all(v.verdict in VERDICTS and v.rule and v.measurement for v in verdicts)
     for name in ("verdicts.json", "analysis.json", "table.txt", "lr_sweep.png", "learning_curves.png",

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import memorization as mem
 from netalchemy import stats
 from netalchemy.experiment import VERDICTS, run_experiment
@@ -15,7 +16,9 @@ def ci(estimate, low, high):
 
 
 def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = run_experiment("memorization", profile="tiny", root=tmp_path)
+    with checking_figures() as drawn:
+        out_dir, verdicts = run_experiment("memorization", profile="tiny", root=tmp_path)
+    assert_clean(drawn, out_dir)
     assert [v.claim for v in verdicts] == list(mem.CLAIMS)
     assert all(v.verdict in VERDICTS and v.rule for v in verdicts)
     for name in ("accuracy_vs_noise.png", "steps_to_fit.png", "curves.png", "table.txt", "verdicts.json"):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import regularization as reg
 from netalchemy import mlp, stats
 from netalchemy.config import ModelConfig
@@ -16,7 +17,9 @@ def ci(estimate, low, high):
 
 
 def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = run_experiment("regularization", profile="tiny", root=tmp_path)
+    with checking_figures() as drawn:
+        out_dir, verdicts = run_experiment("regularization", profile="tiny", root=tmp_path)
+    assert_clean(drawn, out_dir)
     assert [v.claim for v in verdicts] == list(reg.CLAIMS)
     assert all(v.verdict in VERDICTS and v.rule for v in verdicts)
     for name in ("strengths.png", "weights.png", "curves.png", "table.txt", "comparisons.json", "verdicts.json"):

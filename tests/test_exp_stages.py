@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from figure_checks import assert_clean, checking_figures
 from experiments import stages
 from netalchemy import mlp, probes
 from netalchemy.config import ModelConfig
@@ -60,7 +61,9 @@ def test_verdict_rules_on_synthetic_numbers():
 
 
 def test_tiny_profile_end_to_end(tmp_path):
-    out_dir, verdicts = run_experiment("stages", profile="tiny", root=tmp_path)
+    with checking_figures() as drawn:
+        out_dir, verdicts = run_experiment("stages", profile="tiny", root=tmp_path)
+    assert_clean(drawn, out_dir)
     assert [v.claim for v in verdicts] == ["M14", "A5"]
     assert all(v.value is not None and v.ci_low <= v.value <= v.ci_high for v in verdicts)
     assert all(v.flip_point is not None and v.flip_text.startswith(v.verdict) for v in verdicts)
