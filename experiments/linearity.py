@@ -279,7 +279,7 @@ def plot_activity(r: dict[str, np.ndarray], meta: dict, path: Path) -> Path:
     fig, axes = plots.subplots(1, 2, figsize=(max(8, 1.2 * len(layers) + 4), 4))
     x = np.arange(len(layers))
     for ax, kind, ylabel in ((axes[0], "active", "fraction of (example, unit) pairs active"),
-                             (axes[1], "dead", "fraction of units never active on the test set")):
+                             (axes[1], "dead", "fraction of units")):
         for k, (stage, color) in enumerate((("init", "C0"), ("trained", "C3"))):
             cis = [stats.bootstrap_ci(r[f"{n}/{kind}_{stage}"][:, j]) for n, j in layers]
             est = np.array([c.estimate for c in cis])
