@@ -14,24 +14,12 @@ from netalchemy import config as C
 from netalchemy import checkpoints, sweep, train
 from netalchemy.data import load
 
-TINY = ["model.hidden=16", "train.steps=40", "train.eval_every=10", "train.chunk_steps=20",
-        "train.batch_size=25", "seeds.n=3"]
-
-
-def tiny(*extra):
-    return C.override(C.Config(), [*TINY, *extra])
+from sweep_helpers import TINY, same, tiny
 
 
 @pytest.fixture(scope="module")
 def mnist1d():
     return load(C.DataConfig())
-
-
-def same(a: sweep.SweepResult, b: sweep.SweepResult) -> bool:
-    """Bitwise equality of histories, predictions and final states."""
-    return (all(np.array_equal(a.history[m], b.history[m], equal_nan=True) for m in sweep.METRICS)
-            and np.array_equal(a.test_predictions, b.test_predictions)
-            and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.final), jax.tree.leaves(b.final))))
 
 
 def test_same_command_twice_gives_identical_results_and_seeds_differ(mnist1d, tmp_path):
