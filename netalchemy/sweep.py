@@ -16,6 +16,13 @@ process 0 writes the files.
 
 Randomness streams not listed in `seeds.vary` are shared by all runs: their keys enter the
 vmapped program unbatched (in_axes None), so e.g. a shared data order is gathered once.
+
+Experiments hook into the same program (`run(..., measure=, perturb=)`): a *measurement*
+(`train.measured`) runs at step 0 and after every evaluation interval, its arrays stored as
+`SweepResult.measures` (runs, evaluations, ...); a *perturbation* `perturb(state, run, cfg)`
+edits each run's initial state (`run` is the run's index in the sweep, e.g. to move one
+weight of every second run by one ulp). Both are hashable callables, compiled into the
+program and named in the folder's config.json, so a sweep with other hooks never reuses it.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ from netalchemy import mlp, store, train
 from netalchemy.checkpoints import Checkpoints, flat, to_host, unflat
 from netalchemy.config import RANDOMNESS_STREAMS, Config
 from netalchemy.memory import available_memory, bytes_per_run, check_memory, result_bytes_per_run, runs_per_chunk
-from netalchemy.sweep_folder import (METRICS, RETRAINING, SweepResult, claim, expected_arrays, final_state, finish,
-                                     format_summary, is_writer, load, read_checked, summarize, x64)
+from netalchemy.sweep_folder import (METRICS, RETRAINING, SweepResult, claim, describe_hook, expected_arrays,
+                                     final_state, finish, format_summary, is_writer, load, measure_spec, read_checked,
+                                     summarize, x64)
 
 # The public API, with the names that moved to `memory` and `sweep_folder` re-exported.
 __all__ = ["METRICS", "RETRAINING", "SweepResult", "available_memory", "bytes_per_run", "check_memory", "device_mesh",
-           "evaluate_states", "format_summary", "init_states", "initial_params", "load", "plan_runs",
-           "predict_states", "result_bytes_per_run", "run", "run_streams", "runs_per_chunk", "shard_runs",
+           "evaluate_states", "format_summary", "init_states", "initial_params", "load", "measure_states",
+           "perturb_states", "plan_runs", "predict_states", "result_bytes_per_run", "run", "run_streams", "runs_per_chunk", "shard_runs",
            "stream_axes", "summarize", "train_chunk"]
 
 
@@ -111,19 +119,33 @@ def evaluate_states(states: train.TrainState, data: train.Data, *, cfg: Config) 
     return jax.vmap(lambda s: train.evaluate(s, data, cfg=cfg))(states)
 
 
-@partial(jax.jit, static_argnames=("cfg", "axes", "intervals", "length"), donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("cfg", "axes", "measure"))
+def measure_states(states: train.TrainState, streams: train.Streams, data: train.Data, *, cfg: Config,
+                   axes: train.Streams, measure) -> dict[str, jax.Array]:
+    """The measurement hook on every run: name -> (runs, ...) ({} without a hook)."""
+    return jax.vmap(lambda st, s: train.measured(measure, st, s, data, cfg=cfg), in_axes=(0, axes))(states, streams)
+
+
+@partial(jax.jit, static_argnames=("cfg", "perturb"), donate_argnums=(0,))
+def perturb_states(states: train.TrainState, runs: jax.Array, *, cfg: Config, perturb) -> train.TrainState:
+    """`perturb(state, run, cfg)` applied to every run's state; `runs` (runs,) int32 are their sweep indices."""
+    return jax.vmap(lambda st, r: perturb(st, r, cfg))(states, runs)
+
+
+@partial(jax.jit, static_argnames=("cfg", "axes", "intervals", "length", "measure"), donate_argnums=(0,))
 def train_chunk(states: train.TrainState, streams: train.Streams, data: train.Data, lrs: jax.Array, *,
-                cfg: Config, axes: train.Streams, intervals: int,
-                length: Optional[int] = None) -> tuple[train.TrainState, train.Metrics]:
+                cfg: Config, axes: train.Streams, intervals: int, length: Optional[int] = None,
+                measure=None) -> tuple[train.TrainState, train.Metrics, dict[str, jax.Array]]:
     """The engine's compiled program: `intervals` evaluation intervals of every run, vmapped.
 
     Each interval is `length` steps (default `cfg.train.eval_every`; the last interval of a
     run whose steps are not a multiple of it is shorter). `states` is donated.
 
     Returns:
-      (states after the intervals, Metrics with (runs, intervals) fields).
+      (states after the intervals, Metrics with (runs, intervals) fields, the measurement
+      hook's arrays (runs, intervals, ...)).
     """
-    run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals, length=length)
+    run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals, length=length, measure=measure)
     return jax.vmap(lambda st, s, lr: run(st, s, lr=lr), in_axes=(0, axes, 0))(states, streams, lrs)
 
 
@@ -182,7 +204,8 @@ def _report(progress, history: dict[str, np.ndarray], column: int, steps: int, n
 
 
 def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: Path, in_features: int,
-                         num_classes: int, progress, mesh: Mesh) -> dict[str, np.ndarray]:
+                         num_classes: int, progress, mesh: Mesh, first_run: int, hooks: dict,
+                         spec: dict) -> dict[str, np.ndarray]:
     """Trains one chunk of runs to the end, checkpointing; returns its arrays for chunk-NNNN.npz.
 
     Each evaluation interval is one call of `train_chunk`, all of a checkpoint's intervals
@@ -196,11 +219,18 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     streams = shard_runs(run_streams(cfg, seeds_p), mesh, axes)
     lr_arr = shard_runs(jnp.asarray(lrs_p, cfg.model.dtype), mesh)
     states = init_states(streams, lr_arr, cfg=cfg, axes=axes, in_features=in_features, num_classes=num_classes)
+    if hooks["perturb"] is not None:
+        runs = first_run + np.minimum(np.arange(len(seeds_p)), n_real - 1)  # padding repeats the last run
+        states = perturb_states(states, shard_runs(jnp.asarray(runs, jnp.int32), mesh), cfg=cfg,
+                                perturb=hooks["perturb"])
+    measure = hooks["measure"]
     full, tail = train.interval_plan(cfg)
     lengths = [None] * full + ([tail] if tail else [])  # steps per interval; None: eval_every
     steps = [cfg.train.eval_every if n is None else n for n in lengths]
     per_checkpoint = max(1, cfg.train.chunk_steps // cfg.train.eval_every)
     history = {m: np.full((len(seeds_p), len(lengths) + 1), np.nan) for m in METRICS}
+    history |= {f"measure/{k}": np.zeros((len(seeds_p), len(lengths) + 1, *shape), dtype)
+                for k, (shape, dtype) in spec.items()}
 
     ckpt = Checkpoints(folder)
     done = 0
@@ -213,19 +243,23 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         first = to_host(evaluate_states(states, data, cfg=cfg))
         for m in METRICS:
             history[m][:, 0] = np.asarray(getattr(first, m), np.float64)
+        for k, v in to_host(measure_states(states, streams, data, cfg=cfg, axes=axes, measure=measure)).items():
+            history[f"measure/{k}"][:, 0] = v
     if progress is not None:
         progress.update(sum(steps[:done]))
     while done < len(lengths):
         end = min(done + per_checkpoint, len(lengths))
         pending = []
         for i in range(done, end):  # queued: the device runs ahead while the host reads results
-            states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
-                                          length=lengths[i])
-            pending.append(metrics)
-        for i, metrics in enumerate(pending, start=done):
-            metrics = to_host(metrics)
+            states, metrics, measures = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
+                                                    length=lengths[i], measure=measure)
+            pending.append((metrics, measures))
+        for i, (metrics, measures) in enumerate(pending, start=done):
+            metrics, measures = to_host((metrics, measures))
             for m in METRICS:
                 history[m][:, 1 + i] = np.asarray(getattr(metrics, m), np.float64)[:, 0]
+            for k, v in measures.items():
+                history[f"measure/{k}"][:, 1 + i] = v[:, 0]
             if progress is not None:
                 _report(progress, history, 1 + i, steps[i], n_real)
         done = end
@@ -240,7 +274,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
 
 
 def _train_all(cfg: Config, dataset: data_lib.Dataset, seeds: np.ndarray, run_lrs: np.ndarray, *, out_dir: Path,
-               mesh: Mesh, per_run: int, info: dict, progress: bool) -> None:
+               mesh: Mesh, per_run: int, info: dict, progress: bool, hooks: dict, spec: dict) -> None:
     """Trains the chunks not yet on disk, then writes history.npz, provenance and summary.json."""
     from tqdm.auto import tqdm
 
@@ -254,7 +288,7 @@ def _train_all(cfg: Config, dataset: data_lib.Dataset, seeds: np.ndarray, run_lr
     for c, sl in enumerate(chunks):
         path = out_dir / "chunks" / f"chunk-{c:04d}.npz"
         if path.exists():
-            parts[c] = read_checked(path, expected_arrays(cfg, info, sl.stop - sl.start),
+            parts[c] = read_checked(path, expected_arrays(cfg, info, sl.stop - sl.start, spec),
                                     fix="; delete it to retrain that chunk")
             continue
         bar = tqdm(total=cfg.train.steps, unit="step", disable=not (progress and is_writer()), leave=False,
@@ -264,7 +298,7 @@ def _train_all(cfg: Config, dataset: data_lib.Dataset, seeds: np.ndarray, run_lr
                 parts[c] = _train_chunk_of_runs(
                     cfg, data, seeds[sl], run_lrs[sl], folder=out_dir / "checkpoints" / f"chunk-{c:04d}",
                     in_features=info["features"], num_classes=info["classes"], progress=bar if progress else None,
-                    mesh=mesh)
+                    mesh=mesh, first_run=sl.start, hooks=hooks, spec=spec)
             if is_writer():
                 store.write_npz(path, parts[c])
         except store.NoSpace as e:  # chunks 0 … c-1 are on disk
@@ -279,7 +313,8 @@ def _train_all(cfg: Config, dataset: data_lib.Dataset, seeds: np.ndarray, run_lr
 
 
 def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional[Path] = None,
-        dataset: Optional[data_lib.Dataset] = None, progress: bool = True, force: bool = False) -> SweepResult:
+        dataset: Optional[data_lib.Dataset] = None, progress: bool = True, force: bool = False,
+        measure=None, perturb=None) -> SweepResult:
     """Trains every run of the sweep (resuming from `out_dir` if it holds a partial one).
 
     Args:
@@ -290,6 +325,9 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
       dataset: arrays to train on; default `data.load(cfg.data)`.
       progress: show a tqdm bar (advancing per evaluation interval).
       force: retrain even if `out_dir` holds this sweep, finished or partial.
+      measure: a measurement hook (`train.measured`); its arrays come back as `result.measures`.
+      perturb: `perturb(state, run, cfg) -> state`, applied to the initial state of each run
+        (`run`: the run's index in the sweep, int32).
 
     Raises:
       config.ConfigError: bad settings, or a sweep that cannot fit in memory (before anything
@@ -308,12 +346,20 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
             "classes": dataset.num_classes}
     record = {"config": config_lib.to_dict(cfg), "lrs": None if lrs is None else [float(v) for v in lrs],
               "dataset": info}
+    hooks = {"measure": measure, "perturb": perturb}
+    with x64(cfg):
+        spec = measure_spec(cfg, info, measure)
+    if measure is not None or perturb is not None:  # a sweep without hooks keeps its record (and folder)
+        record["hooks"] = {"measure": describe_hook(measure), "perturb": describe_hook(perturb),
+                           "arrays": {k: [list(shape), str(dtype)] for k, (shape, dtype) in spec.items()}}
     mesh = device_mesh(len(seeds))
     per_run = bytes_per_run(cfg, in_features=in_features, num_classes=dataset.num_classes, n_train=n_train,
                             n_test=info["n_test"])
     check_memory(cfg, len(seeds), per_run=per_run, n_devices=mesh.size, available=available_memory(),
                  per_result=result_bytes_per_run(cfg, in_features=in_features, num_classes=dataset.num_classes,
-                                                 n_test=info["n_test"]))
+                                                 n_test=info["n_test"])
+                 + len(train.evaluation_steps(cfg)) * sum(int(np.prod(sh)) * np.dtype(dt).itemsize
+                                                          for sh, dt in spec.values()))
     scratch = out_dir is None
     if scratch and jax.process_count() > 1:
         raise config_lib.ConfigError("a sweep over several processes needs out_dir, a folder they share")
@@ -325,7 +371,7 @@ def run(cfg: Config, *, lrs: Optional[Sequence[float]] = None, out_dir: Optional
         finished = claim(out_dir, record, stack, force=force, mesh_devices=mesh.size, n_runs=len(seeds))
         if not finished:
             _train_all(cfg, dataset, seeds, run_lrs, out_dir=out_dir, mesh=mesh, per_run=per_run, info=info,
-                       progress=progress)
+                       progress=progress, hooks=hooks, spec=spec)
         result = load(out_dir)._replace(reused=finished)
     if scratch:
         shutil.rmtree(out_dir, ignore_errors=True)

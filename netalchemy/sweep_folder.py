@@ -16,6 +16,7 @@ every process learns its answer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import shutil
 from pathlib import Path
@@ -54,6 +55,8 @@ class SweepResult(NamedTuple):
       reused: True when the sweep was already finished on disk and was loaded, not trained,
         by this call.
       finished: when the stored sweep finished (ISO 8601, UTC), None for one kept in memory.
+      measures: the measurement hook's arrays, name -> (runs, evaluations, ...) in the hook's
+        dtype, one entry per column of `history` ({} for a sweep without a hook).
     """
 
     cfg: Config
@@ -66,6 +69,7 @@ class SweepResult(NamedTuple):
     out_dir: Optional[Path]
     reused: bool = False
     finished: Optional[str] = None
+    measures: Optional[dict[str, np.ndarray]] = None
 
 
 def is_writer() -> bool:
@@ -83,6 +87,32 @@ def x64(cfg: Config):
     return jax.enable_x64(True) if cfg.model.dtype == "float64" else contextlib.nullcontext()
 
 
+# ----------------------------------------------------------------------------- hooks
+
+
+def describe_hook(hook) -> Optional[str]:
+    """How config.json names a hook: module and name, with the settings of a dataclass instance."""
+    if hook is None:
+        return None
+    if dataclasses.is_dataclass(hook):
+        return f"{type(hook).__module__}.{hook!r}"
+    return f"{hook.__module__}.{getattr(hook, '__qualname__', repr(hook))}"
+
+
+def measure_spec(cfg: Config, info: dict, measure) -> dict[str, tuple[tuple, np.dtype]]:
+    """Name -> (shape, dtype) of one run's measurement at one evaluation (call inside `x64(cfg)`)."""
+    if measure is None:
+        return {}
+    dtype = jnp.dtype(cfg.model.dtype)
+    data = train.Data(jax.ShapeDtypeStruct((info["n_train"], info["features"]), dtype),
+                      jax.ShapeDtypeStruct((info["n_train"],), jnp.int32),
+                      jax.ShapeDtypeStruct((info["n_test"], info["features"]), dtype),
+                      jax.ShapeDtypeStruct((info["n_test"],), jnp.int32))
+    streams = train.Streams(*(jax.random.key(0),) * 3)
+    out = jax.eval_shape(lambda st, d: train.measured(measure, st, streams, d, cfg=cfg), state_like(cfg, info), data)
+    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in out.items()}
+
+
 # ----------------------------------------------------------------------------- checking what is read
 
 
@@ -93,10 +123,14 @@ def state_like(cfg: Config, info: dict) -> train.TrainState:
         in_features=info["features"], num_classes=info["classes"]))
 
 
-def expected_arrays(cfg: Config, info: dict, n_runs: int) -> dict[str, tuple[tuple, Optional[np.dtype]]]:
-    """Name -> (shape, dtype) of a chunk's arrays for `n_runs` runs (call inside `x64(cfg)`)."""
+def expected_arrays(cfg: Config, info: dict, n_runs: int,
+                    spec: Optional[dict] = None) -> dict[str, tuple[tuple, Optional[np.dtype]]]:
+    """Name -> (shape, dtype) of a chunk's arrays for `n_runs` runs (call inside `x64(cfg)`);
+    `spec` is the measurement's `measure_spec`."""
     evaluations = len(train.evaluation_steps(cfg))
     out = {f"history/{m}": ((n_runs, evaluations), np.dtype(np.float64)) for m in METRICS}
+    for k, (shape, dtype) in (spec or {}).items():
+        out[f"history/measure/{k}"] = ((n_runs, evaluations, *shape), np.dtype(dtype))
     out["test_predictions"] = ((n_runs, info["n_test"]), np.dtype(np.int32))
     for k, leaf in flat(state_like(cfg, info)).items():
         out[f"state/{k}"] = ((n_runs, *leaf.shape), np.dtype(leaf.dtype))
@@ -126,6 +160,10 @@ def _read_record(path: Path) -> tuple[Config, dict]:
             raise TypeError("dataset sizes must be integers")
         if not (record["lrs"] is None or all(isinstance(v, (int, float)) for v in record["lrs"])):
             raise TypeError("lrs must be a list of numbers")
+        for k, (shape, dtype) in record.get("hooks", {}).get("arrays", {}).items():
+            if not (isinstance(k, str) and all(isinstance(d, int) for d in shape)):
+                raise TypeError("measurement shapes must be lists of integers")
+            np.dtype(dtype)
         return config_lib.from_dict(record["config"]), record
     except (config_lib.ConfigError, TypeError, KeyError, ValueError, IndexError) as e:
         detail = str(e) if not isinstance(e, KeyError) else f"no key {e}"
@@ -320,8 +358,9 @@ def load(out_dir: Path, *, dataset: Optional[data_lib.Dataset] = None) -> SweepR
         raise store.StoreError(f"{out_dir} holds no finished sweep (no summary.json)")
     cfg, record = _read_record(out_dir / "config.json")
     n_runs = cfg.seeds.n * (1 if record["lrs"] is None else len(record["lrs"]))
+    spec = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in record.get("hooks", {}).get("arrays", {}).items()}
     with x64(cfg):
-        expected = {**expected_arrays(cfg, record["dataset"], n_runs), "seeds": ((n_runs,), None),
+        expected = {**expected_arrays(cfg, record["dataset"], n_runs, spec), "seeds": ((n_runs,), None),
                     "lrs": ((n_runs,), None)}
         arrays = read_checked(out_dir / "history.npz", expected)
         final = final_state(arrays, cfg, record["dataset"])
@@ -333,7 +372,8 @@ def load(out_dir: Path, *, dataset: Optional[data_lib.Dataset] = None) -> SweepR
         mtime = (out_dir / "summary.json").stat().st_mtime
         finished = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).isoformat(timespec="seconds")
     return SweepResult(cfg, arrays["seeds"], arrays["lrs"], {m: arrays[f"history/{m}"] for m in METRICS},
-                       arrays["test_predictions"], final, summary, out_dir, reused=True, finished=finished)
+                       arrays["test_predictions"], final, summary, out_dir, reused=True, finished=finished,
+                       measures={k: arrays[f"history/measure/{k}"] for k in spec})
 
 
 def format_summary(result: SweepResult) -> str:
