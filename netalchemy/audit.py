@@ -88,7 +88,11 @@ def _value(v: Mapping) -> str:
 def _flip(v: Mapping) -> str:
     """Where the verdict would change ("—" for verdicts stored before flip points existed)."""
     point = v.get("flip_point")
-    return "—" if point is None else f"{_fmt(point)} {v.get('unit') or ''}".strip()
+    if point is None:
+        return "—"
+    unit = v.get("flip_unit") if v.get("flip_unit") is not None else v.get("unit")
+    of = f" ({v['flip_of']})" if v.get("flip_of") else ""
+    return f"{_fmt(point)} {unit or ''}".strip() + of
 
 
 def is_smoke(profile: str) -> bool:

@@ -48,6 +48,8 @@ class Verdict:
     unit: str = ""
     flip_point: Optional[float] = None  # the threshold value at which the verdict would change
     flip_text: str = ""  # e.g. "supported; flips at 0.62" (see verdicts.Rule.flip_text)
+    flip_of: str = ""  # the part whose threshold the flip point is, when not the value's own statistic
+    flip_unit: Optional[str] = None  # that part's unit (None: `unit`)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -111,7 +113,8 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
     rows = [("claim", "value", "95% CI", "verdict", "measurement")]
     for v in verdicts:
         ci = "—" if v.ci_low is None else f"[{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
-        verdict = v.verdict if v.flip_point is None else f"{v.verdict} (flips at {v.flip_point:.3g})"
+        where = f" of {v.flip_of}" if v.flip_of else ""
+        verdict = v.verdict if v.flip_point is None else f"{v.verdict} (flips at {v.flip_point:.3g}{where})"
         rows.append((v.claim, fmt(v.value) + (f" {v.unit}" if v.unit else ""), ci, verdict, v.measurement))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]

@@ -332,7 +332,8 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
     ``combine`` maps {part name: corrected verdict} to the claim's verdict; ``how`` says in
     words what it does (it is appended to the generated rule text). ``value`` is the CI shown
     in the ledger (default: the first part's). The flip point shown is that of the part
-    whose test is nearest to flipping (the largest p-value); the flip text lists every part's.
+    whose test is nearest to flipping (the largest p-value), named (`flip_of`, with its unit)
+    when it is not the part whose CI is the ledger value; the flip text lists every part's.
     """
     if len({p.name for p in parts}) != len(parts):
         raise ValueError("part names must be distinct")
@@ -352,8 +353,11 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
         for _, name, point in flips)
     ci = parts[0].ci if value is None and parts else value
     values = _interval(ci) if ci is not None else None
+    named = closest is not None and not (value is None and closest[1] == parts[0].name)
+    closest_rule = None if closest is None else next(p.rule for p in parts if p.name == closest[1])
     return Verdict(
         claim, measurement, finite_or_none(getattr(ci, "estimate", None)),
         None if values is None else finite_or_none(values[1]), None if values is None else finite_or_none(values[2]),
         verdict, rule, figure, unit,
-        flip_point=None if closest is None else closest[2], flip_text=flip_text), decisions
+        flip_point=None if closest is None else closest[2], flip_text=flip_text,
+        flip_of=closest[1] if named else "", flip_unit=closest_rule.unit if named else None), decisions

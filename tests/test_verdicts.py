@@ -179,6 +179,14 @@ def test_judge_builds_the_row():
     # The gap part's p (normal side width 0.1/1.96 at distance 0.1 → z = 1.96) is the larger.
     assert v.flip_point == -0.1
     assert v.flip_text == "supported; churn supported (flips at 0.3), gap supported (flips at -0.1)"
+    # That flip point is the gap's threshold, not the churn's (the ledger value): the row names it.
+    assert (v.flip_of, v.flip_unit) == ("gap", "")
+    from netalchemy import audit
+    assert audit._flip(dataclasses.asdict(v)) == "-0.1 (gap)"
+    near_first = verdicts.judge("X2", [_part("churn", (0.02, 0.012, 0.05)), parts[1]],
+                                lambda d: verdicts.all_hold(list(d.values())), how="", measurement="m", unit="u")[0]
+    assert (near_first.flip_of, near_first.flip_point) == ("", 0.012)  # the value's own part: not named
+    assert audit._flip(dataclasses.asdict(near_first)) == "0.012 u"
     with pytest.raises(ValueError, match="distinct"):
         verdicts.judge("X", [parts[0], parts[0]], lambda d: "supported", how="", measurement="")
 
