@@ -30,45 +30,14 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from netalchemy import claims as claims_lib
-from netalchemy import experiment, plots, store
+from netalchemy import experiment, plots, stability, store
+from netalchemy.md import Markdown, md_escape, md_table, slug
 
 SMOKE_PROFILES = ("tiny",)  # profiles too small for their verdicts to be evidence
 SMOKE = "smoke test"
 NOT_MEASURED = "not measured"
 VERDICT_WORDS = (*experiment.VERDICTS, NOT_MEASURED)
 NUMERIC_COLUMNS = ("value", "95% CI", "flips at")
-
-
-class Markdown(str):
-    """Markdown markup that `md_table` puts in a cell as it is (plain `str` cells are escaped)."""
-
-
-# What could read as markup: backslash, code, emphasis (`_` only at a word's edge: y_true stays),
-# the "](" or "][" that closes a link's text, raw HTML, entities, and the cell separator.
-_SPECIAL = re.compile(r"[\\`*<>|&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\](?=[(\[])")
-
-
-def md_escape(text: Any) -> str:
-    """Plain text as inline markdown on one line; what could read as markup is backslash-escaped."""
-    return _SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(text).split()))
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """A GFM table, one line per row; `Markdown` cells go in as they are, anything else escaped."""
-    def cell(x: Any) -> str:
-        return " ".join(x.split()) if isinstance(x, Markdown) else md_escape(x)
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"table row has {len(row)} cells, header has {len(header)}")
-        lines.append("| " + " | ".join(cell(x) or " " for x in row) + " |")
-    return lines
-
-
-def slug(text: str) -> str:
-    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to '-'."""
-    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -99,18 +68,24 @@ def is_smoke(profile: str) -> bool:
     return profile in SMOKE_PROFILES
 
 
+def audit_dir(root: Path, profile: str, dataset: str = "mnist1d") -> Path:
+    """runs/audit/<profile> on MNIST-1D, runs/audit/<profile>-<dataset> on another dataset."""
+    return Path(root) / "audit" / (profile if dataset == "mnist1d" else f"{profile}-{dataset}")
+
+
 def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Sequence[str] = experiment.EXPERIMENTS,
-              log=print) -> Path:
-    """Runs the experiments and writes the report; returns the audit folder."""
+              log=print, dataset: str = "mnist1d") -> Path:
+    """Runs the experiments on `dataset` (`experiment.DATASETS`) and writes the report; returns the audit folder."""
     if profile not in experiment.PROFILE_NAMES:
         raise experiment.ExperimentError(f"unknown profile {profile!r}; choose from {', '.join(experiment.PROFILE_NAMES)}")
-    folder = store.ensure_writable(Path(root) / "audit" / profile)
+    experiment.on_dataset(None, dataset)  # an unknown dataset is refused before anything runs
+    folder = store.ensure_writable(audit_dir(root, profile, dataset))
     started = time.perf_counter()
     entries = []
     for name in names:
         t0 = time.perf_counter()
         log(f"[audit] {name} ({profile}) ...")
-        out_dir, _ = experiment.run_experiment(name, profile=profile, root=folder, reuse=True)
+        out_dir, _ = experiment.run_experiment(name, profile=profile, root=folder, reuse=True, dataset=dataset)
         record = store.read_json(out_dir / "verdicts.json")
         entries.append((name, out_dir, record))
         log(f"[audit] {name}: {', '.join(v['claim'] + ' ' + v['verdict'] for v in record['verdicts'])} "
@@ -120,7 +95,7 @@ def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Seque
         # kernel's 65 530 mappings per process later in a full audit.
         jax.clear_caches()
     seconds = time.perf_counter() - started
-    write_report(folder, profile, entries, seconds)
+    write_report(folder, profile, entries, seconds, dataset=dataset)
     return folder
 
 
@@ -225,7 +200,7 @@ def _section(name: str, out_dir: Path, record: Mapping, folder: Path, smoke: boo
 
 
 def write_report(folder: Path, profile: str, entries, seconds: float,
-                 claims: Optional[Mapping[str, claims_lib.Claim]] = None) -> None:
+                 claims: Optional[Mapping[str, claims_lib.Claim]] = None, dataset: str = "mnist1d") -> None:
     """Writes report.md, report.html and ledger.md into `folder` (see the module docstring)."""
     claims = claims_lib.load() if claims is None else claims
     smoke = is_smoke(profile)
@@ -234,7 +209,7 @@ def write_report(folder: Path, profile: str, entries, seconds: float,
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    title = f"netalchemy audit, {profile} profile" + (f" ({SMOKE})" if smoke else "")
+    title = f"netalchemy audit, {profile} profile, {dataset}" + (f" ({SMOKE})" if smoke else "")
     md = [f"# {md_escape(title)}", ""]
     if smoke:
         md += [f"**This is a {SMOKE}.** The {profile} profile runs every experiment with a handful of seeds and "
@@ -251,10 +226,15 @@ def write_report(folder: Path, profile: str, entries, seconds: float,
     md += md_table(("claim", "statement", "verdict", "value", "95% CI", "flips at"),
                    [(claim_cell(r), r["statement"], _verdict_md(r["verdict"], smoke), _value(r), _ci(r), _flip(r))
                     for r in rows])
+    across = stability.table(Path(folder).parent.parent, list(claims))
+    if across:
+        md += ["", "## Stability across audits", "", "Each claim's verdict in every quick and full audit stored "
+               "beside this one; a change is explained from the two audits' numbers.", "", *across]
     md += ["", "## Contents", ""]
     md += [f"- [{name}](#{slug(name)}): " + ", ".join(v["claim"] for v in record["verdicts"])
            for name, _, record in entries]
-    md += ["- [Provenance](#provenance)", "", "## Rules, measurements and figures", ""]
+    md += (["- [Stability across audits](#stability-across-audits)"] if across else []) + [
+        "- [Provenance](#provenance)", "", "## Rules, measurements and figures", ""]
     for name, out_dir, record in entries:
         md += _section(name, Path(out_dir), record, Path(folder), smoke, claims)
     own = sum(record["seconds"] for _, _, record in entries)
@@ -266,15 +246,9 @@ def write_report(folder: Path, profile: str, entries, seconds: float,
            "- Versions: " + md_escape(", ".join(f"{k} {v}" for k, v in prov["versions"].items())),
            f"- Git commit: {prov['git_commit']}", f"- Written: {prov['created']}", ""]
     text = "\n".join(md)
-    _write(folder / "ledger.md", compact_ledger(rows, profile) + "\n")
-    _write(folder / "report.md", text)
-    _write(folder / "report.html", render_html(text, folder, title=title))
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    store.write_text(folder / "ledger.md", compact_ledger(rows, profile) + "\n")
+    store.write_text(folder / "report.md", text)
+    store.write_text(folder / "report.html", render_html(text, folder, title=title))
 
 
 def _computed(record: Mapping) -> str:

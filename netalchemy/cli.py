@@ -3,8 +3,9 @@
   netalchemy train [--out DIR] [--force] [preset=NAME] [key=value ...]  train a seed sweep
   netalchemy show [--out DIR]                                            list the stored sweeps
   netalchemy show RUN_DIR [--csv DIR]                                    a sweep's summary (and CSV)
-  netalchemy run NAME [--profile P] [--out DIR] [key=value ...]          run one experiment
-  netalchemy audit [--profile quick|full] [--out DIR]                    every experiment, one report
+  netalchemy run NAME [--profile P] [--dataset D] [--out DIR] [k=v ...]  run one experiment
+  netalchemy audit [--profile quick|full] [--dataset D] [--out DIR]      every experiment, one report
+  netalchemy stability [--out DIR]                                       verdicts across stored audits
   netalchemy bench [--profile P] [--out DIR] [key=value ...]             throughput against peers
   netalchemy list                                                        experiments and their claims
   netalchemy --version
@@ -54,6 +55,17 @@ def _check_overrides(overrides: Sequence[str]) -> None:
     for item in overrides:
         if "=" not in item:
             raise UsageError(f"expected key=value, got {item!r}")
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in experiment.DATASETS:
+        raise UsageError(f"unknown dataset {dataset!r}; choose from {', '.join(experiment.DATASETS)}"
+                         f"{config_lib.did_you_mean(dataset, list(experiment.DATASETS))}")
+
+
+DATASET_HELP = ("the data every run config of the experiment trains on: " + " | ".join(experiment.DATASETS)
+                + " (default: mnist1d; fashion_mnist: 28x28, 4 000 training images; article: T-shirt vs shirt "
+                  "at 64x64)")
 
 
 def _check_profile(profile: str) -> None:
@@ -176,6 +188,7 @@ def _add_run(sub) -> None:
                                      "a smoke test: its verdicts are marked so.")
     p.add_argument("name", help="experiment name: " + " | ".join(experiment.EXPERIMENTS))
     p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
+    p.add_argument("--dataset", default="mnist1d", help=DATASET_HELP)
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings overrides")
     p.set_defaults(func=cmd_run)
@@ -195,9 +208,10 @@ def smoke_marked(text: str, profile: str) -> str:
 def cmd_run(args) -> int:
     _check_experiment(args.name)
     _check_profile(args.profile)
+    _check_dataset(args.dataset)
     _check_overrides(args.overrides)
-    out_dir, verdicts = experiment.run_experiment(args.name, profile=args.profile,
-                                                  overrides=args.overrides, root=args.out)
+    out_dir, verdicts = experiment.run_experiment(args.name, profile=args.profile, overrides=args.overrides,
+                                                  root=args.out, dataset=args.dataset)
     print()
     print(smoke_marked(experiment.format_verdicts(verdicts), args.profile))
     print(f"\nresults: {out_dir}")
@@ -209,17 +223,44 @@ def _add_audit(sub) -> None:
                        description="Run every experiment at one profile and write OUT/audit/PROFILE/report.md "
                                    "and a self-contained report.html, opening with the ledger of every claim, "
                                    "and print the ledger (ledger.md). Experiments already finished with the "
-                                   "same settings are reused.")
+                                   "same settings are reused. On another dataset the folder is "
+                                   "OUT/audit/PROFILE-DATASET.")
     p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
+    p.add_argument("--dataset", default="mnist1d", help=DATASET_HELP)
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.set_defaults(func=cmd_audit)
+
+
+def _add_stability(sub) -> None:
+    p = sub.add_parser("stability", help="each claim's verdict across the stored audits",
+                       description="Read every audit stored under OUT/audit (quick and full, on each dataset), "
+                                   "print the claim x audit table of verdicts with a stability mark per claim "
+                                   "(stable, profile-sensitive, dataset-sensitive) and each change explained "
+                                   "from the numbers, and write it to OUT/audit/stability.md.")
+    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.set_defaults(func=cmd_stability)
+
+
+def cmd_stability(args) -> int:
+    from netalchemy import stability
+
+    lines = stability.table(args.out, list(claims_lib.load()))
+    if not lines:
+        raise UsageError(f"fewer than two quick or full audits under {args.out / 'audit'}; run e.g. "
+                         "`netalchemy audit` and `netalchemy audit --dataset fashion_mnist` first")
+    text = "\n".join(lines) + "\n"
+    store.write_text(args.out / "audit" / "stability.md", text)
+    print(text, end="")
+    print(f"\nwritten: {args.out / 'audit' / 'stability.md'}")
+    return 0
 
 
 def cmd_audit(args) -> int:
     from netalchemy import audit
 
     _check_profile(args.profile)
-    folder = audit.run_audit(args.profile, root=args.out)
+    _check_dataset(args.dataset)
+    folder = audit.run_audit(args.profile, root=args.out, dataset=args.dataset)
     print()
     print(smoke_marked((folder / "ledger.md").read_text().rstrip("\n"), args.profile))
     print(f"\nreport: {folder / 'report.md'} and {folder / 'report.html'}")
@@ -284,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(sub)
     _add_run(sub)
     _add_audit(sub)
+    _add_stability(sub)
     _add_bench(sub)
     _add_list(sub)
     parser.commands = tuple(sub.choices)

@@ -8,18 +8,23 @@ An experiment is a module in `experiments/` with
   report(out_dir) -> list[Verdict]: reads the results, writes figures, returns verdicts.
 `run_experiment` resolves the settings, runs both steps and writes `verdicts.json`. Verdicts
 come from rule objects (`netalchemy.verdicts`), which also write their rule text and flip point.
+
+The same experiment runs on another dataset with `dataset=` (`DATASETS`): its data overrides
+are applied to every run config (`Config`, `DataConfig`) inside the settings, so a profile
+says what to train once and the audit asks the question again on real pictures.
 """
 
 from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from netalchemy import config as config_lib
-from netalchemy import store
+from netalchemy import presets, store
+from netalchemy.config import Config, DataConfig
 
 VERDICTS = ("supported", "contradicted", "inconclusive", "depends")
 PROFILE_NAMES = ("tiny", "quick", "full")
@@ -27,6 +32,17 @@ PROFILE_NAMES = ("tiny", "quick", "full")
 # Every experiment module, in the order of the audit.
 EXPERIMENTS = ("gradcheck", "chance", "hyperparams", "batch_size", "phases", "linearity",
                "regularization", "batchnorm", "stages", "memorization")
+
+
+# The datasets an experiment or the audit can run on: `data.*` overrides of every run config.
+# Fashion-MNIST (Xiao et al. 2017) at its native 28x28 (784 inputs), 10 classes, a fixed
+# 4 000-image training subset (MNIST-1D's size; all 10 000 test images); "article": the
+# article preset's data (T-shirt vs shirt, 64x64 = 4 096 inputs, two classes), same subset.
+DATASETS: dict[str, tuple[str, ...]] = {
+    "mnist1d": (),
+    "fashion_mnist": ("data.name=fashion_mnist", "data.image_size=28", "data.train_size=4000"),
+    "article": (*(o for o in presets.PRESETS["article"] if o.startswith("data.")), "data.train_size=4000"),
+}
 
 
 class ExperimentError(ValueError):
@@ -70,21 +86,46 @@ def resolve_settings(name: str, profile: str, overrides: Sequence[str] = ()) -> 
     return config_lib.override(module.PROFILES[profile], overrides)
 
 
-def experiment_dir(root: Path, name: str, profile: str, settings: Any, overridden: bool) -> Path:
-    """runs/<name>/<profile>, or runs/<name>/<profile>-<hash> when overrides changed it."""
-    suffix = f"-{config_lib.config_hash(settings)}" if overridden else ""
+def on_dataset(settings: Any, dataset: str) -> Any:
+    """`settings` with the `DATASETS[dataset]` data overrides applied to every run config inside it
+    (fields, nested dataclasses, tuples of them)."""
+    if dataset not in DATASETS:
+        raise ExperimentError(f"unknown dataset {dataset!r}{config_lib.did_you_mean(dataset, list(DATASETS))}; "
+                              f"choose from {', '.join(DATASETS)}")
+    assignments = DATASETS[dataset]
+    if not assignments:
+        return settings
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Config):
+            return config_lib.override(node, assignments)
+        if isinstance(node, DataConfig):
+            return config_lib.override(node, [a[len("data."):] for a in assignments])
+        if isinstance(node, tuple):
+            return tuple(walk(x) for x in node)
+        if is_dataclass(node) and not isinstance(node, type):
+            return replace(node, **{f.name: walk(getattr(node, f.name)) for f in fields(node)})
+        return node
+
+    return walk(settings)
+
+
+def experiment_dir(root: Path, name: str, profile: str, settings: Any, overridden: bool, dataset: str = "mnist1d") -> Path:
+    """runs/<name>/<profile>[-<dataset>], with -<hash> appended when overrides changed the settings."""
+    suffix = ("" if dataset == "mnist1d" else f"-{dataset}") + (f"-{config_lib.config_hash(settings)}" if overridden else "")
     return Path(root) / name / f"{profile}{suffix}"
 
 
 def run_experiment(name: str, *, profile: str = "quick", overrides: Sequence[str] = (),
-                   root: Path = Path("runs"), reuse: bool = False) -> tuple[Path, list[Verdict]]:
-    """Runs one experiment and its report; returns its folder and verdicts.
+                   root: Path = Path("runs"), reuse: bool = False,
+                   dataset: str = "mnist1d") -> tuple[Path, list[Verdict]]:
+    """Runs one experiment (on `dataset`, see `DATASETS`) and its report; returns its folder and verdicts.
 
     With `reuse`, verdicts already stored for the same settings are returned as they are.
     """
     module = load_module(name)
-    settings = resolve_settings(name, profile, overrides)
-    out_dir = experiment_dir(root, name, profile, settings, bool(overrides))
+    settings = on_dataset(resolve_settings(name, profile, overrides), dataset)
+    out_dir = experiment_dir(root, name, profile, settings, bool(overrides), dataset)
     store.ensure_writable(out_dir)
     stored = out_dir / "verdicts.json"
     if reuse and stored.exists():
@@ -97,6 +138,7 @@ def run_experiment(name: str, *, profile: str = "quick", overrides: Sequence[str
     store.write_json(out_dir / "verdicts.json", {
         "experiment": name,
         "profile": profile,
+        "dataset": dataset,
         "settings": config_lib.to_dict(settings),
         "verdicts": [asdict(v) for v in verdicts],
         "seconds": time.perf_counter() - started,

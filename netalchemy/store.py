@@ -128,6 +128,11 @@ def as_json_data(data: Any) -> Any:
     return json.loads(json.dumps(_jsonable(data)))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Writes UTF-8 text atomically (a reader sees the old file or the new one, never half)."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_json(path: Path, data: Any) -> None:
     """Writes `data` as indented JSON, atomically (NaN and Inf are stored as null)."""
     text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,110 @@
+"""Same question, different answers: each claim's verdict across audit profiles and datasets.
+
+Every audit stored under `runs/audit/` (one folder per profile and dataset, see
+`audit.audit_dir`) is read back; a claim is marked
+
+- **stable**: the same verdict in every audit that measured it;
+- **profile-sensitive**: on some dataset its verdict changes with the profile (seeds, steps);
+- **dataset-sensitive**: at some profile its verdict changes with the dataset;
+
+and each change is explained in one line from the stored numbers (value, CI, flip point).
+Smoke-test profiles (tiny) are left out: their verdicts are not evidence. This is the
+essay's "ask the same question twice" turned on the audit itself.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Mapping, Optional
+
+from netalchemy import experiment, store
+from netalchemy.md import md_table
+
+PROFILES = ("quick", "full")  # evidence profiles, in order of size
+DATASET_NAMES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST", "article": "article pair"}
+
+Column = tuple[str, str]  # (dataset, profile)
+
+
+def collect(root: Path) -> dict[Column, dict[str, Mapping]]:
+    """(dataset, profile) -> claim -> its stored verdict, for every audit folder under `root`/audit.
+
+    Raises `store.StoreError` (one line) for a damaged verdicts.json.
+    """
+    out: dict[Column, dict[str, Mapping]] = {}
+    for path in sorted(Path(root, "audit").glob("*/*/*/verdicts.json")):
+        record = store.read_json(path)
+        try:
+            column = (record.get("dataset", "mnist1d"), record["profile"])
+            verdicts = {v["claim"]: v for v in record["verdicts"]}
+        except (AttributeError, KeyError, TypeError):
+            raise store.StoreError(f"damaged file {path}: not an experiment's verdicts") from None
+        if column[1] in PROFILES and path.parts[-4] == _audit_name(*column):
+            out.setdefault(column, {}).update(verdicts)
+    return out
+
+
+def _audit_name(dataset: str, profile: str) -> str:
+    return profile if dataset == "mnist1d" else f"{profile}-{dataset}"
+
+
+def columns(found: Mapping[Column, object]) -> list[Column]:
+    """The audits present, datasets in `experiment.DATASETS` order, then profile size."""
+    order = list(experiment.DATASETS)
+    return sorted(found, key=lambda c: (order.index(c[0]) if c[0] in order else len(order), PROFILES.index(c[1])))
+
+
+def label(column: Column) -> str:
+    return f"{DATASET_NAMES.get(column[0], column[0])} {column[1]}"
+
+
+def _numbers(v: Mapping) -> str:
+    value, low, high = v.get("value"), v.get("ci_low"), v.get("ci_high")
+    text = "—" if value is None else f"{value:.3g}"
+    if low is not None and high is not None:
+        text += f" [{low:.3g}, {high:.3g}]"
+    if v.get("flip_point") is not None:
+        text += f", flips at {v['flip_point']:.3g}" + (f" ({v['flip_of']})" if v.get("flip_of") else "")
+    return text
+
+
+def mark(by_column: Mapping[Column, Mapping]) -> tuple[str, list[str]]:
+    """A claim's stability mark and one line per pair of audits whose verdicts differ.
+
+    Only pairs that differ in one respect are compared: the same dataset at two profiles
+    (profile-sensitive), or the same profile on two datasets (dataset-sensitive).
+    """
+    if not by_column:
+        return "not measured", []
+    kinds, lines = set(), []
+    for a, b in combinations(columns(by_column), 2):
+        va, vb = by_column[a], by_column[b]
+        if va["verdict"] == vb["verdict"] or (a[0] != b[0] and a[1] != b[1]):
+            continue
+        kinds.add("profile-sensitive" if a[0] == b[0] else "dataset-sensitive")
+        lines.append(f"{label(a)} {va['verdict']} ({_numbers(va)}) → {label(b)} {vb['verdict']} ({_numbers(vb)})")
+    if not kinds:
+        verdicts = {v["verdict"] for v in by_column.values()}
+        return ("stable" if len(verdicts) == 1 else "changes only across both dataset and profile"), lines
+    return " and ".join(sorted(kinds)), lines
+
+
+def table(root: Path, claim_ids: Optional[list[str]] = None) -> list[str]:
+    """The cross-table (claim × audit, then the mark) and the explanations, as markdown lines;
+    [] when fewer than two audits are stored."""
+    found = collect(root)
+    cols = columns(found)
+    if len(cols) < 2:
+        return []
+    ids = claim_ids or sorted({c for verdicts in found.values() for c in verdicts})
+    rows, notes = [], []
+    for claim in ids:
+        by_column = {c: found[c][claim] for c in cols if claim in found[c]}
+        kind, lines = mark(by_column)
+        rows.append((claim, *(found[c][claim]["verdict"] if claim in found[c] else "—" for c in cols), kind))
+        notes += [f"- {claim}: {line}" for line in lines]
+    counts = {k: sum(r[-1] == k for r in rows) for k in dict.fromkeys(r[-1] for r in rows)}
+    out = md_table(("claim", *(label(c) for c in cols), "stability"), rows)
+    out += ["", "Marks: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + "."]
+    return out + ([""] + notes if notes else [])
