@@ -1,49 +1,15 @@
-"""Mini-batch size: does it smooth gradient noise, buy parallelism, and regularise?
+"""Mini-batch size (claim M9): does it smooth gradient noise, buy parallelism, and regularise?
 
-Claim M9 (experiments/claims.toml): "mini-batches (32–512) smooth gradient noise, allow
-parallelism, regularise". Three measurements, one per part:
-
-1. **Gradient noise.** At fixed params — at initialisation and after `pretrain_steps` of
-   Adam (a partly trained point) — E‖g_B − g_N‖², the squared distance between the gradient
-   of a random minibatch of B examples (drawn without replacement) and the full-batch
-   gradient, averaged over `noise_minibatches` minibatches (vmapped), per seed. Sampling
-   theory says E‖g_B − g_N‖² = tr Σ · (1/B − 1/N) · N/(N − 1), with Σ the per-example gradient
-   covariance: exactly ∝ 1/B_eff with the effective batch size B_eff = 1/(1/B − 1/N). The
-   slope of log E against log B_eff is fitted per seed (`stats.slope_loglog`) and its mean
-   over seeds gets a bootstrap CI. The full batch (B = N) has no noise by definition.
-   See McCandlish et al. (2018) "An empirical model of large-batch training" (gradient noise
-   scale).
-2. **Throughput.** Training examples per second of one run at each B: a compiled scan of
-   training steps (same step function as every sweep) processing `throughput_examples`
-   examples, timed `throughput_repeats` times after a warm-up call (compilation excluded);
-   medians reported. The fitted log-log slope of examples/s against B (all repeats) gets a
-   regression CI. Timings depend on the machine and on its load: the device is recorded.
-3. **Generalization gap.** Plain SGD at each B for the same number of epochs (examples seen =
-   steps × B ≈ epochs × N), the lr re-tuned per B over `gap_lrs` (one sweep per B, lrs × seeds
-   vmapped). The test split is halved once (fixed permutation): the lr with the highest mean
-   accuracy on the first half (validation) is the tuned lr; the gap is final train accuracy
-   − accuracy on the second half (held-out test), per seed, with bootstrap CIs. Note the
-   known confound at equal epochs: large batches take far fewer steps and may simply underfit
-   (small gap, low accuracy) — the figure shows both accuracies. See Keskar et al. (2017)
-   "On large-batch training … sharp minima"; Shallue et al. (2019) "Measuring the effects of
-   data parallelism on neural network training"; Masters & Luschi (2018).
-
-Verdict rules (rule objects below, unit-tested on synthetic numbers; their text is generated):
-  noise       supported iff at every point (init, trained) the 95% CI of the mean per-seed
-              slope of log E vs log B_eff lies inside [−1 − tol, −1 + tol]; contradicted iff
-              at some point it lies wholly outside; else inconclusive (`noise_rule`).
-  parallelism supported iff the 95% CI of the log-log slope of examples/s vs B is above 0
-              (throughput rises with B); contradicted iff below 0 (`PARALLEL`).
-  regularise  only batch sizes whose nets fit the training set about equally well are
-              compared: those with mean final train accuracy within `fit_tolerance` of the best
-              (`comparable_batch_sizes`; at equal epochs large batches may just underfit, which
-              shrinks the gap for a trivial reason). Among them, supported iff the 95% CI of the
-              paired (same seed) difference gap(largest B) − gap(smallest B) is above 0 (small
-              batches generalize with a smaller gap); contradicted iff below 0; inconclusive if
-              fewer than two sizes remain. The raw smallest-vs-largest difference is reported too.
-  M9 = `m9_combine` of the parts after Holm's correction (`verdicts.judge`): all supported →
-  supported, all contradicted → contradicted, a mix of supported and contradicted → depends,
-  otherwise inconclusive.
+Claim M9 (experiments/claims.toml): "mini-batches (32–512) smooth gradient noise, allow parallelism, regularise".
+1. Noise (McCandlish et al. 2018): E‖g_B − g_N‖² over `noise_minibatches` B-subsets drawn without replacement, by
+   the `GradientNoise` hook of one Adam sweep at step 0 ("init") and `pretrain_steps` ("trained"). Sampling theory:
+   E = tr Σ·(1/B − 1/N)·N/(N − 1) ∝ 1/B_eff, B_eff = 1/(1/B − 1/N), so the per-seed log-log slope is −1.
+2. Parallelism: examples/s of one run in the engine's compiled program (`sweep.train_chunk`: `throughput_examples`
+   examples, then its evaluation), timed `throughput_repeats` times after a warm-up call; log-log slope vs B.
+3. Regularisation (Keskar et al. 2017; Shallue et al. 2019): SGD for `epochs` epochs at each B, lr tuned per B on a
+   fixed validation half of the test split; gap = train − held-out test acc, compared (paired seeds) between batch
+   sizes that fit the training set about equally well (at equal epochs a large batch may just underfit).
+noise.npz and throughput.npz are `store.cached` by their full settings; every sweep caches itself in its folder.
 """
 
 from __future__ import annotations
@@ -59,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from netalchemy import backprop, mlp, plots, stats, store, sweep, train
+from netalchemy import backprop, plots, stats, store, sweep, train
 from netalchemy import config as config_lib
-from netalchemy import data as data_lib
-from netalchemy.config import RANDOMNESS_STREAMS, Config, ModelConfig, OptimConfig, SeedsConfig
+from netalchemy.config import Config, ModelConfig, OptimConfig, SeedsConfig
+from netalchemy.data import Dataset, load
 from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, across, all_hold, holm, judge
 
@@ -72,37 +38,22 @@ POINTS = ("init", "trained")
 
 @dataclass(frozen=True)
 class Settings:
-    # The net, the data and the optimizer of the generalization-gap sweeps (lr comes from gap_lrs).
-    base: Config = field(default_factory=lambda: Config(
-        optim=OptimConfig(name="sgd", lr=0.1), seeds=SeedsConfig(n=16)))
-    # (1) gradient noise
+    base: Config = field(default_factory=lambda: Config(optim=OptimConfig(name="sgd", lr=0.1), seeds=SeedsConfig(n=16)))
     noise_batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
     noise_minibatches: int = 256
     noise_seeds: int = 16
-    pretrain_steps: int = 500  # Adam (lr pretrain_lr, batch 100) steps to the "trained" point
+    pretrain_steps: int = 500  # Adam steps (lr pretrain_lr, batch 100) to the "trained" point
     pretrain_lr: float = 1e-2
-    # (2) throughput
     throughput_batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 1024, 4000)
     throughput_examples: int = 131072
     throughput_repeats: int = 5
-    # (3) generalization gap
     gap_batch_sizes: tuple[int, ...] = (8, 32, 128, 512, 4000)  # 4000 = the whole MNIST-1D train set
     gap_lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
     epochs: int = 20
-    evals: int = 5  # evaluations per run
-    validation_size: int = 500  # taken from the test split to tune the lr; the rest is the held-out test
-    # verdict thresholds
+    evals: int = 5  # evaluations per gap run
+    validation_size: int = 500  # test examples that tune the lr; the rest is the held-out test
     slope_tolerance: float = 0.15
-    fit_tolerance: float = 0.05  # batch sizes whose mean train acc is this far below the best are "underfit"
-
-    def __post_init__(self) -> None:
-        ok = config_lib.check
-        ok(min(self.noise_batch_sizes) >= 1 and len(self.noise_batch_sizes) >= 3,
-           "noise_batch_sizes: need at least three sizes >= 1")
-        ok(len(self.throughput_batch_sizes) >= 2, "throughput_batch_sizes: need at least two sizes")
-        ok(len(self.gap_batch_sizes) >= 2, "gap_batch_sizes: need at least two sizes")
-        ok(self.epochs >= 1 and self.evals >= 1, "epochs and evals must be >= 1")
-        ok(self.noise_minibatches >= 2 and self.noise_seeds >= 1, "noise_minibatches >= 2, noise_seeds >= 1")
+    fit_tolerance: float = 0.05  # mean train acc this far below the best = underfit, left out
 
 
 PROFILES = {
@@ -120,165 +71,109 @@ PROFILES = {
 }
 
 
-# ----------------------------------------------------------------------------- (1) gradient noise
+def schedule(cfg: Config, batch_size: int, steps: int, evals: int = 1, *more: str) -> Config:
+    """`cfg` at `batch_size` for `steps` steps, `evals` evaluations, one checkpoint chunk; `more` overrides."""
+    return config_lib.override(cfg, [f"train.batch_size={batch_size}", f"train.steps={steps}",
+                                     f"train.eval_every={steps // evals}", f"train.chunk_steps={steps}", *more])
 
 
-def flat_grad(params, bn_state, x, y, *, cfg: ModelConfig) -> jax.Array:
-    """The minibatch gradient of the mean cross-entropy as one flat vector (training mode)."""
-    grads, _ = backprop.autodiff_grad(params, bn_state, x, y, cfg=cfg, key=jax.random.key(0))
-    return ravel_pytree(grads)[0]
+def gap_config(s: Settings, batch_size: int, n: int) -> Config:
+    """SGD at `batch_size` for `epochs` epochs' worth of examples (`evals` evaluations)."""
+    return schedule(s.base, batch_size, s.evals * math.ceil(s.epochs * n / (batch_size * s.evals)), s.evals)
 
 
-@partial(jax.jit, static_argnames=("cfg", "batch_size", "minibatches"))
-def minibatch_gradient_noise(params, bn_state, x, y, key, *, cfg: ModelConfig, batch_size: int,
-                             minibatches: int) -> jax.Array:
-    """E‖g_B − g_N‖² for one net: mean over `minibatches` random B-subsets drawn without replacement.
-
-    Args:
-      params, bn_state: one net (no leading seed axis).
-      x, y: the whole training set (N, features), (N,).
-      key: draws the minibatches.
-    Returns:
-      () the mean squared distance between minibatch and full-batch gradients.
-    """
-    n = x.shape[0]
-    full = flat_grad(params, bn_state, x, y, cfg=cfg)  # (P,)
+@partial(jax.jit, static_argnames=("cfg", "batch_size", "minibatches", "grad"))
+def minibatch_gradient_noise(params, bn_state, x, y, key, *, cfg: ModelConfig, batch_size: int, minibatches: int,
+                             grad: str = "autodiff") -> jax.Array:
+    """E‖g_B − g_N‖² () of one net on x (N, features), y (N,): the mean over `minibatches` B-subsets drawn
+    without replacement with `key`; g is the flat gradient (P,) of the mean cross-entropy in training mode."""
+    flat = lambda xs, ys: ravel_pytree(backprop.gradient_fn(grad)(  # noqa: E731
+        params, bn_state, xs, ys, cfg=cfg, key=jax.random.key(0))[0])[0]
+    full = flat(x, y)
 
     def one(k):
-        idx = jax.random.permutation(k, n)[:batch_size]  # (B,) without replacement
-        return jnp.sum(jnp.square(flat_grad(params, bn_state, x[idx], y[idx], cfg=cfg) - full))
+        idx = jax.random.permutation(k, x.shape[0])[:batch_size]  # (B,)
+        return jnp.sum(jnp.square(flat(x[idx], y[idx]) - full))
 
-    keys = jax.random.split(key, minibatches)
-    chunk = max(1, min(minibatches, 2**16 // batch_size))  # vmap `chunk` minibatches at a time
-    return jnp.mean(jax.lax.map(one, keys, batch_size=chunk))
+    chunk = max(1, min(minibatches, 2**16 // batch_size))  # minibatches evaluated at once
+    return jnp.mean(jax.lax.map(one, jax.random.split(key, minibatches), batch_size=chunk))
+
+
+@dataclass(frozen=True)
+class GradientNoise:
+    """Measurement hook: {"noise": (sizes,)} E‖g_B − g_N‖² of one run at each batch size below N;
+    at step t the subsets of size B are drawn with fold_in(fold_in(data key, t), B)."""
+
+    batch_sizes: tuple[int, ...]
+    minibatches: int
+
+    def __call__(self, state, streams, data, cfg):
+        key, n = jax.random.fold_in(streams.data, state.step), data.x_train.shape[0]
+        return {"noise": jnp.stack([minibatch_gradient_noise(
+            state.params, state.bn_state, data.x_train, data.y_train, jax.random.fold_in(key, b), cfg=cfg.model,
+            batch_size=b, minibatches=self.minibatches, grad=cfg.train.grad) for b in self.batch_sizes if b < n])}
 
 
 def effective_batch_size(batch_size, n: int) -> np.ndarray:
     """B_eff = 1/(1/B − 1/N): E‖g_B − g_N‖² ∝ 1/B_eff exactly for sampling without replacement."""
-    b = np.asarray(batch_size, np.float64)
-    return 1.0 / (1.0 / b - 1.0 / n)
+    return 1.0 / (1.0 / np.asarray(batch_size, np.float64) - 1.0 / n)
 
 
 def noise_slopes(batch_sizes, noise: np.ndarray, n: int) -> np.ndarray:
     """Per-seed slope of log E‖g_B − g_N‖² against log B_eff; `noise` is (seeds, batch sizes)."""
-    x = effective_batch_size(batch_sizes, n)
-    return np.array([stats.slope_loglog(x, row).slope for row in np.asarray(noise)])
+    return np.array([stats.slope_loglog(effective_batch_size(batch_sizes, n), row).slope for row in np.asarray(noise)])
 
 
-def pretrain_config(s: Settings) -> Config:
-    """The Adam run that takes each noise seed to its "trained" point."""
-    return config_lib.override(s.base, [
-        "optim.name=adam", f"optim.lr={s.pretrain_lr}", "train.batch_size=100", f"train.steps={s.pretrain_steps}",
-        f"train.eval_every={s.pretrain_steps}", f"train.chunk_steps={s.pretrain_steps}", f"seeds.n={s.noise_seeds}"])
+def noise_sweep(s: Settings) -> tuple[Config, GradientNoise]:
+    """The Adam sweep (batch 100) whose step 0 and last step are the "init" and "trained" points, and its hook."""
+    return (schedule(s.base, 100, s.pretrain_steps, 1, "optim.name=adam", f"optim.lr={s.pretrain_lr}",
+                     f"seeds.n={s.noise_seeds}"), GradientNoise(s.noise_batch_sizes, s.noise_minibatches))
 
 
-def noise_settings(s: Settings) -> dict:
-    """Everything noise.npz depends on (its `store.cached` key)."""
-    return {"pretrain": config_lib.to_dict(pretrain_config(s)), "batch_sizes": list(s.noise_batch_sizes),
-            "minibatches": s.noise_minibatches}
+def measure_noise(s: Settings, dataset: Dataset, out_dir: Path) -> dict[str, np.ndarray]:
+    """E‖g_B − g_N‖² (points, seeds, batch sizes) at init and after pretraining; the sweep folder is named by
+    the settings' key, so an edited setting trains a new sweep and an interrupted one resumes."""
+    (cfg, hook), n = noise_sweep(s), len(dataset.y_train)
+    folder = out_dir / f"noise-{store.settings_key([config_lib.to_dict(cfg), repr(hook)])[:12]}"
+    r = sweep.run(cfg, out_dir=folder, dataset=dataset, progress=False, measure=hook)
+    return {"noise": np.moveaxis(r.measures["noise"][:, [0, -1]], 1, 0), "seeds": r.seeds, "n_train": n,
+            "batch_sizes": [b for b in hook.batch_sizes if b < n]}
 
 
-def measure_noise(s: Settings, dataset: data_lib.Dataset, out_dir: Path) -> dict[str, np.ndarray]:
-    """E‖g_B − g_N‖² (points, seeds, batch sizes) at init and after Adam pretraining."""
-    cfg = s.base
-    n = dataset.x_train.shape[0]
-    sizes = [b for b in s.noise_batch_sizes if b < n]
-    trained = sweep.run(pretrain_config(s), out_dir=out_dir / "pretrain", dataset=dataset, progress=False)
-    seeds = np.asarray(trained.seeds)
-    init_keys = jax.vmap(lambda sd: train.stream_key(sd, "init"))(jnp.asarray(seeds))
-    at_init = jax.vmap(lambda k: mlp.init(k, cfg.model, in_features=dataset.x_train.shape[1],
-                                          num_classes=dataset.num_classes))(init_keys)
-    nets = {"init": at_init, "trained": (trained.final.params, trained.final.bn_state)}
-    x = jnp.asarray(dataset.x_train, cfg.model.dtype)
-    y = jnp.asarray(dataset.y_train, jnp.int32)
-    out = np.zeros((len(POINTS), len(seeds), len(sizes)))
-    for p, point in enumerate(POINTS):
-        params, bn_state = nets[point]
-        for i in range(len(seeds)):
-            net = jax.tree.map(lambda a: jnp.asarray(a[i]), (params, bn_state))
-            for j, b in enumerate(sizes):
-                key = jax.random.fold_in(jax.random.key(int(seeds[i])), 1000 * p + b)
-                out[p, i, j] = float(minibatch_gradient_noise(*net, x, y, key, cfg=cfg.model, batch_size=b,
-                                                              minibatches=s.noise_minibatches))
-    return {"noise": out, "batch_sizes": np.asarray(sizes), "seeds": seeds, "n_train": np.asarray(n)}
+def measure_throughput(s: Settings, dataset: Dataset) -> dict[str, np.ndarray]:
+    """Examples/s (sizes, repeats) of one run in the engine's program, `sweep.train_chunk` over one interval of
+    `throughput_examples // B` steps, per batch size B that fits; timed after a warm-up call, its donated states
+    re-made (untimed) before every call."""
+    sizes, rates = [b for b in s.throughput_batch_sizes if b <= len(dataset.y_train)], []
+    for b in sizes:
+        cfg = schedule(s.base, b, max(1, s.throughput_examples // b), 1, "seeds.n=1")
+        mesh, axes, dtype = sweep.device_mesh(1), sweep.stream_axes(cfg), cfg.model.dtype
+        streams = sweep.shard_runs(sweep.run_streams(cfg, np.array([cfg.seeds.start])), mesh, axes)
+        lrs = sweep.shard_runs(jnp.full((1,), cfg.optim.lr, dtype), mesh)
+        data = sweep.shard_runs(train.Data(*(jnp.asarray(a, t) for a, t in zip(
+            (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), (dtype, jnp.int32) * 2))),
+            mesh, (None,) * 4)  # replicated
+        init = partial(sweep.init_states, streams, lrs, cfg=cfg, axes=axes, in_features=dataset.x_train.shape[1],
+                       num_classes=dataset.num_classes)
+        seconds = []
+        for _ in range(s.throughput_repeats + 1):  # the first call compiles and warms up
+            states = jax.block_until_ready(init())
+            start = time.perf_counter()
+            jax.block_until_ready(sweep.train_chunk(states, streams, data, lrs, cfg=cfg, axes=axes, intervals=1))
+            seconds.append(time.perf_counter() - start)
+        rates.append(cfg.train.steps * b / np.array(seconds[1:]))
+    return {"batch_sizes": sizes, "examples_per_s": np.asarray(rates, np.float64), "device": str(jax.devices()[0])}
 
 
-# ----------------------------------------------------------------------------- (2) throughput
-
-
-def training_throughput(cfg: Config, dataset: data_lib.Dataset, *, examples: int, repeats: int) -> np.ndarray:
-    """Examples per second of one training run at `cfg.train.batch_size`: `repeats` timings of a
-    compiled scan of `examples // batch` steps, after a warm-up call (compilation excluded)."""
-    b = cfg.train.batch_size
-    steps = max(1, examples // b)
-    dtype = cfg.model.dtype
-    data = train.Data(jnp.asarray(dataset.x_train, dtype), jnp.asarray(dataset.y_train, jnp.int32),
-                      jnp.asarray(dataset.x_test, dtype), jnp.asarray(dataset.y_test, jnp.int32))
-    streams = train.Streams(*(train.stream_key(0, s) for s in RANDOMNESS_STREAMS))
-    lr = jnp.asarray(cfg.optim.lr, dtype)
-    state = train.init_state(streams, lr, cfg=cfg, in_features=dataset.x_train.shape[1],
-                             num_classes=dataset.num_classes)
-
-    @jax.jit
-    def run_steps(state, streams, data, lr):
-        body = lambda st, _: (train.train_step(st, streams, data, lr, cfg=cfg)[0], None)  # noqa: E731
-        return jax.lax.scan(body, state, None, length=steps)[0]
-
-    jax.block_until_ready(run_steps(state, streams, data, lr))  # compile and warm up
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run_steps(state, streams, data, lr))
-        seconds.append(time.perf_counter() - start)
-    return steps * b / np.asarray(seconds)
-
-
-def _device() -> dict:
-    return {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "device_count": jax.device_count()}
-
-
-def throughput_settings(s: Settings) -> dict:
-    """Everything throughput.npz depends on, the device included (its `store.cached` key)."""
-    return {"config": config_lib.to_dict(s.base), "batch_sizes": list(s.throughput_batch_sizes),
-            "examples": s.throughput_examples, "repeats": s.throughput_repeats, **_device()}
-
-
-def measure_throughput(s: Settings, dataset: data_lib.Dataset) -> dict[str, np.ndarray]:
-    """Examples/s (batch sizes, repeats) at each throughput batch size that fits the training set."""
-    sizes = [b for b in s.throughput_batch_sizes if b <= dataset.x_train.shape[0]]
-    rates = [training_throughput(config_lib.override(s.base, [f"train.batch_size={b}"]), dataset,
-                                 examples=s.throughput_examples, repeats=s.throughput_repeats) for b in sizes]
-    return {"batch_sizes": np.asarray(sizes), "examples_per_s": np.asarray(rates, np.float64),
-            **{k: np.asarray(v) for k, v in _device().items()}}
-
-
-# ----------------------------------------------------------------------------- (3) generalization gap
-
-
-def gap_config(s: Settings, batch_size: int, n: int) -> Config:
-    """SGD at batch `batch_size` for `epochs` epochs' worth of examples, `evals` evaluations."""
-    steps = s.evals * math.ceil(s.epochs * n / (batch_size * s.evals))
-    every = steps // s.evals
-    return config_lib.override(s.base, [f"train.batch_size={batch_size}", f"train.steps={steps}",
-                                        f"train.eval_every={every}", f"train.chunk_steps={steps}"])
-
-
-def split_test(n_test: int, validation_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(validation indices, held-out test indices): a fixed permutation of the test split."""
-    perm = np.random.default_rng(0).permutation(n_test)
-    return np.sort(perm[:validation_size]), np.sort(perm[validation_size:])
+def split_test(n_test: int, validation_size: int) -> list[np.ndarray]:
+    """[validation indices, held-out test indices]: a fixed permutation of the test split, cut in two."""
+    return np.split(np.random.default_rng(0).permutation(n_test), [validation_size])
 
 
 def comparable_batch_sizes(batch_sizes, train_acc, tolerance: float) -> list:
-    """The batch sizes whose mean final train accuracy is within `tolerance` of the best one.
-
-    A generalization gap says something about regularisation only between nets that fit the
-    training set about equally well: at equal epochs a large batch takes few steps and can
-    simply underfit (then both accuracies are low and the gap is small for a trivial reason).
-    """
+    """The batch sizes whose mean final train accuracy is within `tolerance` of the best one."""
     acc = np.asarray(train_acc, np.float64)
-    best = np.nanmax(acc)
-    return [b for b, v in zip(batch_sizes, acc) if np.isfinite(v) and v >= best - tolerance]
+    return [b for b, v in zip(batch_sizes, acc) if np.isfinite(v) and v >= np.nanmax(acc) - tolerance]
 
 
 def tune_by_validation(val_acc: np.ndarray, diverged: np.ndarray, chance: float) -> int:
@@ -286,261 +181,156 @@ def tune_by_validation(val_acc: np.ndarray, diverged: np.ndarray, chance: float)
     return int(np.argmax(np.where(diverged, chance, val_acc).mean(axis=1)))
 
 
-# ----------------------------------------------------------------------------- run
-
-
 def run(s: Settings, out_dir: Path) -> None:
-    """Gradient noise, throughput and the per-batch-size lr sweeps; every part resumable.
-
-    noise.npz and throughput.npz are `store.cached` values keyed by `noise_settings` and
-    `throughput_settings`: an edited setting recomputes them, an unchanged rerun reuses them.
-    """
-    out_dir = Path(out_dir)
-    dataset = data_lib.load(s.base.data)
-    n = dataset.x_train.shape[0]
-    store.cached("noise.npz", noise_settings(s), partial(measure_noise, s, dataset, out_dir), folder=out_dir)
-    store.cached("throughput.npz", throughput_settings(s), partial(measure_throughput, s, dataset), folder=out_dir)
+    """Gradient noise, throughput (both cached by their settings) and the per-batch-size lr sweeps."""
+    out_dir, data, device = Path(out_dir), load(s.base.data), (str(jax.devices()), jax.default_backend())
+    store.cached("noise.npz", [config_lib.to_dict(noise_sweep(s)[0]), repr(noise_sweep(s)[1])],
+                 partial(measure_noise, s, data, out_dir), folder=out_dir)
+    store.cached("throughput.npz", [config_lib.to_dict(s.base), s.throughput_batch_sizes, s.throughput_examples,
+                                    s.throughput_repeats, "sweep.train_chunk", device],
+                 partial(measure_throughput, s, data), folder=out_dir)
     for b in s.gap_batch_sizes:
-        sweep.run(gap_config(s, b, n), lrs=s.gap_lrs, out_dir=out_dir / f"gap-B{b}", dataset=dataset, progress=False)
-    val, test = split_test(len(dataset.y_test), s.validation_size)
-    store.write_npz(out_dir / "split.npz", {"validation": val, "test": test, "y_test": dataset.y_test})
+        sweep.run(gap_config(s, b, len(data.y_train)), lrs=s.gap_lrs, out_dir=out_dir / f"gap-B{b}", dataset=data,
+                  progress=False)
     store.write_json(out_dir / "settings.json", config_lib.to_dict(s))
-
-
-# ----------------------------------------------------------------------------- verdict rules
-
-
-def noise_rule(tolerance: float) -> Rule:
-    """Noise ∝ 1/B_eff: the mean per-seed log-log slope inside [−1 − tol, −1 + tol]."""
-    return Rule("the mean per-seed slope of log E‖g_B − g_N‖² vs log B_eff", (-1 - tolerance, -1 + tolerance),
-                "inside", f"−1 ± {tolerance:g}: the 1/B law of sampling without replacement, read as a power law",
-                unit="log-log slope")
 
 
 PARALLEL = Rule("the log-log slope of examples/s vs B (t interval)", 0.0, "above",
                 "any rise: larger batches put more examples through the hardware per second")
 REGULARISE = Rule("the paired (same seed) difference gap(largest comparable B) − gap(smallest), gap = train − "
                   "test acc", 0.0, "above", "a larger gap with large batches is the regularising effect of small ones")
+HOW = ("regularise compares batch sizes whose mean train acc is within {:g} of the best (others underfit), inconclusive "
+       "if fewer than two; noise = both points hold; M9: noise, parallelism, regularise all supported → supported, all "
+       "contradicted → contradicted, supported and contradicted → depends, else inconclusive")
 
 
 def m9_parts(noise_cis, throughput_ci, gap_difference_ci, *, tolerance: float) -> list[Part]:
     """The parts of M9: noise at each point (init, trained), parallelism, regularisation."""
-    rule = noise_rule(tolerance)
-    return [*(Part(f"noise {p}", rule, ci) for p, ci in zip(POINTS, noise_cis)),
+    noise = Rule("the mean per-seed slope of log E‖g_B − g_N‖² vs log B_eff", (-1 - tolerance, -1 + tolerance),
+                 "inside", f"−1 ± {tolerance:g}: the 1/B law of sampling without replacement, read as a power law",
+                 unit="log-log slope")
+    return [*(Part(f"noise {p}", noise, ci) for p, ci in zip(POINTS, noise_cis)),
             Part("parallelism", PARALLEL, throughput_ci), Part("regularise", REGULARISE, gap_difference_ci)]
 
 
 def m9_combine(d: dict[str, str]) -> str:
     """Noise = both points hold (all_hold); M9 = noise, parallelism and regularise combined across."""
-    noise = all_hold([v for k, v in d.items() if k.startswith("noise ")])
-    return across([noise, d["parallelism"], d["regularise"]])
+    return across([all_hold([v for k, v in d.items() if k.startswith("noise ")]), d["parallelism"], d["regularise"]])
 
 
-# ----------------------------------------------------------------------------- analysis and report
 
 
-def _ci(values) -> dict:
-    ci = stats.bootstrap_ci(values)
-    return {"estimate": float(ci.estimate), "low": float(ci.low), "high": float(ci.high)}
-
-
-def _paired_ci(a, b) -> dict:
-    return stats.paired_bootstrap_ci(a, b)._asdict()
+def gap_results(s: Settings, out_dir: Path) -> dict:
+    """Per gap batch size, at its lr tuned on validation: per-seed gap (sizes, seeds) and CIs of the gap and both
+    accuracies; the paired differences gap(largest) − gap(smallest), over comparable and over all sizes."""
+    data, runs = load(s.base.data), [sweep.load(out_dir / f"gap-B{b}") for b in s.gap_batch_sizes]
+    shape, (val, test) = (len(runs), len(s.gap_lrs), -1), split_test(len(data.y_test), s.validation_size)
+    preds = np.stack([r.test_predictions for r in runs]).reshape(*shape, len(data.y_test))  # (sizes, lrs, seeds, n)
+    div = np.stack([r.history["diverged"][:, -1] for r in runs]).reshape(shape).astype(bool)
+    acc = {"val": (preds[..., val] == data.y_test[val]).mean(-1), "test": (preds[..., test] == data.y_test[test]).mean(-1),
+           "train": np.stack([r.history["train_acc"][:, -1] for r in runs]).reshape(shape)}  # (sizes, lrs, seeds)
+    best = np.array([tune_by_validation(v, d, 1 / data.num_classes) for v, d in zip(acc["val"], div)])
+    at = {k: np.where(div[range(len(runs)), best], np.nan, v[range(len(runs)), best]) for k, v in acc.items()}
+    per_seed = {"gap": at["train"] - at["test"], "train_acc": at["train"], "test_acc": at["test"]}  # (sizes, seeds)
+    cis = {k: np.array([stats.bootstrap_ci(row) for row in v]).T for k, v in per_seed.items()}  # (3, sizes)
+    fits = comparable_batch_sizes(s.gap_batch_sizes, cis["train_acc"][0], s.fit_tolerance)
+    pos = {b: i for i, b in enumerate(s.gap_batch_sizes)}
+    diff = lambda sizes: stats.paired_bootstrap_ci(*(per_seed["gap"][pos[f(sizes)]] for f in (max, min)))  # noqa: E731
+    return {"batch_sizes": s.gap_batch_sizes, "steps": [r.cfg.train.steps for r in runs], "comparable": fits,
+            "tuned_lr": np.asarray(s.gap_lrs)[best], "diverged": div[range(len(runs)), best].sum(-1), **cis,
+            "difference": diff(fits) if len(fits) >= 2 else stats.CI(np.nan, np.nan, np.nan),
+            "difference_all_sizes": diff(s.gap_batch_sizes), "per_seed_gap": per_seed["gap"]}
 
 
 def analyse(s: Settings, out_dir: Path) -> dict:
-    """Every number the report needs, read back from the files `run` wrote (JSON-able)."""
-    noise = store.read_npz(out_dir / "noise.npz")
-    n = int(noise["n_train"])
-    sizes = noise["batch_sizes"]
-    a: dict = {"n_train": n, "noise": {"batch_sizes": sizes.tolist(),
-                                       "effective_batch_sizes": effective_batch_size(sizes, n).tolist()}}
-    for p, point in enumerate(POINTS):
-        values = noise["noise"][p]  # (seeds, sizes)
-        slopes = noise_slopes(sizes, values, n)
-        raw = [stats.slope_loglog(sizes, row).slope for row in values]
-        pooled = stats.slope_loglog(effective_batch_size(sizes, n), values.mean(axis=0))
-        a["noise"][point] = {"slope": _ci(slopes), "slope_vs_B": _ci(raw), "pooled_fit": pooled.as_dict(),
-                             "mean_by_batch": values.mean(axis=0).tolist(), "per_seed": values.tolist()}
-
-    tp = store.read_npz(out_dir / "throughput.npz")
-    sizes_tp, rates = tp["batch_sizes"], tp["examples_per_s"]  # (sizes,), (sizes, repeats)
-    fit = stats.slope_loglog(np.repeat(sizes_tp, rates.shape[1]), rates.ravel())
-    medians = np.median(rates, axis=1).tolist()
-    a["throughput"] = {"batch_sizes": sizes_tp.tolist(), "median_examples_per_s": medians,
-                       "all": rates.tolist(), "fit": fit.as_dict(),
-                       "ratio_largest_to_smallest": medians[-1] / medians[0], "device": str(tp["device"])}
-
-    split = store.read_npz(out_dir / "split.npz")
-    y_val, y_test = split["y_test"][split["validation"]], split["y_test"][split["test"]]
-    rows, gaps = [], {}
-    for b in s.gap_batch_sizes:
-        r = sweep.load(out_dir / f"gap-B{b}")
-        n_lrs = len(s.gap_lrs)
-        chance = 1.0 / store.read_json(out_dir / f"gap-B{b}" / "config.json")["dataset"]["classes"]
-        preds = r.test_predictions.reshape(n_lrs, -1, r.test_predictions.shape[-1])  # (lrs, seeds, n_test)
-        val_acc = (preds[:, :, split["validation"]] == y_val).mean(axis=-1)
-        test_acc = (preds[:, :, split["test"]] == y_test).mean(axis=-1)
-        div = r.history["diverged"][:, -1].reshape(n_lrs, -1).astype(bool)
-        train_acc = r.history["train_acc"][:, -1].reshape(n_lrs, -1)
-        best = tune_by_validation(val_acc, div, chance)
-        gap = np.where(div[best], np.nan, train_acc[best] - test_acc[best])
-        gaps[b] = gap
-        rows.append({"batch_size": b, "steps": r.cfg.train.steps, "tuned_lr": float(s.gap_lrs[best]),
-                     "diverged_at_tuned": int(div[best].sum()), "gap": _ci(gap),
-                     "train_acc": _ci(np.where(div[best], np.nan, train_acc[best])),
-                     "test_acc": _ci(np.where(div[best], np.nan, test_acc[best])),
-                     "val_acc_by_lr": np.where(div, chance, val_acc).mean(axis=1).tolist()})
-    small, large = min(s.gap_batch_sizes), max(s.gap_batch_sizes)
-    fits = comparable_batch_sizes([r["batch_size"] for r in rows], [r["train_acc"]["estimate"] for r in rows],
-                                  s.fit_tolerance)
-    nan_ci = {"estimate": math.nan, "low": math.nan, "high": math.nan}
-    a["gap"] = {"rows": rows, "smallest": small, "largest": large,
-                "difference_largest_minus_smallest": _paired_ci(gaps[large], gaps[small]),
-                "comparable": fits,
-                "difference_comparable": (_paired_ci(gaps[max(fits)], gaps[min(fits)]) if len(fits) >= 2 else nan_ci)}
-    return a
+    """Every number the report needs, from what `run` wrote; a CI is (estimate, low, high)."""
+    noise, tp = (store.read_npz(out_dir / f) for f in ("noise.npz", "throughput.npz"))
+    n, sizes, rates = int(noise["n_train"]), noise["batch_sizes"], tp["examples_per_s"]  # rates: (sizes, repeats)
+    fit = stats.slope_loglog(np.repeat(tp["batch_sizes"], rates.shape[1]), rates.ravel())
+    return {"noise": {"n_train": n, "batch_sizes": sizes, "per_seed": noise["noise"],  # (points, seeds, sizes)
+                      "slope": [stats.bootstrap_ci(noise_slopes(sizes, v, n)) for v in noise["noise"]],
+                      "fit": [stats.slope_loglog(effective_batch_size(sizes, n), v.mean(0))._asdict()
+                              for v in noise["noise"]]},
+            "throughput": {"batch_sizes": tp["batch_sizes"], "examples_per_s": rates, "device": str(tp["device"]),
+                           "fit": fit._asdict(), "slope": stats.CI(fit.slope, fit.slope_low, fit.slope_high)},
+            "gap": gap_results(s, out_dir)}
 
 
 def verdicts(s: Settings, a: dict) -> list[Verdict]:
-    as_ci = lambda d: stats.CI(*(math.nan if d[k] is None else d[k] for k in ("estimate", "low", "high")))  # noqa: E731
-    fit = a["throughput"]["fit"]
-    nan = lambda v: math.nan if v is None else v  # noqa: E731
-    d = a["gap"]["difference_comparable"]
-    parts = m9_parts([as_ci(a["noise"][p]["slope"]) for p in POINTS],
-                     stats.CI(fit["slope"], nan(fit["slope_low"]), nan(fit["slope_high"])), as_ci(d),
-                     tolerance=s.slope_tolerance)
-    decisions = dict(zip((p.name for p in parts), holm(parts)))
-    noise = all_hold([decisions[f"noise {p}"] for p in POINTS])
-    parallel, regular = decisions["parallelism"], decisions["regularise"]
-    raw = a["gap"]["difference_largest_minus_smallest"]
-    fits = a["gap"]["comparable"]
-    underfit = [r["batch_size"] for r in a["gap"]["rows"] if r["batch_size"] not in fits]
-    i = a["noise"]["init"]["slope"]
-    tp = a["throughput"]
-    rows = {r["batch_size"]: r for r in a["gap"]["rows"]}
-    sm, lg = rows[a["gap"]["smallest"]], rows[a["gap"]["largest"]]
-    measurement = (
-        f"slope of log E‖g_B − g_N‖² vs log B_eff after {s.pretrain_steps} Adam steps (mean over seeds; "
-        f"at init {i['estimate']:.3f} [{i['low']:.3f}, {i['high']:.3f}]) → noise {noise}; "
-        f"throughput slope vs B {fit['slope']:.2f} [{nan(fit['slope_low']):.2f}, {nan(fit['slope_high']):.2f}], "
-        f"×{tp['ratio_largest_to_smallest']:.3g} examples/s from B={tp['batch_sizes'][0]} to "
-        f"B={tp['batch_sizes'][-1]} ({tp['device']}) → parallelism {parallel}; gap (train − test acc) at "
-        f"{s.epochs} epochs, lr tuned on validation: B={sm['batch_size']} {sm['gap']['estimate']:.3f} "
-        f"(test acc {sm['test_acc']['estimate']:.3f}), B={lg['batch_size']} {lg['gap']['estimate']:.3f} "
-        f"(test acc {lg['test_acc']['estimate']:.3f}), raw difference {raw['estimate']:.3f}; "
-        f"underfit (train acc > {s.fit_tolerance:g} below the best, excluded): {underfit or 'none'}; "
-        f"gap(B={max(fits)}) − gap(B={min(fits)}) = {d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}] "
-        f"→ regularise {regular}")
-    how = (f"regularise compares only batch sizes whose mean train accuracy is within {s.fit_tolerance:g} of the "
-           f"best (others underfit at equal epochs and are excluded) and is inconclusive if fewer than two remain; "
-           f"noise = both noise parts hold; M9: noise, parallelism and regularise all supported → supported, all "
-           f"contradicted → contradicted, supported and contradicted → depends, else inconclusive")
-    t = as_ci(a["noise"]["trained"]["slope"])
-    return [judge("M9", parts, m9_combine, how=how, measurement=measurement, value=t, figure="grad_noise.png",
-                  unit="log-log slope")[0]]
+    """M9 from its parts (`m9_parts`, Holm's correction), with the measurement in words."""
+    (init, trained), g, tp = a["noise"]["slope"], a["gap"], a["throughput"]
+    parts = m9_parts([init, trained], tp["slope"], g["difference"], tolerance=s.slope_tolerance)
+    d = dict(zip((p.name for p in parts), holm(parts)))
+    gaps = ", ".join(f"B={b} {e:.3f} (lr {lr:g}, test acc {t:.3f})"
+                     for b, e, lr, t in zip(g["batch_sizes"], g["gap"][0], g["tuned_lr"], g["test_acc"][0]))
+    text = (f"slope of log E‖g_B − g_N‖² vs log B_eff, mean over seeds: at init {init.text()}, after {s.pretrain_steps} "
+            f"Adam steps {trained.text()} → noise {all_hold([d['noise init'], d['noise trained']])}; slope of examples/s "
+            f"vs B {tp['slope'].text()} ({tp['device']}) → parallelism {d['parallelism']}; gap (train − test acc) "
+            f"after {s.epochs} epochs, lr tuned on validation: {gaps}; comparable B {g['comparable']}: gap(largest) − "
+            f"gap(smallest) {g['difference'].text()} (all B: {g['difference_all_sizes'].text()}) → regularise "
+            f"{d['regularise']}")
+    return [judge("M9", parts, m9_combine, how=HOW.format(s.fit_tolerance), measurement=text, value=trained,
+                  figure="grad_noise.png", unit="log-log slope")[0]]
 
 
 def plot_noise(a: dict, path: Path) -> None:
-    """E‖g_B − g_N‖² vs B (log-log), seed bands at init and trained, with the fitted power law."""
-    sizes = np.asarray(a["noise"]["batch_sizes"], np.float64)
-    n = a["n_train"]
+    """E‖g_B − g_N‖² vs B (log-log): seed bands at init and trained, with the power law fitted in B_eff."""
+    sizes, n = np.asarray(a["batch_sizes"], np.float64), a["n_train"]
+    grid = np.geomspace(sizes[0], sizes[-1], 100)
     fig, ax = plots.subplots(figsize=(6.5, 4.5))
-    for point, color in zip(POINTS, ("C0", "C1")):
-        d = a["noise"][point]
-        plots.seed_band(ax, sizes, np.asarray(d["per_seed"]), label=f"{point}", color=color)
-        ax.scatter(sizes, np.median(d["per_seed"], axis=0), color=color, s=12, zorder=3)
-        fit = d["pooled_fit"]
-        grid = np.geomspace(sizes[0], sizes[-1], 100)
+    for point, values, fit, slope, color in zip(POINTS, a["per_seed"], a["fit"], a["slope"], ("C0", "C1")):
+        plots.seed_band(ax, sizes, values, label=point, color=color)
         ax.plot(grid, np.exp(fit["intercept"]) * effective_batch_size(grid, n) ** fit["slope"], color=color, ls="--",
-                lw=0.9, label=f"fit ∝ B_eff^{fit['slope']:.2f} (per-seed mean slope {d['slope']['estimate']:.2f} "
-                              f"[{d['slope']['low']:.2f}, {d['slope']['high']:.2f}])")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"batch size B (without replacement; N = {n}; B_eff = 1/(1/B − 1/N))")
-    ax.set_ylabel("E‖g_B − g_N‖²  (squared gradient norm)")
+                lw=0.9, label=f"fit ∝ B_eff^{fit['slope']:.2f} (per-seed mean slope {slope.text(2)})")
+    ax.set(xscale="log", yscale="log", ylabel="E‖g_B − g_N‖²  (squared gradient norm)",
+           xlabel=f"batch size B (without replacement; N = {n}; B_eff = 1/(1/B − 1/N))")
     ax.set_title("M9: minibatch gradient noise around the full gradient (theory: slope −1 in B_eff)", fontsize=9)
     ax.legend(fontsize=7)
     plots.save(fig, path)
 
 
 def plot_throughput(a: dict, path: Path) -> None:
-    tp = a["throughput"]
-    b = np.asarray(tp["batch_sizes"], np.float64)
-    med = np.asarray(tp["median_examples_per_s"])
-    lo = np.array([min(r) for r in tp["all"]])
-    hi = np.array([max(r) for r in tp["all"]])
+    """Examples/s vs B (log-log): median and min–max of the repeats, with the fitted power law."""
+    b, rates, fit = a["batch_sizes"], a["examples_per_s"], a["fit"]
+    med = np.median(rates, axis=1)
     fig, ax = plots.subplots(figsize=(6.5, 4.5))
-    ax.errorbar(b, med, yerr=[med - lo, hi - med], marker="o", capsize=3, label="median (bars: min–max of repeats)")
-    fit = tp["fit"]
+    ax.errorbar(b, med, yerr=[med - rates.min(1), rates.max(1) - med], marker="o", capsize=3,
+                label="median (bars: min–max of repeats)")
     ax.plot(b, np.exp(fit["intercept"]) * b ** fit["slope"], ls="--", color="gray",
             label=f"log-log fit, slope {fit['slope']:.2f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size B")
-    ax.set_ylabel("training throughput (examples / s, one run)")
-    ax.set_title(f"M9: throughput vs batch size on {tp['device']}", fontsize=9)
+    ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="training throughput (examples / s, one run)")
+    ax.set_title(f"M9: throughput of the engine's program vs batch size on {a['device']}", fontsize=9)
     ax.legend(fontsize=7)
     plots.save(fig, path)
 
 
 def plot_gap(s: Settings, a: dict, path: Path) -> None:
-    rows = a["gap"]["rows"]
-    b = np.asarray([r["batch_size"] for r in rows], np.float64)
+    """Gap and accuracies vs B (mean, 95% CI), tuned lrs noted, underfit batch sizes marked."""
+    b = np.asarray(a["batch_sizes"], np.float64)
     fig, axes = plots.subplots(1, 2, figsize=(12, 4.5))
-    for ax, keys in zip(axes, (("gap",), ("train_acc", "test_acc"))):
-        for key in keys:
-            est = np.array([r[key]["estimate"] for r in rows])
-            low, high = np.array([r[key]["low"] for r in rows]), np.array([r[key]["high"] for r in rows])
-            err = np.clip(np.stack([est - low, high - est]), 0, None)
-            ax.errorbar(b, est, yerr=err, marker="o", capsize=3, label=f"{key.replace('_', ' ')} (mean, 95% CI)")
-        ax.set_xscale("log")
-        ax.set_xlabel("batch size B")
+    for ax, keys, label in zip(axes, (("gap",), ("train_acc", "test_acc")), ("train − held-out test acc", "accuracy")):
+        for (est, low, high), key in ((a[k], k) for k in keys):
+            ax.errorbar(b, est, yerr=np.clip([est - low, high - est], 0, None), marker="o", capsize=3,
+                        label=f"{key.replace('_', ' ')} (mean, 95% CI)")
+        ax.set(xscale="log", xlabel="batch size B", ylabel=label)
         ax.legend(fontsize=7)
-    fits = a["gap"]["comparable"]
-    for i, (x, r) in enumerate(zip(b, rows)):
-        if r["batch_size"] not in fits:
-            axes[0].scatter([x], [r["gap"]["estimate"]], s=120, facecolor="none", edgecolor="red", zorder=3)
-        label = f"lr {r['tuned_lr']:g}" + ("" if r["batch_size"] in fits else ", underfit")
-        right_half = i >= len(rows) / 2  # notes point inwards, so they stay inside the panel
-        axes[0].annotate(label, (x, r["gap"]["estimate"]), fontsize=7, textcoords="offset points",
-                         xytext=(-4 if right_half else 4, 4), ha="right" if right_half else "left")
-    axes[0].set_ylabel("generalization gap: train acc − held-out test acc")
-    axes[1].set_ylabel("accuracy")
+    for i, (x, y, lr) in enumerate(zip(b, a["gap"][0], a["tuned_lr"])):
+        right, fit = i >= len(b) / 2, a["batch_sizes"][i] in a["comparable"]  # notes point inwards
+        axes[0].annotate(f"lr {lr:g}" + ("" if fit else ", underfit"), (x, y), fontsize=7, color="black" if fit else
+                         "red", textcoords="offset points", xytext=(-4 if right else 4, 4), ha="right" if right else "left")
     fig.suptitle(f"M9: SGD, {s.epochs} epochs at every B, lr tuned per B on a validation half of the test split\n"
-                 f"red circle = underfit (train acc more than {s.fit_tolerance:g} below the best), "
-                 f"left out of the verdict",
+                 f"underfit (red: train acc more than {s.fit_tolerance:g} below the best) = left out of the verdict",
                  fontsize=9)
     plots.save(fig, path)
 
 
-def format_table(a: dict) -> str:
-    lines = ["gradient noise E‖g_B − g_N‖² (mean over seeds)",
-             "B        " + "  ".join(f"{b:>9d}" for b in a["noise"]["batch_sizes"])]
-    for p in POINTS:
-        lines.append(f"{p:8s} " + "  ".join(f"{v:9.3g}" for v in a["noise"][p]["mean_by_batch"]))
-    lines += ["", f"throughput (examples/s, median) on {a['throughput']['device']}"]
-    lines += [f"B={b:<6d} {m:12.0f}" for b, m in zip(a["throughput"]["batch_sizes"],
-                                                     a["throughput"]["median_examples_per_s"])]
-    lines += ["", "B       steps   tuned lr  train acc  test acc   gap [95% CI]"]
-    for r in a["gap"]["rows"]:
-        g = r["gap"]
-        lines.append(f"{r['batch_size']:<7d} {r['steps']:<7d} {r['tuned_lr']:<9g} {r['train_acc']['estimate']:.3f}"
-                     f"      {r['test_acc']['estimate']:.3f}      "
-                     f"{g['estimate']:.3f} [{g['low']:.3f}, {g['high']:.3f}]")
-    return "\n".join(lines)
-
-
 def report(out_dir: Path) -> list[Verdict]:
-    """Reads noise.npz, throughput.npz and the gap sweeps; writes analysis.json, table.txt, figures."""
+    """Reads what `run` wrote; writes analysis.json and the figures; returns the verdict."""
     out_dir = Path(out_dir)
     s = config_lib.from_dict(store.read_json(out_dir / "settings.json"), Settings)
     a = analyse(s, out_dir)
     store.write_json(out_dir / "analysis.json", a)
-    table = format_table(a)
-    (out_dir / "table.txt").write_text(table + "\n")
-    print(table)
-    plot_noise(a, out_dir / "grad_noise.png")
-    plot_throughput(a, out_dir / "throughput.png")
-    plot_gap(s, a, out_dir / "gap.png")
+    plot_noise(a["noise"], out_dir / "grad_noise.png")
+    plot_throughput(a["throughput"], out_dir / "throughput.png")
+    plot_gap(s, a["gap"], out_dir / "gap.png")
     return verdicts(s, a)
