@@ -1,13 +1,12 @@
 """Memorization experiment (A6): the tiny profile end to end, and the verdict rules on known numbers."""
 
-import json
-
 import numpy as np
 import pytest
 
 from figure_checks import assert_clean, checking_figures
 from experiments import memorization as mem
-from netalchemy import stats
+from netalchemy import config as config_lib
+from netalchemy import stats, store, sweep
 from netalchemy.experiment import VERDICTS, run_experiment
 
 
@@ -15,7 +14,10 @@ def ci(estimate, low, high):
     return stats.CI(estimate, low, high)
 
 
-def test_tiny_profile_end_to_end(tmp_path):
+def test_tiny_profile_end_to_end(tmp_path, monkeypatch):
+    calls = []
+    measure = mem.measure
+    monkeypatch.setattr(mem, "measure", lambda s, out_dir: calls.append(s) or measure(s, out_dir))
     with checking_figures() as drawn:
         out_dir, verdicts = run_experiment("memorization", profile="tiny", root=tmp_path)
     assert_clean(drawn, out_dir)
@@ -23,13 +25,22 @@ def test_tiny_profile_end_to_end(tmp_path):
     assert all(v.verdict in VERDICTS and v.rule for v in verdicts)
     for name in ("accuracy_vs_noise.png", "steps_to_fit.png", "curves.png", "table.txt", "verdicts.json"):
         assert (out_dir / name).exists(), name
-    meta = json.loads((out_dir / "results.json").read_text())
-    by_noise = {lv["noise"]: lv for lv in meta["levels"]}
+    r = store.read_npz(out_dir / "results.npz")
+    assert list(r["noise"]) == [0.0, 1.0] and r["noise-1/step"].shape == (2, 3)  # 2 seeds, steps 0, 50, 100
     # history["train_acc"] is measured against the noisy labels the net was trained on
-    assert all(lv["history_vs_noisy_max_diff"] < 1e-6 for lv in meta["levels"])
-    assert by_noise[0.0]["labels_changed"] == 0.0
-    assert by_noise[1.0]["labels_changed"] == pytest.approx(0.9, abs=0.05)  # a redrawn label keeps its class 1/10 of the time
+    assert r["noise-0/history_vs_noisy_max_diff"] < 1e-6 and r["noise-1/history_vs_noisy_max_diff"] < 1e-6
+    np.testing.assert_array_equal(r["noise-0/acc_noisy_labels"], r["noise-0/acc_clean_labels"])
+    assert r["noise-0/labels_changed"] == 0.0
+    assert r["noise-1/labels_changed"] == pytest.approx(0.9, abs=0.05)  # a redrawn label keeps its class 1/10 of the time
     assert [v.verdict for v in mem.report(out_dir)] == [v.verdict for v in verdicts]
+
+    # results.npz is cached by the full settings: reused as is, recomputed after an edit (the sweeps reused)
+    finished = sweep.load(out_dir / "sweeps" / "noise-1").finished
+    mem.run(mem.PROFILES["tiny"], out_dir)
+    assert len(calls) == 1
+    mem.run(config_lib.override(mem.PROFILES["tiny"], ["fit_threshold=0.5"]), out_dir)
+    assert len(calls) == 2 and store.read_npz(out_dir / "results.npz")["fit_threshold"] == 0.5
+    assert sweep.load(out_dir / "sweeps" / "noise-1").finished == finished
 
 
 def test_steps_to_fit_and_plateau():
