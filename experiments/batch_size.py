@@ -145,14 +145,14 @@ def measure_throughput(s: Settings, dataset: Dataset) -> dict[str, np.ndarray]:
     `throughput_examples // B` steps, per batch size B that fits; timed after a warm-up call, its donated states
     re-made (untimed) before every call."""
     sizes, rates = [b for b in s.throughput_batch_sizes if b <= len(dataset.y_train)], []
+    mesh, axes, dtype = sweep.device_mesh(1), sweep.stream_axes(s.base), s.base.model.dtype
+    streams = sweep.shard_runs(sweep.run_streams(s.base, np.array([s.base.seeds.start])), mesh, axes)
+    lrs = sweep.shard_runs(jnp.full((1,), s.base.optim.lr, dtype), mesh)
+    data = sweep.shard_runs(train.Data(*(jnp.asarray(a, t) for a, t in zip(
+        (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), (dtype, jnp.int32) * 2))),
+        mesh, (None,) * 4)  # replicated
     for b in sizes:
         cfg = schedule(s.base, b, max(1, s.throughput_examples // b), 1, "seeds.n=1")
-        mesh, axes, dtype = sweep.device_mesh(1), sweep.stream_axes(cfg), cfg.model.dtype
-        streams = sweep.shard_runs(sweep.run_streams(cfg, np.array([cfg.seeds.start])), mesh, axes)
-        lrs = sweep.shard_runs(jnp.full((1,), cfg.optim.lr, dtype), mesh)
-        data = sweep.shard_runs(train.Data(*(jnp.asarray(a, t) for a, t in zip(
-            (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), (dtype, jnp.int32) * 2))),
-            mesh, (None,) * 4)  # replicated
         init = partial(sweep.init_states, streams, lrs, cfg=cfg, axes=axes, in_features=dataset.x_train.shape[1],
                        num_classes=dataset.num_classes)
         seconds = []
@@ -199,9 +199,9 @@ PARALLEL = Rule("the log-log slope of examples/s vs B (t interval)", 0.0, "above
                 "any rise: larger batches put more examples through the hardware per second")
 REGULARISE = Rule("the paired (same seed) difference gap(largest comparable B) − gap(smallest), gap = train − "
                   "test acc", 0.0, "above", "a larger gap with large batches is the regularising effect of small ones")
-HOW = ("regularise compares batch sizes whose mean train acc is within {:g} of the best (others underfit), inconclusive "
-       "if fewer than two; noise = both points hold; M9: noise, parallelism, regularise all supported → supported, all "
-       "contradicted → contradicted, supported and contradicted → depends, else inconclusive")
+HOW = ("regularise compares batch sizes whose mean train acc is within {:g} of the best (others underfit), "
+       "inconclusive if fewer than two; noise = both points hold; M9: noise, parallelism, regularise all supported "
+       "→ supported, all contradicted → contradicted, supported and contradicted → depends, else inconclusive")
 
 
 def m9_parts(noise_cis, throughput_ci, gap_difference_ci, *, tolerance: float) -> list[Part]:
@@ -218,8 +218,6 @@ def m9_combine(d: dict[str, str]) -> str:
     return across([all_hold([v for k, v in d.items() if k.startswith("noise ")]), d["parallelism"], d["regularise"]])
 
 
-
-
 def gap_results(s: Settings, out_dir: Path) -> dict:
     """Per gap batch size, at its lr tuned on validation: per-seed gap (sizes, seeds) and CIs of the gap and both
     accuracies; the paired differences gap(largest) − gap(smallest), over comparable and over all sizes."""
@@ -227,7 +225,7 @@ def gap_results(s: Settings, out_dir: Path) -> dict:
     shape, (val, test) = (len(runs), len(s.gap_lrs), -1), split_test(len(data.y_test), s.validation_size)
     preds = np.stack([r.test_predictions for r in runs]).reshape(*shape, len(data.y_test))  # (sizes, lrs, seeds, n)
     div = np.stack([r.history["diverged"][:, -1] for r in runs]).reshape(shape).astype(bool)
-    acc = {"val": (preds[..., val] == data.y_test[val]).mean(-1), "test": (preds[..., test] == data.y_test[test]).mean(-1),
+    acc = {k: (preds[..., i] == data.y_test[i]).mean(-1) for k, i in (("val", val), ("test", test))} | {
            "train": np.stack([r.history["train_acc"][:, -1] for r in runs]).reshape(shape)}  # (sizes, lrs, seeds)
     best = np.array([tune_by_validation(v, d, 1 / data.num_classes) for v, d in zip(acc["val"], div)])
     at = {k: np.where(div[range(len(runs)), best], np.nan, v[range(len(runs)), best]) for k, v in acc.items()}
@@ -242,20 +240,6 @@ def gap_results(s: Settings, out_dir: Path) -> dict:
             "difference_all_sizes": diff(s.gap_batch_sizes), "per_seed_gap": per_seed["gap"]}
 
 
-def analyse(s: Settings, out_dir: Path) -> dict:
-    """Every number the report needs, from what `run` wrote; a CI is (estimate, low, high)."""
-    noise, tp = (store.read_npz(out_dir / f) for f in ("noise.npz", "throughput.npz"))
-    n, sizes, rates = int(noise["n_train"]), noise["batch_sizes"], tp["examples_per_s"]  # rates: (sizes, repeats)
-    fit = stats.slope_loglog(np.repeat(tp["batch_sizes"], rates.shape[1]), rates.ravel())
-    return {"noise": {"n_train": n, "batch_sizes": sizes, "per_seed": noise["noise"],  # (points, seeds, sizes)
-                      "slope": [stats.bootstrap_ci(noise_slopes(sizes, v, n)) for v in noise["noise"]],
-                      "fit": [stats.slope_loglog(effective_batch_size(sizes, n), v.mean(0))._asdict()
-                              for v in noise["noise"]]},
-            "throughput": {"batch_sizes": tp["batch_sizes"], "examples_per_s": rates, "device": str(tp["device"]),
-                           "fit": fit._asdict(), "slope": stats.CI(fit.slope, fit.slope_low, fit.slope_high)},
-            "gap": gap_results(s, out_dir)}
-
-
 def verdicts(s: Settings, a: dict) -> list[Verdict]:
     """M9 from its parts (`m9_parts`, Holm's correction), with the measurement in words."""
     (init, trained), g, tp = a["noise"]["slope"], a["gap"], a["throughput"]
@@ -263,22 +247,25 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
     d = dict(zip((p.name for p in parts), holm(parts)))
     gaps = ", ".join(f"B={b} {e:.3f} (lr {lr:g}, test acc {t:.3f})"
                      for b, e, lr, t in zip(g["batch_sizes"], g["gap"][0], g["tuned_lr"], g["test_acc"][0]))
-    text = (f"slope of log E‖g_B − g_N‖² vs log B_eff, mean over seeds: at init {init.text()}, after {s.pretrain_steps} "
-            f"Adam steps {trained.text()} → noise {all_hold([d['noise init'], d['noise trained']])}; slope of examples/s "
-            f"vs B {tp['slope'].text()} ({tp['device']}) → parallelism {d['parallelism']}; gap (train − test acc) "
-            f"after {s.epochs} epochs, lr tuned on validation: {gaps}; comparable B {g['comparable']}: gap(largest) − "
+    noise = all_hold([d["noise init"], d["noise trained"]])
+    text = (f"slope of log E‖g_B − g_N‖² vs log B_eff, mean over seeds: at init {init.text()}, after "
+            f"{s.pretrain_steps} Adam steps {trained.text()} → noise {noise}; slope of examples/s vs B "
+            f"{tp['slope'].text()} ({tp['device']}) → parallelism {d['parallelism']}; gap (train − test acc) after "
+            f"{s.epochs} epochs, lr tuned on validation: {gaps}; comparable B {g['comparable']}: gap(largest) − "
             f"gap(smallest) {g['difference'].text()} (all B: {g['difference_all_sizes'].text()}) → regularise "
             f"{d['regularise']}")
     return [judge("M9", parts, m9_combine, how=HOW.format(s.fit_tolerance), measurement=text, value=trained,
                   figure="grad_noise.png", unit="log-log slope")[0]]
 
 
-def plot_noise(a: dict, path: Path) -> None:
-    """E‖g_B − g_N‖² vs B (log-log): seed bands at init and trained, with the power law fitted in B_eff."""
-    sizes, n = np.asarray(a["batch_sizes"], np.float64), a["n_train"]
+def figures(s: Settings, a: dict, out_dir: Path) -> None:
+    """grad_noise.png (E‖g_B − g_N‖² vs B: seed bands, power law fitted in B_eff), throughput.png (examples/s vs B:
+    median and min–max of repeats, fitted power law), gap.png (gap and accuracies vs B: mean, 95% CI, tuned lrs)."""
+    noise, tp, g = a["noise"], a["throughput"], a["gap"]
+    sizes, n = np.asarray(noise["batch_sizes"], np.float64), noise["n_train"]
     grid = np.geomspace(sizes[0], sizes[-1], 100)
     fig, ax = plots.subplots(figsize=(6.5, 4.5))
-    for point, values, fit, slope, color in zip(POINTS, a["per_seed"], a["fit"], a["slope"], ("C0", "C1")):
+    for point, values, fit, slope, color in zip(POINTS, noise["per_seed"], noise["fit"], noise["slope"], ("C0", "C1")):
         plots.seed_band(ax, sizes, values, label=point, color=color)
         ax.plot(grid, np.exp(fit["intercept"]) * effective_batch_size(grid, n) ** fit["slope"], color=color, ls="--",
                 lw=0.9, label=f"fit ∝ B_eff^{fit['slope']:.2f} (per-seed mean slope {slope.text(2)})")
@@ -286,12 +273,8 @@ def plot_noise(a: dict, path: Path) -> None:
            xlabel=f"batch size B (without replacement; N = {n}; B_eff = 1/(1/B − 1/N))")
     ax.set_title("M9: minibatch gradient noise around the full gradient (theory: slope −1 in B_eff)", fontsize=9)
     ax.legend(fontsize=7)
-    plots.save(fig, path)
-
-
-def plot_throughput(a: dict, path: Path) -> None:
-    """Examples/s vs B (log-log): median and min–max of the repeats, with the fitted power law."""
-    b, rates, fit = a["batch_sizes"], a["examples_per_s"], a["fit"]
+    plots.save(fig, out_dir / "grad_noise.png")
+    b, rates, fit = tp["batch_sizes"], tp["examples_per_s"], tp["fit"]
     med = np.median(rates, axis=1)
     fig, ax = plots.subplots(figsize=(6.5, 4.5))
     ax.errorbar(b, med, yerr=[med - rates.min(1), rates.max(1) - med], marker="o", capsize=3,
@@ -299,38 +282,41 @@ def plot_throughput(a: dict, path: Path) -> None:
     ax.plot(b, np.exp(fit["intercept"]) * b ** fit["slope"], ls="--", color="gray",
             label=f"log-log fit, slope {fit['slope']:.2f}")
     ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="training throughput (examples / s, one run)")
-    ax.set_title(f"M9: throughput of the engine's program vs batch size on {a['device']}", fontsize=9)
+    ax.set_title(f"M9: throughput of the engine's program vs batch size on {tp['device']}", fontsize=9)
     ax.legend(fontsize=7)
-    plots.save(fig, path)
-
-
-def plot_gap(s: Settings, a: dict, path: Path) -> None:
-    """Gap and accuracies vs B (mean, 95% CI), tuned lrs noted, underfit batch sizes marked."""
-    b = np.asarray(a["batch_sizes"], np.float64)
+    plots.save(fig, out_dir / "throughput.png")
+    b = np.asarray(g["batch_sizes"], np.float64)
     fig, axes = plots.subplots(1, 2, figsize=(12, 4.5))
     for ax, keys, label in zip(axes, (("gap",), ("train_acc", "test_acc")), ("train − held-out test acc", "accuracy")):
-        for (est, low, high), key in ((a[k], k) for k in keys):
+        for (est, low, high), key in ((g[k], k) for k in keys):
             ax.errorbar(b, est, yerr=np.clip([est - low, high - est], 0, None), marker="o", capsize=3,
                         label=f"{key.replace('_', ' ')} (mean, 95% CI)")
         ax.set(xscale="log", xlabel="batch size B", ylabel=label)
         ax.legend(fontsize=7)
-    for i, (x, y, lr) in enumerate(zip(b, a["gap"][0], a["tuned_lr"])):
-        right, fit = i >= len(b) / 2, a["batch_sizes"][i] in a["comparable"]  # notes point inwards
-        axes[0].annotate(f"lr {lr:g}" + ("" if fit else ", underfit"), (x, y), fontsize=7, color="black" if fit else
-                         "red", textcoords="offset points", xytext=(-4 if right else 4, 4), ha="right" if right else "left")
+    for i, (x, y, lr) in enumerate(zip(b, g["gap"][0], g["tuned_lr"])):
+        right, fits = i >= len(b) / 2, g["batch_sizes"][i] in g["comparable"]  # notes point inwards
+        axes[0].annotate(f"lr {lr:g}" + ("" if fits else ", underfit"), (x, y), fontsize=7, color="k" if fits else "r",
+                         textcoords="offset points", xytext=(-4 if right else 4, 4), ha="right" if right else "left")
     fig.suptitle(f"M9: SGD, {s.epochs} epochs at every B, lr tuned per B on a validation half of the test split\n"
                  f"underfit (red: train acc more than {s.fit_tolerance:g} below the best) = left out of the verdict",
                  fontsize=9)
-    plots.save(fig, path)
+    plots.save(fig, out_dir / "gap.png")
 
 
 def report(out_dir: Path) -> list[Verdict]:
-    """Reads what `run` wrote; writes analysis.json and the figures; returns the verdict."""
+    """Reads what `run` wrote; writes analysis.json (a CI is [estimate, low, high]) and the figures."""
     out_dir = Path(out_dir)
     s = config_lib.from_dict(store.read_json(out_dir / "settings.json"), Settings)
-    a = analyse(s, out_dir)
+    noise, tp = (store.read_npz(out_dir / f) for f in ("noise.npz", "throughput.npz"))
+    n, sizes, rates = int(noise["n_train"]), noise["batch_sizes"], tp["examples_per_s"]  # rates: (sizes, repeats)
+    fit = stats.slope_loglog(np.repeat(tp["batch_sizes"], rates.shape[1]), rates.ravel())
+    a = {"noise": {"n_train": n, "batch_sizes": sizes, "per_seed": noise["noise"],  # (points, seeds, sizes)
+                   "slope": [stats.bootstrap_ci(noise_slopes(sizes, v, n)) for v in noise["noise"]],
+                   "fit": [stats.slope_loglog(effective_batch_size(sizes, n), v.mean(0))._asdict()
+                           for v in noise["noise"]]},
+         "throughput": {"batch_sizes": tp["batch_sizes"], "examples_per_s": rates, "device": str(tp["device"]),
+                        "fit": fit._asdict(), "slope": stats.CI(fit.slope, fit.slope_low, fit.slope_high)},
+         "gap": gap_results(s, out_dir)}
     store.write_json(out_dir / "analysis.json", a)
-    plot_noise(a["noise"], out_dir / "grad_noise.png")
-    plot_throughput(a["throughput"], out_dir / "throughput.png")
-    plot_gap(s, a["gap"], out_dir / "gap.png")
+    figures(s, a, out_dir)
     return verdicts(s, a)
