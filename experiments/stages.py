@@ -2,22 +2,24 @@
 
 The essay likens the layers to the stages of the alchemical work — nigredo, albedo,
 citrinitas, rubedo — and the structure shared by different runs to "homology". Here a
-4-hidden-layer MLP is trained on MNIST-1D over many seeds; each layer's representation of
-the data is read out with a linear probe (Alain & Bengio 2016) and compared with linear CKA
-(Kornblith et al. 2019) between every pair of layers within a net and across seeds.
+4-hidden-layer MLP is trained on MNIST-1D over many seeds (one `sweep.run`); each layer's
+representation of the data (`per_run.layers`) is read out with a ridge probe (Alain & Bengio
+2016), at initialization and after training, and compared with linear CKA (Kornblith et al.
+2019) between every pair of layers within a net and across seeds. results.npz is a
+`store.cached` value keyed by the full settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence
 
-import jax
 import numpy as np
 
-from netalchemy import plots, probes, spread, stats, store, sweep
+from netalchemy import per_run, plots, probes, spread, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
-from netalchemy.data import load
+from netalchemy.data import Dataset, load
 from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, judge
 
@@ -48,26 +50,33 @@ PROFILES = {
 
 
 def layer_names(depth: int) -> list[str]:
+    """Names of the input, the `depth` hidden layers (the four stages when there are four) and the logits."""
     hidden = [STAGES[i] if depth == len(STAGES) else f"hidden {i + 1}" for i in range(depth)]
     return ["input", *hidden, "logits"]
 
 
-def _reps(params, bn_state, x, cfg: Config) -> list[np.ndarray]:
-    """Per layer, (seeds, examples, width) representations of x."""
-    reps = jax.vmap(lambda p, s: probes.representations(p, s, x, cfg=cfg.model))(params, bn_state)
-    return [np.asarray(r) for r in reps]
+# ----------------------------------------------------------------------------- measurements
 
 
-def probe_accuracies(params, bn_state, data, cfg: Config, *, l2: float, num_classes: int) -> np.ndarray:
-    """(seeds, layers) test accuracy of a ridge probe fitted on each layer's training representation."""
-    train_reps = _reps(params, bn_state, data.x_train, cfg)
-    test_reps = _reps(params, bn_state, data.x_test, cfg)
-    fit = jax.jit(jax.vmap(lambda a, b: probes.ridge_probe_accuracy(
-        a, data.y_train, b, data.y_test, num_classes=num_classes, l2=l2)))
-    return np.stack([np.asarray(fit(a, b)) for a, b in zip(train_reps, test_reps)], axis=1)
+class Nets(NamedTuple):
+    """Parameters of several runs (leading runs axis), as `per_run` reads them."""
+
+    params: Any
+    bn_state: Any
 
 
-def cka_matrix(reps_a: list[np.ndarray], reps_b: list[np.ndarray]) -> np.ndarray:
+def _probe(train_features, test_features, y_train, y_test, *, num_classes: int, l2: float):
+    return probes.ridge_probe_accuracy(train_features, y_train, test_features, y_test, num_classes=num_classes, l2=l2)
+
+
+def probe_accuracies(nets: Nets, data: Dataset, cfg: Config, *, l2: float) -> np.ndarray:
+    """(runs, layers) test accuracy of a ridge probe fitted on each layer's training representation."""
+    train_reps, test_reps = (per_run.layers(nets, x, cfg=cfg) for x in (data.x_train, data.x_test))
+    return np.stack([per_run.map_runs(_probe, (a, b), data.y_train, data.y_test, num_classes=data.num_classes, l2=l2)
+                     for a, b in zip(train_reps, test_reps)], axis=1)
+
+
+def cka_matrix(reps_a: Sequence[np.ndarray], reps_b: Sequence[np.ndarray]) -> np.ndarray:
     """(layers, layers) linear CKA between every layer of one net and every layer of another."""
     return np.array([[probes.linear_cka(a, b) for b in reps_b] for a in reps_a])
 
@@ -78,27 +87,28 @@ def correspondence(cross: np.ndarray) -> float:
     return float(np.mean([np.nanargmax(cross[i]) == i for i in hidden]))
 
 
-def run(s: Settings, out_dir: Path) -> None:
-    cfg = s.base
-    data = load(cfg.data)
+def measure(s: Settings, out_dir: Path) -> dict[str, np.ndarray]:
+    """Trains the sweep (resumable in out_dir/sweep) and measures probes, CKA and churn."""
+    cfg, data = s.base, load(s.base.data)
     result = sweep.run(cfg, out_dir=out_dir / "sweep", dataset=data, progress=False)
-    seeds = result.seeds
-    init = sweep.initial_params(cfg, seeds, in_features=data.x_train.shape[1], num_classes=data.num_classes)
-    probe = {
-        stage: probe_accuracies(params, bn, data, cfg, l2=s.probe_l2, num_classes=data.num_classes)
-        for stage, (params, bn) in (("init", init), ("trained", (result.final.params, result.final.bn_state)))
-    }
-    x = data.x_test[: s.cka_examples]
-    reps = _reps(result.final.params, result.final.bn_state, x, cfg)
-    per_seed = [[r[k] for r in reps] for k in range(len(seeds))]
-    within = np.stack([cka_matrix(p, p) for p in per_seed])
-    pairs = [(a, b) for a in range(len(seeds)) for b in range(a + 1, len(seeds))][: s.cka_pairs]
-    cross = np.stack([cka_matrix(per_seed[a], per_seed[b]) for a, b in pairs])
+    init = Nets(*sweep.initial_params(cfg, result.seeds, in_features=data.x_train.shape[1],
+                                      num_classes=data.num_classes))
+    reps = per_run.layers(result.final, data.x_test[: s.cka_examples], cfg=cfg)  # per layer (runs, examples, width)
+    per_seed = [[r[k] for r in reps] for k in range(len(result.seeds))]
+    pairs = [(a, b) for a in range(len(per_seed)) for b in range(a + 1, len(per_seed))][: s.cka_pairs]
     churn = spread.churn(result.test_predictions)
-    store.write_npz(out_dir / "results.npz", {
-        "probe_init": probe["init"], "probe_trained": probe["trained"], "cka_within": within,
-        "cka_cross": cross, "pairs": np.array(pairs), "pair_churn": np.array([churn[a, b] for a, b in pairs]),
-        "test_acc": result.history["test_acc"][:, -1], "depth": len(cfg.model.hidden)})
+    return {"probe_init": probe_accuracies(init, data, cfg, l2=s.probe_l2),
+            "probe_trained": probe_accuracies(result.final, data, cfg, l2=s.probe_l2),
+            "cka_within": np.stack([cka_matrix(p, p) for p in per_seed]),
+            "cka_cross": np.stack([cka_matrix(per_seed[a], per_seed[b]) for a, b in pairs]),
+            "pairs": np.array(pairs), "pair_churn": np.array([churn[a, b] for a, b in pairs]),
+            "test_acc": result.history["test_acc"][:, -1], "depth": len(cfg.model.hidden)}
+
+
+def run(s: Settings, out_dir: Path) -> None:
+    """Writes results.npz (`store.cached`, keyed by the full settings)."""
+    out_dir = Path(out_dir)
+    store.cached("results.npz", s, lambda: measure(s, out_dir), folder=out_dir)
 
 
 # ---------------------------------------------------------------------------- verdict rules
@@ -112,7 +122,7 @@ HOMOLOGY = Rule("the share of hidden layers whose best CKA match in another seed
                 "three layers in four matched to themselves is shared structure, not a chance alignment")
 
 
-def m14_verdict(probe_trained: np.ndarray, measurement: str = "", figure: str | None = None) -> Verdict:
+def m14_verdict(probe_trained: np.ndarray, measurement: str = "", figure: Optional[str] = None) -> Verdict:
     """From (seeds, layers) probe accuracies: does each hidden layer beat the one before?
 
     Supported iff every step is; contradicted iff the overall gain is; otherwise depends
@@ -133,7 +143,7 @@ def m14_verdict(probe_trained: np.ndarray, measurement: str = "", figure: str | 
                  figure=figure, unit="accuracy")[0]
 
 
-def a5_verdict(cross: np.ndarray, probe_verdict: str, measurement: str = "", figure: str | None = None) -> Verdict:
+def a5_verdict(cross: np.ndarray, probe_verdict: str, measurement: str = "", figure: Optional[str] = None) -> Verdict:
     """Homology (corresponding layers of different seeds are each other's best CKA match) and stages
     (M14 supported or depends): supported iff both hold, contradicted iff neither, else depends."""
     ci = stats.bootstrap_ci([correspondence(c) for c in cross])
@@ -150,48 +160,56 @@ def a5_verdict(cross: np.ndarray, probe_verdict: str, measurement: str = "", fig
                      f"else depends", measurement=measurement, figure=figure, unit="share of layers")[0]
 
 
-def report(out_dir: Path) -> list[Verdict]:
-    r = store.read_npz(out_dir / "results.npz")
-    names = layer_names(int(r["depth"]))
-    figures = _figures(r, names, out_dir)
-    diag = np.mean([np.diag(c)[1:-1].mean() for c in r["cka_cross"]])
-    off = np.mean([c[1:-1, 1:-1][~np.eye(c.shape[0] - 2, dtype=bool)].mean() for c in r["cka_cross"]])
-    accs = ", ".join(f"{n} {a:.3f}" for n, a in zip(names, r["probe_trained"].mean(0)))
-    m14 = m14_verdict(r["probe_trained"], f"probe accuracy gain from input to the last hidden layer (trained; "
-                                          f"per layer: {accs})", figures[0])
-    a5 = a5_verdict(r["cka_cross"], m14.verdict,
-                    f"share of hidden layers whose best CKA match in another seed is the same layer (same-layer "
-                    f"CKA {diag:.2f} vs other layers {off:.2f}; seeds disagree on {np.mean(r['pair_churn']):.1%} "
-                    f"of test predictions)", figures[1])
-    return [m14, a5]
+# ----------------------------------------------------------------------------- report
 
 
-def _figures(r, names: list[str], out_dir: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot_probes(r: dict, names: list[str], path: Path) -> Path:
+    """Probe accuracy per layer at initialization and after training (mean, 95% CI over seeds)."""
+    fig, ax = plots.subplots(figsize=(7, 4))
     x = np.arange(len(names))
     for key, label in (("probe_init", "at initialization"), ("probe_trained", "after training")):
         cis = [stats.bootstrap_ci(r[key][:, k]) for k in x]
-        ax.errorbar(x, [c.estimate for c in cis], yerr=[[c.estimate - c.low for c in cis], [c.high - c.estimate for c in cis]],
-                    marker="o", capsize=3, label=f"{label} (mean, 95% CI over {r[key].shape[0]} seeds)")
+        est = np.array([c.estimate for c in cis])
+        ax.errorbar(x, est, yerr=[est - [c.low for c in cis], [c.high for c in cis] - est], marker="o", capsize=3,
+                    label=f"{label} (mean, 95% CI over {r[key].shape[0]} seeds)")
     ax.set_xticks(x, names)
     ax.set_ylabel("linear-probe test accuracy")
     ax.set_title("What each layer makes linearly readable (MNIST-1D)")
     ax.legend()
-    plots.save(fig, out_dir / "probes.png")
+    return plots.save(fig, path)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"wspace": 0.45})
+
+def plot_cka(r: dict, names: list[str], path: Path) -> Path:
+    """Mean linear CKA between layers, within a net and across seeds, as two annotated heat maps."""
+    fig, axes = plots.subplots(1, 2, figsize=(12, 4.5))
+    x = np.arange(len(names))
     for ax, matrix, title in ((axes[0], np.nanmean(r["cka_within"], 0), "within a net (mean over seeds)"),
                               (axes[1], np.nanmean(r["cka_cross"], 0), "across seeds (mean over pairs)")):
         im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(x, names, rotation=45, ha="right")
         ax.set_yticks(x, names)
         ax.set_title(f"linear CKA {title}")
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if matrix[i, j] < 0.5 else "black")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.5 else "black")
     fig.colorbar(im, ax=axes, shrink=0.8, label="linear CKA")
-    plots.save(fig, out_dir / "cka.png")
-    return ["probes.png", "cka.png"]
+    return plots.save(fig, path)
+
+
+def report(out_dir: Path) -> list[Verdict]:
+    """Draws probes.png and cka.png; returns the verdicts for M14 and A5."""
+    out_dir = Path(out_dir)
+    r = store.read_npz(out_dir / "results.npz")
+    names = layer_names(int(r["depth"]))
+    plot_probes(r, names, out_dir / "probes.png")
+    plot_cka(r, names, out_dir / "cka.png")
+    diag = np.mean([np.diag(c)[1:-1].mean() for c in r["cka_cross"]])
+    off = np.mean([c[1:-1, 1:-1][~np.eye(c.shape[0] - 2, dtype=bool)].mean() for c in r["cka_cross"]])
+    accs = ", ".join(f"{n} {a:.3f}" for n, a in zip(names, r["probe_trained"].mean(0)))
+    m14 = m14_verdict(r["probe_trained"], f"probe accuracy gain from input to the last hidden layer (trained; "
+                                          f"per layer: {accs})", "probes.png")
+    a5 = a5_verdict(r["cka_cross"], m14.verdict,
+                    f"share of hidden layers whose best CKA match in another seed is the same layer (same-layer "
+                    f"CKA {diag:.2f} vs other layers {off:.2f}; seeds disagree on {np.mean(r['pair_churn']):.1%} "
+                    f"of test predictions)", "cka.png")
+    return [m14, a5]

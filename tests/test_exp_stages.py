@@ -6,8 +6,10 @@ import pytest
 
 from figure_checks import assert_clean, checking_figures
 from experiments import stages
-from netalchemy import mlp, probes
-from netalchemy.config import ModelConfig
+from netalchemy import config as config_lib
+from netalchemy import mlp, probes, store, sweep
+from netalchemy.config import Config, ModelConfig, SeedsConfig
+from netalchemy.data import Dataset
 from netalchemy.experiment import run_experiment
 
 
@@ -29,6 +31,23 @@ def test_representations():
     assert [r.shape for r in reps] == [(50, 3), (50, 7), (50, 5), (50, 2)]
     np.testing.assert_allclose(reps[1], np.maximum(np.asarray(x) @ np.asarray(params[0].w) + np.asarray(params[0].b), 0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_probe_accuracies_of_every_run_match_one_run_at_a_time():
+    """`probe_accuracies` (all runs in one program, `per_run`) equals a plain loop over runs and layers."""
+    rng = np.random.default_rng(0)
+    cfg = Config(model=ModelConfig(hidden=(6, 5)), seeds=SeedsConfig(n=3))
+    data = Dataset(rng.normal(size=(80, 4)).astype(np.float32), rng.integers(0, 3, 80).astype(np.int32),
+                   rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 3, 40).astype(np.int32), 3, "toy")
+    nets = stages.Nets(*sweep.initial_params(cfg, [0, 1, 2], in_features=4, num_classes=3))
+    got = stages.probe_accuracies(nets, data, cfg, l2=1e-3)
+    assert got.shape == (3, 4)  # (runs, layers: input, 2 hidden, logits)
+    for k in range(3):
+        params, state = jax.tree.map(lambda a: a[k], (nets.params, nets.bn_state))
+        reps = [probes.representations(params, state, x, cfg=cfg.model) for x in (data.x_train, data.x_test)]
+        want = [probes.ridge_probe_accuracy(a, data.y_train, b, data.y_test, num_classes=3) for a, b in zip(*reps)]
+        np.testing.assert_allclose(got[k], want, atol=1e-6)
+    assert np.all(got[:, 0] == got[0, 0])  # the input layer is the same for every run
 
 
 def test_correspondence_counts_hidden_layers_matched_to_themselves():
@@ -68,3 +87,12 @@ def test_tiny_profile_end_to_end(tmp_path):
     assert all(v.value is not None and v.ci_low <= v.value <= v.ci_high for v in verdicts)
     assert all(v.flip_point is not None and v.flip_text.startswith(v.verdict) for v in verdicts)
     assert (out_dir / "probes.png").exists() and (out_dir / "cka.png").exists() and (out_dir / "verdicts.json").exists()
+    r = store.read_npz(out_dir / "results.npz")
+    assert r["probe_trained"].shape == r["probe_init"].shape == (3, 6)  # 3 seeds; input, 4 hidden, logits
+    assert r["cka_within"].shape == (3, 6, 6) and r["cka_cross"].shape == (3, 6, 6)  # 3 pairs of 3 seeds
+    np.testing.assert_allclose(np.diagonal(r["cka_within"], axis1=1, axis2=2), 1.0, rtol=1e-6)  # a layer vs itself
+    # results.npz is cached by the full settings: an edited CKA setting recomputes it on the same sweep
+    finished = sweep.load(out_dir / "sweep").finished
+    stages.run(config_lib.override(stages.PROFILES["tiny"], ["cka_pairs=1"]), out_dir)
+    assert store.read_npz(out_dir / "results.npz")["cka_cross"].shape == (1, 6, 6)
+    assert sweep.load(out_dir / "sweep").finished == finished
