@@ -1,6 +1,8 @@
 """experiments/linearity.py: the collapse, the ReLU activity probe, the verdict rules, a tiny run (M4, M5)."""
 
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,9 @@ import pytest
 
 from figure_checks import assert_clean, checking_figures
 from experiments import linearity
-from netalchemy import mlp, store
-from netalchemy.config import ModelConfig
+from netalchemy import mlp, per_run, store, sweep, train
+from netalchemy.config import Config, ModelConfig, override
+from netalchemy.data import load
 from netalchemy.experiment import VERDICTS, run_experiment
 from netalchemy.stats import CI
 
@@ -28,37 +31,39 @@ def stacked_params(hidden, seeds=3, in_features=5, classes=4, dtype=np.float32):
 def test_collapse_reproduces_a_linear_net_exactly_in_float64(hidden):
     with jax.enable_x64(True):
         cfg = ModelConfig(hidden=hidden, activation="linear", dtype="float64")
-        params, state = stacked_params(hidden, dtype=np.float64), ()
+        params = stacked_params(hidden, dtype=np.float64)
         x = np.random.default_rng(0).normal(size=(11, 5))
-        net = np.asarray(linearity._logits(params, state, jnp.asarray(x), cfg=cfg))
+        net = per_run.logits(SimpleNamespace(params=params, bn_state=()), x, cfg=Config(model=cfg))
+        assert net.dtype == np.float64
         w, b = linearity.collapse(params)
         assert w.shape == (3, 5, 4) and b.shape == (3, 4)
         np.testing.assert_allclose(np.einsum("ei,sio->seo", x, w) + b[:, None], net, rtol=1e-12, atol=1e-12)
 
 
 def test_collapse_check_float32_error_is_rounding_and_predictions_agree():
-    cfg = ModelConfig(hidden=(16, 16), activation="linear")
-    params, state = stacked_params((16, 16)), ()
+    cfg = Config(model=ModelConfig(hidden=(16, 16), activation="linear"))
+    final = SimpleNamespace(params=stacked_params((16, 16)), bn_state=())
     x = np.random.default_rng(1).normal(size=(50, 5)).astype(np.float32)
     y = np.zeros(50, np.int32)
-    out = linearity.collapse_check(params, state, x, y, cfg=cfg)
+    out = linearity.collapse_check(final, x, y, cfg=cfg)
     assert np.all(out["collapse_error"] < 1e-5)
     np.testing.assert_array_equal(out["collapse_agreement"], 1.0)
     # The collapse does NOT hold for a ReLU net (the check would catch a wrong claim).
-    relu = ModelConfig(hidden=(16, 16))
-    assert np.all(linearity.collapse_check(params, state, x, y, cfg=relu)["collapse_error"] > 1e-2)
+    relu = Config(model=ModelConfig(hidden=(16, 16)))
+    assert np.all(linearity.collapse_check(final, x, y, cfg=relu)["collapse_error"] > 1e-2)
 
 
 def test_relu_activity_counts_active_pairs_and_dead_units():
-    cfg = ModelConfig(hidden=(3,))
-    # Unit 0 is on iff x > 0, unit 1 always on (bias 1), unit 2 never on (bias −1, weight 0).
-    w1 = jnp.array([[1.0, 0.0, 0.0]])
-    params = (mlp.Layer(w1, jnp.array([0.0, 1.0, -1.0])), mlp.Layer(jnp.ones((3, 2)), jnp.zeros(2)))
-    params = jax.tree.map(lambda a: a[None], params)  # one seed
+    cfg = Config(model=ModelConfig(hidden=(3, 2)))
+    # Layer 1: unit 0 is on iff x > 0, unit 1 always on (bias 1), unit 2 never on (bias −1, weight 0).
+    # Layer 2: unit 0 sums layer 1 (always on), unit 1 has bias −1 and weight 0 (dead).
+    params = (mlp.Layer(jnp.array([[1.0, 0.0, 0.0]]), jnp.array([0.0, 1.0, -1.0])),
+              mlp.Layer(jnp.array([[1.0, 0.0]] * 3), jnp.array([0.0, -1.0])), mlp.Layer(jnp.ones((2, 2)), jnp.zeros(2)))
     x = jnp.array([[1.0], [-1.0], [2.0], [-3.0]])
-    active, dead = linearity.relu_activity(params, (), x, cfg=cfg)
-    np.testing.assert_allclose(np.asarray(active), [[(2 + 4 + 0) / 12]])
-    np.testing.assert_allclose(np.asarray(dead), [[1 / 3]])
+    data = train.Data(x, jnp.zeros(4, jnp.int32), x, jnp.zeros(4, jnp.int32))
+    got = linearity.relu_activity(SimpleNamespace(params=params, bn_state=()), None, data, cfg)
+    np.testing.assert_allclose(np.asarray(got["active"]), [(2 + 4 + 0) / 12, 4 / 8])
+    np.testing.assert_allclose(np.asarray(got["dead"]), [1 / 3, 1 / 2])
 
 
 @pytest.mark.parametrize("ci, expected", [
@@ -125,3 +130,25 @@ def test_tiny_profile_end_to_end(tmp_path):
     np.testing.assert_array_equal(r["linear-2/collapse_agreement"], 1.0)
     # He init, zero biases, weights symmetric in sign: about half the units are on at init.
     assert abs(float(np.mean(r["relu-2/active_init"])) - 0.5) < 0.1
+    # The hook's first and last measurements are the sweep's initial and final nets, counted independently
+    # from the ReLU outputs of `per_run.layers` (a unit is active iff its output is > 0).
+    s = linearity.PROFILES["tiny"]
+    cfg = dataclasses.replace(s.base, model=linearity.models(s)["relu-2"])
+    result, x = sweep.load(out_dir / "relu-2"), load(cfg.data).x_test
+    p0, s0 = sweep.initial_params(cfg, result.seeds, in_features=x.shape[1], num_classes=10)
+    for stage, final in (("init", SimpleNamespace(params=p0, bn_state=s0)), ("trained", result.final)):
+        hidden = per_run.layers(final, x, cfg=cfg)[1:-1]  # (runs, examples, units) each
+        np.testing.assert_allclose(r[f"relu-2/active_{stage}"], np.stack([np.mean(h > 0, (1, 2)) for h in hidden], 1),
+                                   atol=1e-4)
+
+
+def test_run_caches_results_by_the_full_settings(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(linearity, "measure", lambda s, out_dir: calls.append(s) or {"depths": np.array(s.depths)})
+    tiny = linearity.PROFILES["tiny"]
+    linearity.run(tiny, tmp_path)
+    linearity.run(tiny, tmp_path)  # the same settings: read back, not measured again
+    assert calls == [tiny]
+    edited = override(tiny, ["width=17"])
+    linearity.run(edited, tmp_path)
+    assert calls == [tiny, edited]

@@ -8,6 +8,7 @@ import pytest
 from figure_checks import assert_clean, checking_figures
 from experiments import phases
 from netalchemy import stats, store
+from netalchemy.config import override
 from netalchemy.experiment import VERDICTS, run_experiment
 from netalchemy.stats import CI
 
@@ -70,8 +71,8 @@ def test_detect_phases_on_a_diverged_seed_reports_nothing():
 def test_geometric_ci_and_boundary_rule():
     ci = phases.geometric_ci(np.array([10.0, 100.0, np.nan, 0.0]))
     assert ci.estimate == pytest.approx(math.sqrt(1000.0))
-    rule = phases.boundary_rule("end of fast learning", 50)
-    assert rule.edges == pytest.approx((50 / 3, 150))
+    rule = phases.BOUNDARIES["fast_end"]
+    assert rule.edges == pytest.approx((50 / 3, 150)) and phases.BOUNDARIES["overfit_onset"].edges == (500 / 3, 1500)
     assert rule.decide(CI(50, 30, 90)) == "supported" and rule.flip_point(CI(50, 30, 90)) == 30
     assert rule.decide(CI(8, 6, 10)) == "contradicted" and rule.flip_point(CI(8, 6, 10)) == 10
     assert rule.decide(CI(20, 10, 40)) == "inconclusive"
@@ -124,3 +125,16 @@ def test_tiny_profile_end_to_end(tmp_path):
     np.testing.assert_allclose(c["init_he/loss"], c["test_loss"][:, 0], rtol=1e-5)
     np.testing.assert_allclose(c["init_he/acc"], c["test_acc"][:, 0], rtol=1e-6)
     assert c["epochs"][1] == 1.0  # tiny evaluates once an epoch
+
+
+
+def test_run_caches_curves_by_the_full_settings(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(phases, "measure", lambda s, sweep_dir: calls.append(s) or {"epochs": np.arange(3.0)})
+    tiny = phases.PROFILES["tiny"]
+    phases.run(tiny, tmp_path)
+    phases.run(tiny, tmp_path)  # the same settings: read back, not measured again
+    assert calls == [tiny]
+    edited = override(tiny, ["contrast_init=he"])  # any setting, even one the sweep does not see
+    phases.run(edited, tmp_path)
+    assert calls == [tiny, edited]
