@@ -9,7 +9,7 @@ import pytest
 from figure_checks import assert_clean, checking_figures
 from experiments import hyperparams as H
 from netalchemy import config as C
-from netalchemy import stats, sweep, verdicts
+from netalchemy import spread, stats, sweep, verdicts
 from netalchemy.experiment import VERDICTS, run_experiment
 from netalchemy.stats import CI
 
@@ -19,11 +19,11 @@ def test_tiny_profile_end_to_end(tmp_path):
         out, verdicts = run_experiment("hyperparams", profile="tiny", root=tmp_path)
     assert_clean(drawn, out)
     assert [v.claim for v in verdicts] == list(H.CLAIMS)
-    assert all(v.verdict in VERDICTS and v.rule and v.measurement for v in verdicts)
-    for name in ("verdicts.json", "analysis.json", "table.txt", "lr_sweep.png", "learning_curves.png",
-                 "variance_shares.png"):
+    assert all(v.verdict in VERDICTS and v.rule and v.measurement and v.flip_text for v in verdicts)
+    for name in ("verdicts.json", "settings.json", "lr_sweep.png", "learning_curves.png", "variance_shares.png",
+                 "sweep-sgd/config.json", "sweep-adam/config.json"):
         assert (out / name).exists(), name
-    # report works from the files alone, and gives the same verdicts again
+    # report works from the files alone (the finished sweeps are reused), and gives the same verdicts again
     assert H.report(out) == verdicts
 
 
@@ -35,19 +35,41 @@ def test_lr_grid_is_log_spaced_and_inclusive():
     np.testing.assert_allclose(grid, [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 
 
-def test_failed_runs():
-    loss = np.array([0.5, np.nan, math.log(10) + 0.01, 2.0, 0.5])
-    diverged = np.array([False, False, False, False, True])
-    np.testing.assert_array_equal(H.failed_runs(loss, diverged, 10), [False, True, True, False, True])
+def test_settings_reject_a_baseline_not_among_the_optimizers():
+    with pytest.raises(C.ConfigError):
+        H.Settings(optimizers=("adam",), baseline="sgd")
+    with pytest.raises(C.ConfigError):
+        H.Settings(lr_min=1.0, lr_max=0.1)
+
+
+def sweep_of(final_loss, diverged, acc=None, steps=(0, 10)) -> sweep.SweepResult:
+    """A SweepResult whose final evaluation holds the given (lrs, seeds) values."""
+    final_loss = np.asarray(final_loss, float)
+    runs, n = final_loss.size, final_loss.shape[1]
+    hist = {m: np.zeros((runs, len(steps))) for m in sweep.METRICS}
+    hist["train_loss"][:, -1] = final_loss.ravel()
+    hist["diverged"][:, -1] = np.asarray(diverged, float).ravel()
+    hist["test_acc"][:, -1] = np.zeros(runs) if acc is None else np.asarray(acc, float).ravel()
+    cfg = C.override(C.Config(), [f"seeds.n={n}"])
+    return sweep.SweepResult(cfg, np.tile(np.arange(n), final_loss.shape[0]), np.zeros(runs), hist, None, None, {}, None)
+
+
+def test_finals_failed_runs():
+    loss = np.array([[0.5, np.nan], [math.log(10) + 0.01, 2.0], [0.5, 0.4]])
+    diverged = np.array([[False, False], [False, False], [True, False]])
+    _, _, div, failed, _ = H.finals(sweep_of(loss, diverged), 10)
+    np.testing.assert_array_equal(div, diverged)
+    np.testing.assert_array_equal(failed, [[False, True], [True, False], [True, False]])
 
 
 def test_tuned_lr_skips_lrs_with_a_diverged_seed():
     loss = np.array([[1.0, 1.0], [0.1, 0.1], [0.2, 0.3]])
     diverged = np.array([[False, False], [False, True], [False, False]])
-    assert H.tuned_lr_index(loss, diverged) == 2
-    assert H.tuned_lr_index(loss, np.zeros_like(diverged)) == 1
+    assert H.finals(sweep_of(loss, diverged), 10)[-1] == 2
+    assert H.finals(sweep_of(loss, np.zeros_like(diverged)), 10)[-1] == 1
+    assert H.finals(sweep_of(loss + np.array([[0.0, 0.0], [0.0, np.inf], [0.0, 0.0]]), 0 * diverged), 10)[-1] == 2
     with pytest.raises(ValueError):
-        H.tuned_lr_index(loss, np.ones_like(diverged))
+        H.finals(sweep_of(loss, np.ones_like(diverged)), 10)
 
 
 def test_steps_to_target_interpolates_between_evaluations():
@@ -55,28 +77,34 @@ def test_steps_to_target_interpolates_between_evaluations():
     losses = np.array([[3.0, 2.0, 1.0, 0.5],
                        [3.0, 3.0, 3.0, 3.0],
                        [1.0, 0.5, 0.2, 0.1],
-                       [3.0, np.nan, 1.0, 0.5]])
+                       [3.0, np.nan, 1.0, 0.5],
+                       [3.0, 1.5, 1.5, 1.0]])
     got = H.steps_to_target(steps, losses, 1.5)
-    np.testing.assert_allclose(got, [15.0, np.inf, 0.0, 20.0])
-
-
-def test_censored_median_is_an_observed_value():
-    assert H.censored_median(np.array([10.0, 99.0])) == 10.0
-    assert H.censored_median(np.array([10.0, 99.0, 99.0])) == 99.0
-    assert H.censored_median(np.array([1.0, 2.0, 3.0, 4.0, 5.0])) == 3.0
+    np.testing.assert_allclose(got, [15.0, np.inf, 0.0, 20.0, 10.0])
 
 
 def test_variance_shares_ci_on_known_grids():
     rng = np.random.default_rng(0)
+    rule = H.rules(H.Settings())["lr over seed"]
     lr_effect = np.array([0.1, 0.4, 0.6, 0.3])[:, None]
     lr_dominated = lr_effect + 0.01 * rng.normal(size=(4, 16))
     shares = H.variance_shares_ci(lr_dominated, n_resamples=300)
-    assert shares["lr"]["estimate"] > 0.95 and shares["lr"]["low"] > 0.9
-    assert H.a3_rule(0.2).decide(CI(**shares["lr_minus_seed"])) == "supported"
+    assert shares["lr"].estimate > 0.95 and shares["lr"].low > 0.9
+    assert shares["lr"].estimate == pytest.approx(spread.grid_variance_shares(lr_dominated, ("lr", "seed"))["lr"])
+    assert rule.decide(shares["lr_minus_seed"]) == "supported"
     seed_dominated = 0.001 * lr_effect + rng.normal(size=(1, 16)) + 0.01 * rng.normal(size=(4, 16))
     shares = H.variance_shares_ci(seed_dominated, n_resamples=300)
-    assert shares["seed"]["estimate"] > 0.9
-    assert H.a3_rule(0.2).decide(CI(**shares["lr_minus_seed"])) == "contradicted"
+    assert shares["seed"].estimate > 0.9 and shares["seed"].low <= shares["seed"].estimate <= shares["seed"].high
+    assert rule.decide(shares["lr_minus_seed"]) == "contradicted"
+
+
+def test_variance_shares_ci_resamples_whole_seed_columns():
+    """The percentile interval equals one computed by hand from the same column resamples."""
+    grid = np.random.default_rng(1).normal(size=(5, 8)) + np.arange(5)[:, None]
+    got = H.variance_shares_ci(grid, n_resamples=400, seed=3)
+    cols = np.random.default_rng(3).integers(0, 8, (400, 8))
+    boot = [spread.grid_variance_shares(grid[:, c], ("lr", "seed"))["seed"] for c in cols]
+    np.testing.assert_allclose([got["seed"].low, got["seed"].high], np.percentile(boot, [2.5, 97.5]), rtol=1e-12)
 
 
 def test_window_indices():
@@ -93,21 +121,25 @@ def mid(low, high):
     return CI((low + high) / 2, low, high)
 
 
+RULES = H.rules(H.Settings())
+
+
 @pytest.mark.parametrize("slow, unstable, expected", [
-    ((1.0, 2.0), (0.8, 1.0), "supported"),
-    ((0.0, 0.1), (0.0, 0.1), "contradicted"),  # small lr no slower, large lr stable
-    ((1.0, 2.0), (0.0, 0.1), "depends"),
-    ((0.1, 2.0), (0.8, 1.0), "inconclusive"),
+    ((1.0, 2.0), (0.8, 1.0), ("supported", "supported")),
+    ((0.0, 0.1), (0.0, 0.1), ("contradicted", "contradicted")),  # small lr no slower, large lr stable
+    ((1.0, 2.0), (0.0, 0.1), ("supported", "contradicted")),
+    ((0.1, 2.0), (0.8, 1.0), ("inconclusive", "supported")),
 ])
-def test_m7_parts(slow, unstable, expected):
-    parts = H.m7_parts("sgd", mid(*slow), mid(*unstable), slow_margin=0.25, unstable_rate=0.5)
-    assert H.m7_combine(dict(zip(("sgd slow", "sgd unstable"), verdicts.holm(parts))), ["sgd"]) == expected
+def test_m7_rules(slow, unstable, expected):
+    parts = [verdicts.Part("slow", RULES["slow"], mid(*slow)), verdicts.Part("unstable", RULES["unstable"], mid(*unstable))]
+    assert tuple(verdicts.holm(parts)) == expected
+    assert "lies above 0.25 nats" in RULES["slow"].describe()
 
 
 def test_a_failure_rate_of_sixteen_in_sixteen_is_a_wilson_interval():
     rate = stats.fraction_ci(np.ones(16, bool))
     assert rate.low == pytest.approx(0.806, abs=1e-3) and rate.high == 1.0
-    rule = H.unstable_rule(0.5)
+    rule = RULES["unstable"]
     assert rule.decide(rate) == "supported" and rule.flip_point(rate) == pytest.approx(0.806, abs=1e-3)
     assert rule.flip_text(rate) == "supported; flips at 0.806"
 
@@ -119,13 +151,14 @@ def test_a_failure_rate_of_sixteen_in_sixteen_is_a_wilson_interval():
     ((0.4, 0.7), (0.1, 0.3), "contradicted"),  # no faster, less accurate
     ((0.4, 0.7), (0.4, 0.7), "inconclusive"),
 ])
-def test_m8_parts(faster, better, expected):
-    d = verdicts.holm(H.m8_parts("adam", mid(*faster), mid(*better)))
+def test_m8_one(faster, better, expected):
+    d = verdicts.holm([verdicts.Part("faster", RULES["faster"], mid(*faster)),
+                       verdicts.Part("accuracy", RULES["accuracy"], mid(*better))])
     assert H.m8_one(*d) == expected
 
 
 def test_a3_rule_has_a_zone_between_margin_and_zero():
-    rule = H.a3_rule(0.2)
+    rule = RULES["lr over seed"]
     assert rule.decide(mid(0.3, 0.5)) == "supported"
     assert rule.decide(mid(-0.3, -0.1)) == "contradicted"
     assert rule.decide(mid(0.05, 0.15)) == "inconclusive"  # more than chance, but not '≫'
@@ -163,13 +196,16 @@ def synthetic_settings(**kw):
 
 
 @pytest.mark.parametrize("adaptive_speed, m8", [(5.0, "supported"), (0.3, "contradicted")])
-def test_rule_chain_on_synthetic_sweeps(adaptive_speed, m8):
+def test_rule_chain_on_synthetic_sweeps(tmp_path, adaptive_speed, m8):
     s = synthetic_settings(optimizers=("sgd", "adam"))
     rng = np.random.default_rng(0)
     results = {"sgd": fake_sweep(s, 1.0, rng), "adam": fake_sweep(s, adaptive_speed, rng)}
-    a = H.analyse(s, results, num_classes=10)
-    assert a["optimizers"]["sgd"]["tuned_index"] == 3  # the largest lr that does not diverge
-    v = {x.claim: x for x in H.verdicts(s, a)}
-    assert v["M7"].verdict == "supported"
+    assert H.finals(results["sgd"], 10)[-1] == 3  # the largest lr that does not diverge
+    with checking_figures() as drawn:
+        v = {x.claim: x for x in (H.m7(s, results, 10, tmp_path), H.m8(s, results, 10, tmp_path),
+                                  H.a3(s, results, 10, tmp_path))}
+    assert_clean(drawn, tmp_path)
+    assert v["M7"].verdict == "supported" and v["M7"].value == 1.0  # every seed diverged at the largest lr
     assert v["M8"].verdict == m8
     assert v["A3"].verdict == "supported"
+    assert "sgd" in v["M8"].measurement and "adam" in v["A3"].measurement
