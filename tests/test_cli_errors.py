@@ -21,7 +21,7 @@ def run_cli(argv, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["trian"], "unknown command 'trian'; choose from train, show, run, audit, bench, list (did you mean 'train'?)"),
+    (["trian"], "unknown command 'trian'; choose from train, show, run, audit, stability, bench, list (did you mean 'train'?)"),
     (["shwo"], "(did you mean 'show'?)"),
     (["frobnicate"], "unknown command 'frobnicate'"),
     (["run", "chanse"], "unknown experiment 'chanse'; choose from gradcheck"),
@@ -167,8 +167,8 @@ def test_audit_prints_the_narrow_ledger(profile, tmp_path, capsys, monkeypatch):
 
     ledger = "| claim | verdict | value | 95% CI | experiment |\n|---|---|---|---|---|\n| M1 | supported | 0.357 | — | gradcheck |\n"
 
-    def fake_audit(name, *, root):
-        folder = root / "audit" / name
+    def fake_audit(name, *, root, dataset):
+        folder = audit.audit_dir(root, name, dataset)
         folder.mkdir(parents=True)
         (folder / "ledger.md").write_text(ledger)
         (folder / "report.md").write_text("| claim | statement | measured | value | 95% CI | verdict | figure |\n" * 3)
