@@ -5,21 +5,19 @@ dropout, L1/L2 penalties, batch sizes from 1 up, several seeds), at initializati
 some SGD steps, the gradient of the training objective is computed three ways:
   hand      `netalchemy.backprop.hand_grad` (chain rule in jnp),
   autodiff  `jax.grad`,
-  FD        central finite differences (θ ± h·e_i) in float64 on sampled coordinates.
-Relative error (cs231n): |a − b| / max(|a|, |b|), 0 when a = b. Per parameter array,
-hand vs autodiff uses the largest entry-wise difference over the array's largest entry,
-floored at 1e-12 (float64) / 1e-6 (float32) so round-off of an exactly-zero gradient
-does not read as a 100% error.
-Entry-wise FD comparisons add a floor `fd_floor` to the denominator: FD's own absolute error
-is ≈ ε·|L|/h + h²·|L‴|/6 ≈ 1e-11 for h = 1e-5, so a relative error of 1e-5 can be resolved
-only for entries well above 1e-6; entries below the floor 1e-4 are compared in absolute terms
-(|a − b| / 1e-4).
+  FD        central finite differences (θ ± h·e_i) in float64 on sampled coordinates,
+by `netalchemy.gradcheck_numerics.gradient_errors` (relative errors as cs231n's, per array
+for hand vs autodiff, entry-wise with the floor `fd_floor` for FD, whose own absolute error is
+≈ 1e-11 at h = 1e-5). FD coordinates whose two evaluations straddle a kink (a ReLU input or,
+under L1, a weight changing sign) are counted and reported apart, not hidden and not failed.
 
-A finite difference straddles a kink, where the loss is not differentiable, when its two
-evaluations θ ± h·e_i see different ReLU patterns, or, with an L1 penalty, when the bumped
-weight changes sign (|w| has its kink at 0; L1 drives trained weights there). Such
-coordinates are detected, counted and reported separately instead of being hidden or allowed
-to fail the check.
+The trained point: each model of the grid (architecture, batch norm, dropout, L1, L2) is one
+sweep of `seeds` seeds through the engine (`sweep.run`, float64): plain SGD at `train_lr`,
+`train_steps` steps of `train_batch` examples from one epoch of a Gaussian random-label
+training set (every step sees fresh examples). The check at initialization reads the same
+runs' initial params (`sweep.initial_params`). The check batch (1 to 32 examples) and its
+dropout key come from the grid row's seed. results.json is a `store.cached` value keyed by
+the full settings; each sweep caches itself in sweeps/<config hash>.
 """
 
 from __future__ import annotations
@@ -28,17 +26,17 @@ import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from netalchemy import backprop, losses, mlp, plots, stats, store
-from netalchemy.config import ModelConfig
+from netalchemy import gradcheck_numerics as gn
+from netalchemy import losses, per_run, plots, stats, store, sweep
+from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig, config_hash
+from netalchemy.data import Dataset
 from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, all_hold, judge
 
@@ -76,11 +74,12 @@ class Settings:
     dropout: tuple[float, ...] = (0.0, 0.5)
     l1: tuple[float, ...] = (0.0, 1e-3)
     l2: tuple[float, ...] = (0.0, 1e-2)
-    batch_sizes: tuple[int, ...] = (1, 7, 32)
+    batch_sizes: tuple[int, ...] = (1, 7, 32)  # of the checked batch
     seeds: int = 2
     max_configs: int = 0  # 0 = the full factorial grid; else a seeded random subset of it
     train_steps: int = 25  # SGD steps before the "trained" check
     train_lr: float = 0.1
+    train_batch: int = 16
     fd_coords: int = 24  # coordinates sampled per parameter array for finite differences
     fd_step: float = 1e-5
     fd_floor: float = 1e-4
@@ -114,167 +113,76 @@ def grid(s: Settings) -> list[dict]:
     return rows
 
 
-def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 0.0) -> np.ndarray:
-    """cs231n's |a − b| / max(|a|, |b|, floor), entry-wise; 0 where a == b."""
-    diff = np.abs(a - b)
-    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
-    return np.where(diff == 0, 0.0, diff / np.where(scale == 0, 1.0, scale))
+# ----------------------------------------------------------------------------- what is trained
 
 
-ZERO_FLOOR = {"float64": 1e-12, "float32": 1e-6}  # gradients below this are round-off of an exact 0
+def model_of(c: dict) -> tuple:
+    """The part of a grid row that training depends on: (arch, batch_norm, dropout, l1, l2)."""
+    return c["arch"], c["batch_norm"], c["dropout"], c["l1"], c["l2"]
 
 
-def array_error(a, b, floor: float = 0.0) -> float:
-    """max|a − b| / max(max|a|, max|b|, floor) over one parameter array; 0 when equal.
-
-    The floor keeps an array that is zero in exact arithmetic (all its units dropped, say),
-    computed as ±1e-17 one way and 0 the other, from counting as a 100% error.
-    """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    diff = float(np.max(np.abs(a - b)))
-    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), floor)
-    return 0.0 if diff == 0 else diff / scale
-
-
-def leaf_names(params: mlp.Params) -> list[str]:
-    """'L1.w', 'L1.b', ..., 'out.w' for each leaf, in `ravel_pytree` order."""
-    names = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        index, field = path[0].idx, path[1].name
-        names.append(f"{'out' if index == len(params) - 1 else f'L{index + 1}'}.{field}")
-    return names
+def training_config(s: Settings, model: tuple) -> Config:
+    """One model of the grid trained by SGD, float64; data.train_size is the random set's size."""
+    arch, bn, drop, l1, l2 = model
+    return Config(model=ModelConfig(hidden=_hidden(arch), batch_norm=bn, dropout=drop, dtype="float64"),
+                  optim=OptimConfig(name="sgd", lr=s.train_lr),
+                  train=TrainConfig(steps=s.train_steps, batch_size=s.train_batch, eval_every=s.train_steps,
+                                    l1=l1, l2=l2),
+                  data=DataConfig(name="gaussian-random-labels", train_size=s.train_batch * s.train_steps),
+                  seeds=SeedsConfig(n=s.seeds))
 
 
-def relu_pattern(params, state, x, *, cfg, key) -> jax.Array:
-    """Signs of every ReLU input, concatenated: (batch · Σ widths,) booleans."""
-    out = mlp.forward(params, state, x, cfg=cfg, train=True, key=key)
-    if not out.hidden:
-        return jnp.zeros((0,), bool)
-    return jnp.concatenate([(c.pre_activation > 0).ravel() for c in out.hidden])
+def random_labels(cfg: Config, s: Settings) -> Dataset:
+    """`cfg.data.train_size` N(0, 1) inputs (float64) with uniform labels, and one batch to test on."""
+    rng = np.random.default_rng(cfg.data.seed)
+    n, n_test = cfg.data.train_size, cfg.train.batch_size
+    x = rng.standard_normal((n + n_test, s.in_features))
+    y = rng.integers(0, s.num_classes, n + n_test).astype(np.int32)
+    return Dataset(x[:n], y[:n], x[n:], y[n:], s.num_classes, cfg.data.name)
 
 
-_hand_grad = jax.jit(backprop.hand_grad, static_argnames="cfg")
-_autodiff_grad = jax.jit(backprop.autodiff_grad, static_argnames="cfg")
+def trained_points(s: Settings, model: tuple, out_dir: Path) -> dict[str, tuple]:
+    """{"init": (params, bn_state), "trained": (params, bn_state)}, leaves with a leading (seeds,) axis."""
+    cfg = training_config(s, model)
+    result = sweep.run(cfg, out_dir=out_dir / "sweeps" / config_hash(cfg), dataset=random_labels(cfg, s),
+                       progress=False)
+    initial = sweep.initial_params(cfg, result.seeds, in_features=s.in_features, num_classes=s.num_classes)
+    return {"init": initial, "trained": (result.final.params, result.final.bn_state)}
 
 
-@partial(jax.jit, static_argnames="cfg")
-def finite_differences(params, state, x, y, bumps, *, cfg: ModelConfig, l1, l2, key):
-    """Central differences along each row of `bumps` (coords, n_params), and a kink flag per row.
-
-    Returns (fd (coords,), kink (coords,)): kink is True where the difference straddles a
-    point of non-differentiability: θ + bump and θ − bump see different ReLU on/off patterns,
-    or (l1 ≠ 0) a weight-matrix entry has a different sign at the two.
-    """
-    theta, unravel = ravel_pytree(params)
-    penalised, _ = ravel_pytree(penalised_mask(params))
-    loss_at = lambda t: backprop.objective(unravel(t), state, x, y, cfg=cfg, l1=l1, l2=l2, key=key)[0]
-    pattern_at = lambda t: relu_pattern(unravel(t), state, x, cfg=cfg, key=key)
-    plus, minus = theta + bumps, theta - bumps
-    step = jnp.max(bumps, axis=-1)
-    fd = (jax.vmap(loss_at)(plus) - jax.vmap(loss_at)(minus)) / (2 * step)
-    relu_kink = jnp.any(jax.vmap(pattern_at)(plus) != jax.vmap(pattern_at)(minus), axis=-1)
-    abs_kink = (l1 != 0) & jnp.any(penalised & (jnp.sign(plus) != jnp.sign(minus)), axis=-1)
-    return fd, relu_kink | abs_kink
+# ----------------------------------------------------------------------------- what is measured
 
 
-def penalised_mask(params) -> mlp.Params:
-    """Like `params`: True on the entries the L1/L2 penalties act on (`losses.weights`), else False."""
-    return type(params)(layer._replace(**{f: None if v is None else jnp.full(v.shape, f == "w")
-                                          for f, v in layer._asdict().items()}) for layer in params)
-
-
-@partial(jax.jit, static_argnames="cfg")
-def output_delta_check(logits, y, step, *, cfg: ModelConfig):
-    """(softmax − onehot)/B, jax.grad of the mean cross-entropy in the logits, and its FD."""
-    delta = backprop.output_delta(logits, y)
-    auto = jax.grad(losses.cross_entropy)(logits, y)
-    eye = jnp.eye(logits.size, dtype=logits.dtype).reshape(logits.size, *logits.shape) * step
-    ce = jax.vmap(lambda z: losses.cross_entropy(z, y))
-    fd = ((ce(logits + eye) - ce(logits - eye)) / (2 * step)).reshape(logits.shape)
-    return delta, auto, fd
-
-
-def check_point(params, state, x, y, *, cfg: ModelConfig, l1, l2, key, s: Settings, rng) -> list[dict]:
-    """Compares the three gradients at one point; one record per parameter array."""
-    cfg32 = dataclasses.replace(cfg, dtype="float32")
-    to32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)
-    kw = dict(l1=l1, l2=l2, key=key)
-    hand64, aux = _hand_grad(params, state, x, y, cfg=cfg, **kw)
-    auto64, _ = _autodiff_grad(params, state, x, y, cfg=cfg, **kw)
-    hand32, _ = _hand_grad(to32(params), to32(state), x.astype(jnp.float32), y, cfg=cfg32, **kw)
-    auto32, _ = _autodiff_grad(to32(params), to32(state), x.astype(jnp.float32), y, cfg=cfg32, **kw)
-
-    flat_hand, _ = ravel_pytree(hand64)
-    flat_auto, _ = ravel_pytree(auto64)
-    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
-    offsets = np.cumsum([0] + sizes)
-    coords = np.concatenate([
-        o + rng.choice(n, min(n, s.fd_coords), replace=False) for o, n in zip(offsets[:-1], sizes)])
-    bumps = np.zeros((len(coords), offsets[-1]))
-    bumps[np.arange(len(coords)), coords] = s.fd_step
-    fd, kink = map(np.asarray, finite_differences(params, state, x, y, bumps, cfg=cfg, **kw))
-    err_hand_fd = rel_error(np.asarray(flat_hand)[coords], fd, s.fd_floor)
-    err_auto_fd = rel_error(np.asarray(flat_auto)[coords], fd, s.fd_floor)
-
+def check_row(s: Settings, c: dict, points: dict[str, tuple]) -> list[dict]:
+    """The gradient check of one grid row at both stages; one record per parameter array and stage."""
+    kx, ky, k_drop = jax.random.split(jax.random.key(c["seed"]), 3)
+    x = jax.random.normal(kx, (c["batch"], s.in_features), jnp.float64)
+    y = jax.random.randint(ky, (c["batch"],), 0, s.num_classes)
+    cfg = training_config(s, model_of(c)).model
+    rng = np.random.default_rng(c["seed"])  # FD coordinates, drawn for init, then for trained
     records = []
-    leaves = zip(leaf_names(params), jax.tree.leaves(hand64), jax.tree.leaves(auto64),
-                 jax.tree.leaves(hand32), jax.tree.leaves(auto32))
-    for i, (name, h64, a64, h32, a32) in enumerate(leaves):
-        in_leaf = (coords >= offsets[i]) & (coords < offsets[i + 1])
-        smooth, kinked = in_leaf & ~kink, in_leaf & kink
-        records.append(dict(
-            param=name,
-            hand_vs_autodiff_f64=array_error(h64, a64, ZERO_FLOOR["float64"]),
-            hand_vs_autodiff_f32=array_error(h32, a32, ZERO_FLOOR["float32"]),
-            hand_vs_fd=float(err_hand_fd[smooth].max(initial=0.0)),
-            autodiff_vs_fd=float(err_auto_fd[smooth].max(initial=0.0)),
-            fd_coords=int(in_leaf.sum()),
-            kink_coords=int(kinked.sum()),
-            hand_vs_fd_at_kinks=float(err_hand_fd[kinked].max(initial=0.0)),
-        ))
-    # Claim M2: the output delta (softmax − onehot)/B against jax.grad and FD of the loss in the logits.
-    delta, auto_delta, fd_delta = map(np.asarray, output_delta_check(aux.logits, y, s.fd_step, cfg=cfg))
-    records.append(dict(param="dL/dz_out", hand_vs_autodiff_f64=array_error(delta, auto_delta, ZERO_FLOOR["float64"]),
-                        hand_vs_fd=float(rel_error(delta, fd_delta, s.fd_floor).max())))
+    for stage, point in points.items():
+        params, state = per_run.at(point, c["seed"])  # run index = seed (seeds.start = 0)
+        coords = gn.sample_coordinates(params, s.fd_coords, rng)
+        records += [{**c, "stage": stage, **r} for r in gn.gradient_errors(
+            params, state, x, y, coords, cfg=cfg, l1=c["l1"], l2=c["l2"], key=k_drop, step=s.fd_step,
+            floor=s.fd_floor)]
     return records
 
 
-@partial(jax.jit, static_argnames=("cfg", "s"))
-def sgd_steps(params, state, *, cfg: ModelConfig, l1, l2, key, s: Settings):
-    """A few SGD steps on random batches, so the second check sees trained weights."""
-    def step(carry, i):
-        params, state = carry
-        kx, ky, kd = jax.random.split(jax.random.fold_in(key, i), 3)
-        x = jax.random.normal(kx, (16, s.in_features), jnp.float64)
-        y = jax.random.randint(ky, (16,), 0, s.num_classes)
-        grads, aux = backprop.autodiff_grad(params, state, x, y, cfg=cfg, l1=l1, l2=l2, key=kd)
-        return (jax.tree.map(lambda p, g: p - s.train_lr * g, params, grads), aux.state), None
-
-    (params, state), _ = jax.lax.scan(step, (params, state), jnp.arange(s.train_steps))
-    return params, state
-
-
 def run(s: Settings, out_dir: Path) -> None:
-    """Checks every configuration of the grid; writes results.json."""
-    started = time.perf_counter()
-    records = []
-    with jax.enable_x64(True):
-        for c in grid(s):
-            cfg = ModelConfig(hidden=_hidden(c["arch"]), batch_norm=c["batch_norm"], dropout=c["dropout"],
-                              dtype="float64")
-            k_init, k_data, k_drop, k_train = jax.random.split(jax.random.key(c["seed"]), 4)
-            params, state = mlp.init(k_init, cfg, in_features=s.in_features, num_classes=s.num_classes)
-            kx, ky = jax.random.split(k_data)
-            x = jax.random.normal(kx, (c["batch"], s.in_features), jnp.float64)
-            y = jax.random.randint(ky, (c["batch"],), 0, s.num_classes)
-            rng = np.random.default_rng(c["seed"])
-            for stage in ("init", "trained"):
-                if stage == "trained":
-                    params, state = sgd_steps(params, state, cfg=cfg, l1=c["l1"], l2=c["l2"], key=k_train, s=s)
-                for r in check_point(params, state, x, y, cfg=cfg, l1=c["l1"], l2=c["l2"], key=k_drop, s=s, rng=rng):
-                    records.append({**c, "stage": stage, **r})
-    store.write_json(out_dir / "results.json", {
-        "records": records, "seconds": time.perf_counter() - started, "n_configs": len(grid(s))})
+    """Trains every model of the grid (one sweep each), checks every row; writes results.json."""
+    def compute() -> dict:
+        started, rows = time.perf_counter(), grid(s)
+        with jax.enable_x64(True):
+            points = {m: trained_points(s, m, out_dir) for m in dict.fromkeys(map(model_of, rows))}
+            records = [r for c in rows for r in check_row(s, c, points[model_of(c)])]
+        return {"records": records, "seconds": time.perf_counter() - started, "n_configs": len(rows)}
+
+    store.cached("results.json", s, compute, folder=out_dir)
+
+
+# ----------------------------------------------------------------------------- report and rules
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -283,14 +191,10 @@ def summarize(records: list[dict]) -> list[dict]:
     for name in sorted({r["param"] for r in records}, key=lambda n: (n[0] != "L", n)):
         rs = [r for r in records if r["param"] == name]
         worst = lambda k: max((r[k] for r in rs if r.get(k) is not None), default=None)
-        rows.append(dict(
-            param=name, checks=len(rs),
-            hand_vs_autodiff_f64=worst("hand_vs_autodiff_f64"),
-            hand_vs_autodiff_f32=worst("hand_vs_autodiff_f32"),
-            hand_vs_fd=worst("hand_vs_fd"), autodiff_vs_fd=worst("autodiff_vs_fd"),
-            fd_coords=sum(r.get("fd_coords", 0) for r in rs),
-            kink_coords=sum(r.get("kink_coords", 0) for r in rs),
-            hand_vs_fd_at_kinks=worst("hand_vs_fd_at_kinks")))
+        keys = ("hand_vs_autodiff_f64", "hand_vs_autodiff_f32", "hand_vs_fd", "autodiff_vs_fd", "hand_vs_fd_at_kinks")
+        rows.append(dict(param=name, checks=len(rs), **{k: worst(k) for k in keys},
+                         fd_coords=sum(r.get("fd_coords", 0) for r in rs),
+                         kink_coords=sum(r.get("kink_coords", 0) for r in rs)))
     return rows
 
 
@@ -314,7 +218,7 @@ def format_table(rows: list[dict]) -> str:
 
 def report(out_dir: Path) -> list[Verdict]:
     """Prints the error table, writes table.txt and a figure, returns verdicts for M1–M3."""
-    results = store.read_json(out_dir / "results.json")
+    results = store.read_json(out_dir / "results.json")["value"]  # the store.cached record
     records, rows = results["records"], summarize(results["records"])
     table = format_table(rows)
     (out_dir / "table.txt").write_text(table + "\n")

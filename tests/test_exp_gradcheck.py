@@ -1,54 +1,20 @@
-"""Gradient check experiment: kink detection for finite differences (ReLU and the L1 |w|)."""
+"""Gradient check experiment: its rules, and a small end-to-end run (trained through the engine,
+one cache, the figure checked). The tiny profile runs end to end in test_cli and test_audit;
+the finite-difference machinery is tested in test_gradcheck_numerics."""
+
+import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from experiments import gradcheck
-from netalchemy import mlp
-from netalchemy.config import ModelConfig
+from figure_checks import assert_clean, checking_figures
+from netalchemy import mlp, store, sweep, train
 
-
-def _net_with_a_weight_at(value: float):
-    cfg = ModelConfig(hidden=(5,), dtype="float64")
-    params, state = mlp.init(jax.random.key(0), cfg, in_features=3, num_classes=2)
-    params = type(params)([params[0]._replace(w=params[0].w.at[1, 2].set(value)), *params[1:]])
-    x = jax.random.normal(jax.random.key(1), (8, 3), jnp.float64)
-    y = jnp.arange(8) % 2
-    theta, _ = ravel_pytree(params)
-    index = 1 * 5 + 2  # L1.w[1, 2] is the 8th entry of the flat vector (w comes first)
-    assert theta[index] == value
-    bumps = jnp.zeros((1, theta.size)).at[0, index].set(1e-5)
-    return cfg, params, state, x, y, bumps
-
-
-def fd_and_kink(value, l1):
-    with jax.enable_x64(True):  # float64 finite differences, as the experiment computes them
-        cfg, params, state, x, y, bumps = _net_with_a_weight_at(value)
-        return gradcheck.finite_differences(params, state, x, y, bumps, cfg=cfg, l1=l1, l2=0.0,
-                                            key=jax.random.key(2))
-
-
-def test_penalised_mask_marks_exactly_the_weight_matrices():
-    cfg = ModelConfig(hidden=(4, 3), batch_norm=True)
-    params, _ = mlp.init(jax.random.key(0), cfg, in_features=2, num_classes=2)
-    mask, _ = ravel_pytree(gradcheck.penalised_mask(params))
-    assert int(mask.sum()) == 2 * 4 + 4 * 3 + 3 * 2
-
-
-def test_a_weight_within_h_of_zero_is_a_kink_only_under_l1():
-    # |w| at w = 3e-6 with h = 1e-5: the central difference of l1·|w| is l1·0.3, the
-    # derivative l1·1. Flagged under L1, and the same point is smooth without it.
-    _, kink_l1 = fd_and_kink(3e-6, l1=1.0)
-    _, kink_none = fd_and_kink(3e-6, l1=0.0)
-    assert bool(kink_l1[0]) and not bool(kink_none[0])
-    # Away from 0 the L1 term is smooth: no kink, and FD matches the analytic derivative.
-    fd_far, kink_far = fd_and_kink(0.5, l1=1.0)
-    fd_far0, _ = fd_and_kink(0.5, l1=0.0)
-    assert not bool(kink_far[0])
-    np.testing.assert_allclose(float(fd_far[0] - fd_far0[0]), 1.0, rtol=1e-6)  # d|w|/dw = 1
+# One model (hidden layer, batch norm, dropout, L1) checked at two seeds, trained for 3 steps.
+SMALL = dataclasses.replace(gradcheck.PROFILES["tiny"], architectures=("8",), batch_norm=(True,), dropout=(0.5,),
+                            l1=(1e-3,), l2=(0.0,), batch_sizes=(3,), seeds=2, max_configs=0)
 
 
 def test_exact_verdicts_have_no_interval_and_flip_at_the_value():
@@ -65,3 +31,62 @@ def test_exact_verdicts_have_no_interval_and_flip_at_the_value():
                                  value=float(-np.log(0.7)))
     assert m1.verdict == "supported" and m1.value == pytest.approx(0.35667, abs=1e-5)
     assert m1.flip_point == pytest.approx(0.357 + np.log(0.7))  # the rule holds for any tolerance above |diff|
+
+
+def test_the_grid_groups_rows_into_one_sweep_per_model():
+    rows = gradcheck.grid(gradcheck.PROFILES["full"])
+    assert len(rows) == (4 * 2 * 2 * 2 * 2 + 2 * 2) * 3 * 3  # no BN or dropout without a hidden layer
+    models = {gradcheck.model_of(c) for c in rows}
+    assert len(models) == 4 * 16 + 4
+    cfg = gradcheck.training_config(SMALL, ("8", True, 0.5, 1e-3, 0.0))
+    assert (cfg.model.hidden, cfg.train.l1, cfg.optim.name, cfg.train.steps, cfg.seeds.n) == ((8,), 1e-3, "sgd", 3, 2)
+    data = gradcheck.random_labels(cfg, SMALL)
+    assert data.x_train.shape == (16 * 3, 10) and set(np.unique(data.y_train)) <= set(range(4))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gradcheck") / "small"
+    with checking_figures() as drawn:
+        gradcheck.run(SMALL, out)
+        verdicts = gradcheck.report(out)
+    return out, verdicts, drawn
+
+
+def test_a_small_run_supports_m1_to_m3_and_draws_its_figure(small):
+    out, verdicts, drawn = small
+    assert [(v.claim, v.verdict) for v in verdicts] == [("M1", "supported"), ("M2", "supported"), ("M3", "supported")]
+    assert_clean(drawn, out)
+    records = store.read_json(out / "results.json")["value"]["records"]
+    assert {(r["seed"], r["stage"]) for r in records} == {(0, "init"), (0, "trained"), (1, "init"), (1, "trained")}
+    assert "hand~auto f64" in (out / "table.txt").read_text()
+
+
+def test_the_points_checked_are_the_sweeps_initial_and_trained_params(small):
+    out, _, _ = small
+    model = gradcheck.model_of(gradcheck.grid(SMALL)[0])
+    with jax.enable_x64(True):
+        points = gradcheck.trained_points(SMALL, model, out)  # the finished sweep, read back
+        cfg = gradcheck.training_config(SMALL, model)
+        params, _ = mlp.init(train.stream_key(1, "init"), cfg.model, in_features=10, num_classes=4)
+    init, trained = points["init"][0], points["trained"][0]
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(params)):  # seed 1's init stream (vmapped: ±1 ulp)
+        np.testing.assert_allclose(a[1], b, rtol=1e-15, atol=1e-15)
+    assert not np.array_equal(init[0].w, trained[0].w)  # three SGD steps moved every run
+    assert len(list((out / "sweeps").iterdir())) == 1
+
+
+def test_the_results_are_cached_by_the_full_settings(small, monkeypatch):
+    out, _, _ = small
+    checked, reused = [], []
+    check_row, run_sweep = gradcheck.check_row, sweep.run
+    monkeypatch.setattr(gradcheck, "check_row", lambda *a: checked.append(1) or check_row(*a))
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: (lambda r: reused.append(r.reused) or r)(run_sweep(*a, **k)))
+    gradcheck.run(SMALL, out)
+    assert checked == [] and reused == []  # nothing recomputed, nothing retrained
+    before = store.read_json(out / "results.json")["value"]
+    gradcheck.run(dataclasses.replace(SMALL, fd_coords=3), out)  # an edited setting: recomputed
+    after = store.read_json(out / "results.json")["value"]
+    assert len(checked) == 2 and reused == [True]  # the sweep, whose config did not change, is reused
+    fd_coords = lambda value: max(r.get("fd_coords", 0) for r in value["records"])  # per array and check
+    assert (fd_coords(before), fd_coords(after)) == (6, 3)
