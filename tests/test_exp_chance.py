@@ -3,7 +3,6 @@ numbers with known answers, a tiny end-to-end run and its cache."""
 
 import dataclasses
 import shutil
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import pytest
 from figure_checks import assert_clean, checking_figures
 from experiments import chance
 from netalchemy import config as config_lib
-from netalchemy import experiment, mlp, stats, sweep
+from netalchemy import experiment, mlp, stats, store, sweep, train
 from netalchemy.config import RANDOMNESS_STREAMS
 
 # ----------------------------------------------------------------------------- rules
@@ -94,18 +93,19 @@ def test_std_ratio_ci_known_answers():
     assert flat.high == np.inf  # no spread at all in the reference
 
 
-def test_majority_vote_and_pair_error_churn():
-    preds = np.array([[0, 1, 2, 2], [0, 1, 1, 0], [1, 1, 2, 0]])
-    np.testing.assert_array_equal(chance.majority_vote(preds, 3), [0, 1, 2, 0])
-    np.testing.assert_array_equal(chance.majority_vote(np.array([[0], [1]]), 2), [0])  # tie: lower class
-    labels = np.array([0, 1, 2, 0])
-    err, churn = chance.pair_error_and_churn(preds, labels)  # errors 1/4, 1/4, 1/4
-    np.testing.assert_allclose(err, [0.25, 0.25, 0.25])
-    np.testing.assert_allclose(churn, [0.5, 0.5, 0.5])
-    assert np.all(churn <= 2 * err + 1e-12)
+def test_drift_is_the_relative_distance_and_the_churn_to_the_reference():
+    ref = {"params": np.array([[[3.0, 4.0], [6.0, 8.0]]]), "predictions": np.array([[[0, 1, 2, 3], [0, 1, 2, 3]]])}
+    twin = {"params": np.array([[[3.0, 4.0], [6.0, 18.0]]]), "predictions": np.array([[[0, 1, 2, 3], [0, 0, 0, 3]]])}
+    dist, churn = chance.drift(ref, twin)  # (runs, evaluations) = (1, 2)
+    np.testing.assert_allclose(dist, [[0.0, 1.0]])  # ‖(0, 10)‖ / ‖(6, 8)‖
+    np.testing.assert_allclose(churn, [[0.0, 0.5]])
 
 
-# ----------------------------------------------------------------------------- training pieces
+# ----------------------------------------------------------------------------- hooks
+
+
+def _bits(a):
+    return np.asarray(a).view(np.int32).astype(np.int64)
 
 
 def test_perturb_one_ulp_changes_exactly_one_weight_by_one_ulp():
@@ -113,24 +113,34 @@ def test_perturb_one_ulp_changes_exactly_one_weight_by_one_ulp():
     params = tuple(mlp.Layer(jnp.asarray(rng.normal(size=shape), jnp.float32), jnp.zeros(shape[1], jnp.float32))
                    for shape in ((3, 5), (5, 4), (4, 2)))
     moved = chance.perturb_one_ulp(params)
-    bits = lambda a: np.asarray(a).view(np.int32)
     changed = 0
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(moved)):
-        diff = bits(b).astype(np.int64) - bits(a).astype(np.int64)
+        diff = _bits(b) - _bits(a)
         changed += np.count_nonzero(diff)
         assert set(np.unique(np.abs(diff))) <= {0, 1}
     assert changed == 1 and float(moved[0].w[0, 0]) != float(params[0].w[0, 0])
 
 
-@pytest.mark.parametrize("vary", [("init",), ("data",), ("dropout",), RANDOMNESS_STREAMS])
-def test_source_streams_are_the_keys_sweep_uses(vary):
-    cfg = config_lib.Config(seeds=config_lib.SeedsConfig(n=3, start=5, vary=vary))
-    seeds = np.arange(5, 8)
-    ours = chance.source_streams(seeds, vary, 5)
-    theirs = sweep.run_streams(cfg, seeds)
-    for name, a, b in zip(RANDOMNESS_STREAMS, ours, theirs):
-        b = b if name in vary else jnp.stack([b] * 3)
-        np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
+def test_ulp_hook_moves_only_the_runs_from_first_on():
+    cfg = config_lib.Config()
+    state = train.init_state(train.Streams(*(train.stream_key(0, s) for s in RANDOMNESS_STREAMS)), 0.01, cfg=cfg,
+                             in_features=40, num_classes=10)
+    hook = chance.UlpFrom(first=4)
+    for run, moved in ((0, False), (3, False), (4, True), (7, True)):
+        out = hook(state, jnp.int32(run), cfg)
+        diffs = [np.count_nonzero(_bits(b) - _bits(a)) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(out))]
+        assert sum(diffs) == int(moved)
+
+
+def test_snapshot_hook_gives_flat_params_and_test_predictions():
+    cfg = config_lib.Config()
+    state = train.init_state(train.Streams(*(train.stream_key(0, s) for s in RANDOMNESS_STREAMS)), 0.01, cfg=cfg,
+                             in_features=40, num_classes=10)
+    x = np.random.default_rng(0).normal(size=(7, 40)).astype(np.float32)
+    out = chance.snapshot(state, None, train.Data(x, None, x, None), cfg)
+    assert out["params"].shape == (40 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10,)
+    np.testing.assert_array_equal(out["predictions"], train.predict(state.params, state.bn_state, x, cfg=cfg))
+    assert float(out["params"][0]) == float(state.params[0].w[0, 0])
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -163,36 +173,37 @@ def test_tiny_profile_end_to_end(tiny):
     for v in verdicts:
         assert v.verdict in experiment.VERDICTS and v.rule
         assert (out_dir / v.figure).stat().st_size > 5000
-    for name in ("a1_accuracy.png", "a2_spread.png", "verdicts.json", "summary.json"):
+    for name in ("a1_accuracy.png", "a2_spread.png", "verdicts.json", "a1.npz", "a2.npz"):
         assert (out_dir / name).exists()
     a1 = verdicts[0]
     assert a1.value is not None and 0 <= a1.ci_low <= a1.value <= a1.ci_high <= 1
     a7 = np.load(out_dir / "a7.npz")
-    assert np.all(a7["dist_copy"] == 0)  # the control stays bitwise identical
+    np.testing.assert_array_equal(a7["steps"], [0, 25, 50, 75, 100])
+    assert np.all(a7["dist_copy"] == 0) and np.all(a7["churn_copy"] == 0)  # the control stays bitwise identical
     assert np.all(a7["dist_seed"][:, -1] > 0.1) and np.all(a7["dist_ulp"][:, 0] < 1e-6)
+    assert np.all(a7["dist_ulp"][:, 0] > 0) and np.all(a7["dist_hand"][:, 0] == 0)  # one ulp apart; same init
     # Running again reuses every stored part and reports the same verdicts.
     _, again = experiment.run_experiment("chance", profile="tiny", root=out_dir.parent.parent)
     assert again == verdicts
 
 
-class Recomputed(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_cache_recomputes_exactly_the_part_whose_setting_changed(tiny, tmp_path, monkeypatch):
+def test_every_sweep_is_the_engine_s_and_an_edited_setting_never_reuses_a_stale_part(tiny, tmp_path, monkeypatch):
     out = tmp_path / "tiny"
     shutil.copytree(tiny[0], out)
-    # Each part's first computation, made to stop the run at once: it shows which part recomputes.
-    first = {"A1": "mean_softmax", "A2": "train_runs", "A7": "a7_init"}
-    mocks = {part: mock.Mock(side_effect=Recomputed(part)) for part in first}
-    for part, name in first.items():
-        monkeypatch.setattr(chance, name, mocks[part])
+    folders = {p.name for p in out.iterdir() if (p / "config.json").exists()}
+    assert folders == {"a1", "a2-init", "a2-data", "a2-dropout", "a2-all", "a7-ref", "a7-hand", "a7-seed"}
+    ref = sweep.load(out / "a7-ref")
+    assert ref.measures["params"].shape[:2] == (3 * 2, 5) and list(ref.lrs) == [ref.lrs[0]] * 6
+    calls, engine = [], sweep.run
+    monkeypatch.setattr(sweep, "run", lambda cfg, **kw: calls.append(kw["out_dir"].name) or engine(cfg, **kw))
     s = chance.PROFILES["tiny"]
-    chance.run(s, out)  # unchanged: every part reused
-    assert not any(m.called for m in mocks.values())
-    with pytest.raises(Recomputed, match="A2"):
+    chance.run(s, out)  # unchanged: every part's stored arrays reused, no sweep even opened
+    assert calls == []
+    # An edited setting recomputes its part only; its sweep folder, trained with the old config, is refused.
+    with pytest.raises(store.StoreError, match="a2-init holds a sweep with a different config"):
         chance.run(dataclasses.replace(s, a2_dropout=0.2), out)
-    with pytest.raises(Recomputed, match="A7"):
+    assert calls == ["a2-init"]
+    with pytest.raises(store.StoreError, match="a7-ref holds a sweep with a different config"):
         chance.run(dataclasses.replace(s, a7_eval_every=50), out)
-    assert not mocks["A1"].called
+    assert calls == ["a2-init", "a7-ref"]
