@@ -81,8 +81,12 @@ def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Seque
     experiment.on_dataset(None, dataset)  # an unknown dataset is refused before anything runs
     folder = store.ensure_writable(audit_dir(root, profile, dataset))
     started = time.perf_counter()
-    entries = []
+    entries, skipped = [], {}
     for name in names:
+        if dataset != "mnist1d" and experiment.dataset_free(name):
+            skipped[name] = f"not rerun on {dataset}: {experiment.dataset_free(name)}; see the MNIST-1D audit"
+            log(f"[audit] {name}: {skipped[name]}")
+            continue
         t0 = time.perf_counter()
         log(f"[audit] {name} ({profile}) ...")
         out_dir, _ = experiment.run_experiment(name, profile=profile, root=folder, reuse=True, dataset=dataset)
@@ -95,16 +99,18 @@ def run_audit(profile: str = "quick", *, root: Path = Path("runs"), names: Seque
         # kernel's 65 530 mappings per process later in a full audit.
         jax.clear_caches()
     seconds = time.perf_counter() - started
-    write_report(folder, profile, entries, seconds, dataset=dataset)
+    write_report(folder, profile, entries, seconds, dataset=dataset, skipped=skipped)
     return folder
 
 
-def ledger(entries, claims: Optional[Mapping[str, claims_lib.Claim]] = None) -> list[dict]:
+def ledger(entries, claims: Optional[Mapping[str, claims_lib.Claim]] = None,
+           skipped: Optional[Mapping[str, str]] = None) -> list[dict]:
     """One row per claim, in the claims file's order; claims no experiment measured are marked so.
 
     Args:
       entries: (experiment name, its folder, its verdicts.json record) per experiment run.
       claims: the claims by id; default `claims.load()`.
+      skipped: experiment name -> why this audit did not run it (shown as the measurement).
     Returns:
       dicts with a verdict's fields (`flip_point` only where stored) plus `statement`,
       `experiment` (the name, None when not measured) and `folder`.
@@ -117,7 +123,8 @@ def ledger(entries, claims: Optional[Mapping[str, claims_lib.Claim]] = None) -> 
     rows = []
     for claim_id, claim in claims.items():
         missing = {"claim": claim_id, "verdict": NOT_MEASURED, "value": None, "ci_low": None, "ci_high": None,
-                   "measurement": f"not run in this audit (the {claim.experiment} experiment measures it)",
+                   "measurement": (skipped or {}).get(claim.experiment)
+                   or f"not run in this audit (the {claim.experiment} experiment measures it)",
                    "rule": "", "figure": None, "unit": "", "experiment": None, "folder": None}
         rows.append(found.get(claim_id, missing) | {"statement": claim.statement})
     return rows
@@ -200,11 +207,12 @@ def _section(name: str, out_dir: Path, record: Mapping, folder: Path, smoke: boo
 
 
 def write_report(folder: Path, profile: str, entries, seconds: float,
-                 claims: Optional[Mapping[str, claims_lib.Claim]] = None, dataset: str = "mnist1d") -> None:
+                 claims: Optional[Mapping[str, claims_lib.Claim]] = None, dataset: str = "mnist1d",
+                 skipped: Optional[Mapping[str, str]] = None) -> None:
     """Writes report.md, report.html and ledger.md into `folder` (see the module docstring)."""
     claims = claims_lib.load() if claims is None else claims
     smoke = is_smoke(profile)
-    rows = ledger(entries, claims)
+    rows = ledger(entries, claims, skipped)
     prov = store.provenance()
     counts: dict[str, int] = {}
     for r in rows:
@@ -226,6 +234,8 @@ def write_report(folder: Path, profile: str, entries, seconds: float,
     md += md_table(("claim", "statement", "verdict", "value", "95% CI", "flips at"),
                    [(claim_cell(r), r["statement"], _verdict_md(r["verdict"], smoke), _value(r), _ci(r), _flip(r))
                     for r in rows])
+    if skipped:
+        md += ["", "Skipped: " + "; ".join(f"{name}, {md_escape(why)}" for name, why in skipped.items()) + "."]
     across = stability.table(Path(folder).parent.parent, list(claims))
     if across:
         md += ["", "## Stability across audits", "", "Each claim's verdict in every quick and full audit stored "

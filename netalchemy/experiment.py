@@ -45,6 +45,11 @@ DATASETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def dataset_free(name: str) -> Optional[str]:
+    """Why experiment `name` does not depend on the dataset (its module's `DATASET_FREE`), or None."""
+    return getattr(load_module(name), "DATASET_FREE", None)
+
+
 class ExperimentError(ValueError):
     """Unknown experiment or profile; the message is one line."""
 

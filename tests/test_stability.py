@@ -1,0 +1,132 @@
+"""The audit on another dataset, and each claim's verdict across audits (stability marks)."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from netalchemy import audit, experiment, stability, store
+from netalchemy.config import Config, DataConfig
+from netalchemy.data import clear_cache
+from netalchemy.data import fashion_mnist_builder as fm
+
+from test_fashion_mnist import write_fashion
+
+
+def _data_configs(node):
+    """Every DataConfig inside a settings object."""
+    if isinstance(node, Config):
+        return [node.data]
+    if isinstance(node, DataConfig):
+        return [node]
+    if isinstance(node, tuple):
+        return [d for x in node for d in _data_configs(x)]
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return [d for f in dataclasses.fields(node) for d in _data_configs(getattr(node, f.name))]
+    return []
+
+
+@pytest.mark.parametrize("name", experiment.EXPERIMENTS)
+def test_every_run_config_of_every_profile_moves_to_the_dataset(name):
+    module = experiment.load_module(name)
+    if experiment.dataset_free(name):  # e.g. gradcheck: random inputs of each architecture
+        assert not any(d.name == "mnist1d" for s in module.PROFILES.values() for d in _data_configs(s))
+        return
+    for profile, settings in module.PROFILES.items():
+        before = _data_configs(settings)
+        assert before, f"{name}/{profile} has no run config for a dataset to apply to"
+        after = _data_configs(experiment.on_dataset(settings, "article"))
+        assert len(after) == len(before)
+        assert all((d.name, d.classes, d.image_size, d.train_size) == ("fashion_mnist", "0,6", 64, 4000) for d in after)
+        # Nothing but the data changed, and MNIST-1D is the settings as they are.
+        assert experiment.on_dataset(settings, "mnist1d") is settings
+
+
+def test_an_unknown_dataset_is_a_one_line_error_with_a_suggestion():
+    with pytest.raises(experiment.ExperimentError, match="did you mean 'fashion_mnist'"):
+        experiment.on_dataset(None, "fashon_mnist")
+    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "audit", "--dataset", "fashon_mnist"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "did you mean 'fashion_mnist'" in r.stderr
+
+
+def test_folders_name_the_dataset(tmp_path):
+    assert audit.audit_dir(tmp_path, "quick") == tmp_path / "audit" / "quick"
+    assert audit.audit_dir(tmp_path, "full", "fashion_mnist") == tmp_path / "audit" / "full-fashion_mnist"
+    assert experiment.experiment_dir(tmp_path, "chance", "quick", None, False, "article") == \
+        tmp_path / "chance" / "quick-article"
+
+
+def test_an_experiment_runs_on_fashion_mnist_files(tmp_path, monkeypatch):
+    """End to end on small IDX files the test writes (the real ones need not be installed)."""
+    write_fashion(tmp_path / "idx", n_train=4000, n_test=200)
+    monkeypatch.setattr(fm, "SYSTEM_DIRS", (str(tmp_path / "idx"),))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    clear_cache()
+    out_dir, verdicts = experiment.run_experiment("stages", profile="tiny", root=tmp_path / "runs",
+                                                  dataset="fashion_mnist")
+    clear_cache()
+    record = store.read_json(out_dir / "verdicts.json")
+    assert out_dir == tmp_path / "runs" / "stages" / "tiny-fashion_mnist"
+    assert record["dataset"] == "fashion_mnist" and verdicts
+    assert all(d["name"] == "fashion_mnist" for d in _data_configs(
+        experiment.on_dataset(experiment.resolve_settings("stages", "tiny"), "fashion_mnist")))
+
+
+def _audit(root, profile, dataset, verdicts):
+    """A stored audit folder holding one experiment's verdicts.json."""
+    folder = audit.audit_dir(root, profile, dataset) / "chance" / (profile if dataset == "mnist1d" else
+                                                                   f"{profile}-{dataset}")
+    store.write_json(folder / "verdicts.json", {"experiment": "chance", "profile": profile, "dataset": dataset,
+                                                "verdicts": [{"claim": c, "verdict": v, "value": x, "ci_low": lo,
+                                                              "ci_high": hi, "flip_point": 0.5}
+                                                             for c, (v, x, lo, hi) in verdicts.items()]})
+
+
+def test_marks_and_explanations_from_stored_audits(tmp_path):
+    ok = ("supported", 0.7, 0.6, 0.8)
+    _audit(tmp_path, "quick", "mnist1d", {"A1": ok, "A2": ok, "A7": ok, "M1": ok})
+    _audit(tmp_path, "full", "mnist1d", {"A1": ok, "A2": ("contradicted", 0.3, 0.2, 0.4), "A7": ok, "M1": ok})
+    _audit(tmp_path, "quick", "fashion_mnist", {"A1": ok, "A2": ok, "A7": ("inconclusive", 0.55, 0.45, 0.65)})
+    _audit(tmp_path, "tiny", "mnist1d", {"A1": ("contradicted", 0.1, 0.0, 0.2)})  # a smoke test: left out
+    found = stability.collect(tmp_path)
+    assert stability.columns(found) == [("mnist1d", "quick"), ("mnist1d", "full"), ("fashion_mnist", "quick")]
+    assert stability.mark({c: found[c]["A1"] for c in found}) == ("stable", [])
+    kind, lines = stability.mark({c: found[c]["A2"] for c in found})
+    assert kind == "profile-sensitive"
+    assert lines == ["MNIST-1D quick supported (0.7 [0.6, 0.8], flips at 0.5) → "
+                     "MNIST-1D full contradicted (0.3 [0.2, 0.4], flips at 0.5)"]
+    assert stability.mark({c: found[c]["A7"] for c in found})[0] == "dataset-sensitive"
+    text = "\n".join(stability.table(tmp_path, ["A1", "A2", "A7", "M1", "M2"]))
+    assert "| A1 | supported | supported | supported | stable |" in text
+    assert "| M1 | supported | supported | — | stable |" in text
+    assert "| M2 | — | — | — | not measured |" in text
+    assert "Marks: stable 2, profile-sensitive 1, dataset-sensitive 1, not measured 1." in text
+    # The command prints it and writes stability.md; a damaged file is one line.
+    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "| A2 | supported | contradicted | supported | profile-sensitive |" in r.stdout
+    assert (tmp_path / "audit" / "stability.md").read_text().startswith("| claim | MNIST-1D quick |")
+    (tmp_path / "audit" / "full" / "chance" / "full" / "verdicts.json").write_text("{not json")
+    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "verdicts.json" in r.stderr
+
+
+def test_fewer_than_two_audits_is_a_one_line_error(tmp_path):
+    assert stability.table(tmp_path) == []
+    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "fewer than two" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_an_audit_on_another_dataset_skips_dataset_free_experiments_and_says_why(tmp_path):
+    folder = audit.run_audit("quick", root=tmp_path, names=("gradcheck",), dataset="fashion_mnist", log=lambda _: None)
+    assert folder == tmp_path / "audit" / "quick-fashion_mnist" and not (folder / "gradcheck").exists()
+    report = (folder / "report.md").read_text()
+    assert report.startswith("# netalchemy audit, quick profile, fashion_mnist")
+    assert ("Skipped: gradcheck, not rerun on fashion_mnist: its gradients are checked on random inputs and labels, "
+            "so no dataset enters; see the MNIST-1D audit.") in report
+    rows = {r["claim"]: r for r in audit.ledger([], skipped={"gradcheck": "why"})}
+    assert rows["M1"]["verdict"] == audit.NOT_MEASURED and rows["M1"]["measurement"] == "why"
