@@ -1,10 +1,9 @@
-"""Batch norm (M12, A4): Santurkar et al. measures against direct computation, the stability
-statistics and verdict rules on synthetic numbers, and the tiny profile end to end."""
+"""Batch norm (M12, A4): the Santurkar et al. hook against direct computation and against the engine's
+own metrics, the stability statistics and verdict rules on synthetic numbers, and the tiny profile end to end."""
 
 import dataclasses
 import math
 import shutil
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -14,16 +13,19 @@ from jax.flatten_util import ravel_pytree
 
 from figure_checks import assert_clean, checking_figures
 from experiments import batchnorm as bn
-from netalchemy import backprop, mlp, store
-from netalchemy.config import ConfigError, ModelConfig, override
+from netalchemy import backprop, mlp, store, sweep, train
+from netalchemy.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig, override
+from netalchemy.data import load
 from netalchemy.experiment import run_experiment
 from netalchemy.stats import CI
 
 
 def small_net(batch_norm: bool, seed: int = 0):
-    cfg = ModelConfig(hidden=(6, 5), batch_norm=batch_norm, dtype="float64")
+    """A float64 net and a 16-example training set that is one full batch (so the hook's minibatch is all of it)."""
+    cfg = Config(model=ModelConfig(hidden=(6, 5), batch_norm=batch_norm, dtype="float64"),
+                 train=TrainConfig(batch_size=16))
     k_init, k_x, k_y = jax.random.split(jax.random.key(seed), 3)
-    params, state = mlp.init(k_init, cfg, in_features=4, num_classes=3)
+    params, state = mlp.init(k_init, cfg.model, in_features=4, num_classes=3)
     x = jax.random.normal(k_x, (16, 4), jnp.float64)
     y = jax.random.randint(k_y, (16,), 0, 3)
     return cfg, params, state, x, y
@@ -50,33 +52,58 @@ def reference(params, state, x, y, lr, etas, *, cfg):
 def test_landscape_measures_match_a_direct_computation(batch_norm):
     with jax.enable_x64(True):
         cfg, params, state, x, y = small_net(batch_norm)
-        lr, etas = 0.3, jnp.array([0.1, 0.5, 2.0])
-        measure = jax.jit(bn.measure_landscape, static_argnames="cfg")
-        m = measure(params, state, x, y, cfg=cfg, lr=lr, etas=etas)
+        lr, etas = 0.3, (0.1, 0.5, 2.0)
+        at = train.TrainState(jnp.zeros((), jnp.int32), params, state, (), jnp.full((), -1, jnp.int32))
+        streams = train.Streams(*(jax.random.key(1),) * 3)
+
+        def measure(hook):
+            return jax.tree.map(np.asarray, jax.jit(lambda s, d: hook(s, streams, d, cfg))(at, train.Data(x, y, x, y)))
+
+        m = measure(bn.Smoothness(etas, lr))
         loss, along, change, gnorm, ics_l2, ics_cos = map(np.asarray, jax.jit(reference, static_argnames="cfg")(
-            params, state, x, y, lr, etas, cfg=cfg))
-        np.testing.assert_allclose(m.loss, loss, rtol=1e-12)
-        np.testing.assert_allclose(m.losses_along, along, rtol=1e-10)
-        np.testing.assert_allclose(m.grad_change, change, rtol=1e-8, atol=1e-14)
-        np.testing.assert_allclose(m.loss_range, along.max() - along.min(), rtol=1e-10)
-        np.testing.assert_allclose(m.beta, np.max(change / (np.asarray(etas) * gnorm)), rtol=1e-8)
-        np.testing.assert_allclose(m.ics_l2[-1], ics_l2, rtol=1e-8)
-        np.testing.assert_allclose(m.ics_cos[-1], ics_cos, rtol=1e-8)
-        assert m.ics_l2.shape == (2,) and bn.layer_names(3) == ["L2", "out"]
+            params, state, x, y, lr, jnp.asarray(etas), cfg=cfg.model))
+        np.testing.assert_allclose(m["loss"], loss, rtol=1e-12)
+        np.testing.assert_allclose(m["losses_along"], along, rtol=1e-10)
+        np.testing.assert_allclose(m["grad_change"], change, rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(m["grad_norm"], gnorm, rtol=1e-12)
+        np.testing.assert_allclose(m["loss_range"], along.max() - along.min(), rtol=1e-10)
+        np.testing.assert_allclose(m["grad_pred"], change.max(), rtol=1e-8)
+        np.testing.assert_allclose(m["beta"], np.max(change / (np.asarray(etas) * gnorm)), rtol=1e-8)
+        np.testing.assert_allclose(m["ics_l2"][-1], ics_l2, rtol=1e-8)
+        np.testing.assert_allclose(m["ics_cos"][-1], ics_cos, rtol=1e-8)
+        grads = jax.grad(lambda p: backprop.objective(p, state, x, y, cfg=cfg.model)[0])(params)
+        layer_norms = [np.linalg.norm(ravel_pytree(g)[0]) for g in grads[1:]]
+        np.testing.assert_allclose(m["ics_rel"], m["ics_l2"] / layer_norms, rtol=1e-10)
+        assert m["ics_l2"].shape == (2,)
         # With lr = 0 nothing moves before layer i: no shift at all.
-        still = measure(params, state, x, y, cfg=cfg, lr=0.0, etas=etas)
-        np.testing.assert_allclose(still.ics_l2, 0.0, atol=1e-15)
-        np.testing.assert_allclose(still.ics_cos, 1.0, rtol=1e-12)
+        still = measure(bn.Smoothness(etas, 0.0))
+        np.testing.assert_allclose(still["ics_l2"], 0.0, atol=1e-15)
+        np.testing.assert_allclose(still["ics_cos"], 1.0, rtol=1e-12)
 
 
-def test_stable_runs_and_largest_stable_lr_per_seed():
+def test_the_hook_sees_the_state_and_minibatch_of_the_next_step():
+    """Evaluating after every step, the hook's L(θ_t) and ‖g‖ on step t's minibatch are the engine's own
+    batch loss and gradient norm of step t (the next interval's): same state, same batch."""
+    cfg = override(Config(), ["model.hidden=[8]", "model.batch_norm=true", "train.steps=3", "train.eval_every=1",
+                              "train.batch_size=25", "seeds.n=2", "optim.name=sgd"])
+    r = sweep.run(cfg, dataset=load(DataConfig()), progress=False, measure=bn.Smoothness((0.1, 1.0), 0.1))
+    assert r.measures["beta"].shape == (2, 4) and r.measures["ics_rel"].shape == (2, 4, 1)
+    np.testing.assert_allclose(r.measures["loss"][:, :-1], r.history["batch_loss"][:, 1:], rtol=1e-5)
+    np.testing.assert_allclose(r.measures["grad_norm"][:, :-1], r.history["grad_norm"][:, 1:], rtol=1e-5)
+
+
+def test_stability_table_per_seed_and_per_lr():
     lrs = np.array([0.01, 0.1, 1.0, 10.0])
     diverged = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 1], [1, 1, 1]], bool)  # (lrs, seeds)
     final = np.array([[2.2, 2.2, 2.2], [1.0, 1.0, 2.3], [0.5, 2.31, 0.4], [0.3, 0.3, 0.3]])
-    stable = bn.stable_runs(diverged, final, threshold=0.9 * math.log(10))
-    np.testing.assert_array_equal(stable, [[0, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]])
-    edge = bn.largest_stable_lr(stable, lrs)
-    np.testing.assert_array_equal(edge, [1.0, 0.1, np.nan])
+    t = bn.stability_table(diverged, final, lrs, threshold=0.9 * math.log(10))
+    np.testing.assert_array_equal(t["stable"], [[0, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(t["edge"], [1.0, 0.1, np.nan])
+    np.testing.assert_allclose(t["divergence_rate"], [0, 0, 1 / 3, 1])
+    assert t["first_divergence"] == 1.0  # one seed of three diverged there
+    assert np.isnan(t["final_loss"][3]).all()  # diverged runs have no final loss
+    calm = bn.stability_table(np.zeros((2, 2), bool), np.full((2, 2), 3.0), lrs[:2], threshold=2.0)
+    assert calm["first_divergence"] is None and np.isnan(calm["edge"]).all()  # nothing diverged, nothing stable
 
 
 def test_ratio_cis():
@@ -127,8 +154,11 @@ def test_settings_and_grid():
     np.testing.assert_allclose(bn.lr_grid(s), np.logspace(-2, 2, 9))
     assert bn.lr_grid(bn.PROFILES["full"]).size == 16
     assert override(s, ["base.optim.lr=0.5"]).base.optim.lr == 0.5
-    with pytest.raises(ConfigError):
-        override(s, ["landscape_steps=55"])  # not a multiple of measure_every
+    assert override(s, ["landscape_lr=1.0"]).landscape_lr == 1.0
+    with pytest.raises(ConfigError, match="landscape_lr"):
+        override(s, ["landscape_lr=0.2"])  # not a rate of the grid: no runs to read
+    with pytest.raises(ConfigError, match="eta_multipliers"):
+        override(s, ["eta_multipliers=[1.0]"])
 
 
 @pytest.fixture(scope="module")
@@ -156,27 +186,23 @@ def test_tiny_profile_end_to_end(tiny):
     for v in verdicts:
         assert v.value is not None and v.ci_low <= v.value <= v.ci_high
         assert v.verdict in ("supported", "contradicted", "inconclusive", "depends")
-    for name in ("stability.png", "landscape.png", "ics.png", "summary.json", "verdicts.json"):
+    for name in ("stability.png", "landscape.png", "ics.png", "verdicts.json"):
         assert (out_dir / name).exists()
-    land = np.load(out_dir / "landscape-bn.npz")
-    assert land["beta"].shape == (2, 2) and land["ics_cos"].shape == (2, 2, 2)
-    assert np.isfinite(land["beta"]).all()
+    result = sweep.load(out_dir / "bn")  # 5 lrs × 2 seeds, evaluated at steps 0, 20, 40
+    assert result.cfg.model.batch_norm and not sweep.load(out_dir / "nobn").cfg.model.batch_norm
+    assert result.measures["beta"].shape == (10, 3) and result.measures["ics_cos"].shape == (10, 3, 2)
+    at_lr = np.isclose(result.lrs, 0.1)
+    assert at_lr.sum() == 2 and np.isfinite(result.measures["beta"][at_lr]).all()
 
 
-def test_landscape_cache_recomputes_exactly_when_a_setting_it_depends_on_changes(tiny, tmp_path, monkeypatch):
+def test_finished_sweeps_are_reused_and_edited_settings_refused(tiny, tmp_path, monkeypatch):
     out = tmp_path / "tiny"
     shutil.copytree(tiny[0], out)
-    # Stands in for the measurement (whose compilation is slow): the η grid it would use.
-    measure = mock.Mock(side_effect=lambda s, variant, dataset: {"etas": s.landscape_lr * np.asarray(s.eta_multipliers)})
-    monkeypatch.setattr(bn, "measure_variant", measure)
+    reused, original = [], sweep.run
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: reused.append(original(*a, **k).reused))
     s = bn.PROFILES["tiny"]
-    bn.run(s, out)  # unchanged: both landscapes reused
-    assert measure.call_count == 0
-    edited = dataclasses.replace(s, eta_multipliers=(0.5, 1.0, 2.0))
-    bn.run(edited, out)
-    assert measure.call_count == 2
-    np.testing.assert_allclose(store.read_npz(out / "landscape-bn.npz")["etas"], [0.05, 0.1, 0.2])
-    bn.run(edited, out)
-    assert measure.call_count == 2
-    bn.run(dataclasses.replace(edited, landscape_lr=0.2), out)
-    assert measure.call_count == 4
+    bn.run(s, out)
+    assert reused == [True, True]  # nothing retrained
+    assert [v.verdict for v in bn.report(out)] == [v.verdict for v in tiny[1]]
+    with pytest.raises(store.StoreError, match="different config"):  # a stale measurement is never reused
+        bn.run(dataclasses.replace(s, eta_multipliers=(0.5, 1.0, 2.0)), out)
