@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from netalchemy import config as config_lib
-from netalchemy import mlp, per_run, plots, stats, store, sweep
+from netalchemy import per_run, plots, probes, stats, store, sweep
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.data import load
 from netalchemy.experiment import Verdict
@@ -63,24 +63,6 @@ PROFILES = {
 # ----------------------------------------------------------------------------- measurements
 
 
-def near_zero_fraction(params: mlp.Params, model: ModelConfig, rel: float) -> np.ndarray:
-    """(runs,) fraction of all dense weights with |w| < rel × their layer's initial scale sqrt(gain / fan_in)
-    (`mlp.init`: gain 2 for He init, else 1); `params` has a leading (runs,) axis (`SweepResult.final`)."""
-    ws, gain = [np.abs(np.asarray(layer.w)) for layer in params], 2.0 if model.init == "he" else 1.0  # (runs, in, out)
-    small = sum((w < rel * np.sqrt(gain / w.shape[1])).sum(axis=(1, 2)) for w in ws)
-    return small / sum(w.shape[1] * w.shape[2] for w in ws)
-
-
-def mean_abs_correlation(h: np.ndarray, eps: float = 1e-8) -> float:
-    """Mean |Pearson correlation| over pairs of distinct units of `h` (examples, units); units that
-    never vary (dead ReLUs) are left out; NaN if fewer than two units vary."""
-    h = np.asarray(h, np.float64)[:, np.std(h, axis=0) > eps]
-    if h.shape[1] < 2:
-        return float("nan")
-    corr = np.abs(np.corrcoef(h, rowvar=False))  # (units, units)
-    return float(corr[~np.eye(len(corr), dtype=bool)].mean())
-
-
 def measure(s: Settings, out_dir: Path) -> dict[str, np.ndarray]:
     """Per variant (the baseline "none", then each regularizer alone at each strength): its sweep (resumable
     in out_dir/sweeps/<variant>) and per-seed measurements at the end, keyed `<variant>/<name>`."""
@@ -99,9 +81,9 @@ def measure(s: Settings, out_dir: Path) -> dict[str, np.ndarray]:
             "train_acc": np.where(diverged, np.nan, h["train_acc"][:, -1]),
             "test_acc": np.where(diverged, np.nan, h["test_acc"][:, -1]), "diverged": diverged,
             "gap": np.where(diverged, np.nan, h["train_acc"][:, -1] - h["test_acc"][:, -1]),
-            "sparsity": near_zero_fraction(params, cfg.model, rel),
-            "near_zero_curve": np.stack([near_zero_fraction(params, cfg.model, t) for t in REL_GRID], axis=1),
-            "coadaptation": np.array([mean_abs_correlation(x) for x in last_hidden]),
+            "sparsity": probes.near_zero_fraction(params, cfg.model, rel),
+            "near_zero_curve": np.stack([probes.near_zero_fraction(params, cfg.model, t) for t in REL_GRID], axis=1),
+            "coadaptation": np.array([probes.mean_abs_correlation(x) for x in last_hidden]),
             "train_acc_curve": h["train_acc"], "test_acc_curve": h["test_acc"], "steps": h["step"][0]}.items()}
     return arrays
 
@@ -181,10 +163,9 @@ def regularizer_verdict(claim: str, compared: dict[str, Optional[dict]], split: 
 # ----------------------------------------------------------------------------- report
 
 
-def draw_figures(r: dict, rows: list[dict], best: Sequence[str], out_dir: Path) -> None:
-    """strengths.png: test accuracy (top) and gap (bottom) vs strength, a column per kind; weights.png: the
-    share of weights below t × initial scale vs t (|w|'s CDF) without and with L1; curves.png: learning
-    curves of no regularization and the `best` levels."""
+def plot_strengths(r: dict, rows: list[dict], path: Path) -> Path:
+    """Test accuracy (top) and generalization gap (bottom) against strength, a column per kind, beside
+    no regularization (mean, 95% CI over seeds)."""
     kinds = [k for k in KINDS if any(v["kind"] == k for v in rows)]
     fig, axes = plots.subplots(2, len(kinds), figsize=(3.6 * len(kinds), 6), squeeze=False, sharey="row")
     metrics = {"test_acc": "test accuracy", "gap": "generalization gap (train − test acc)"}
@@ -206,8 +187,12 @@ def draw_figures(r: dict, rows: list[dict], best: Sequence[str], out_dir: Path) 
             ax.legend(fontsize=7)
     fig.suptitle(f"Regularization on {int(r['n_train'])} MNIST-1D training examples "
                  f"({len(r['none/test_acc'])} seeds, final step)")
-    plots.save(fig, out_dir / "strengths.png")
+    return plots.save(fig, path)
 
+
+def plot_weights(r: dict, rows: list[dict], path: Path) -> Path:
+    """The share of weights below t × initial scale against t (the CDF of |w| / initial scale, per seed),
+    without and with L1; the near-zero threshold marked."""
     rel, (fig, ax) = float(r["sparsity_rel"]), plots.subplots(figsize=(7, 4))
     for i, v in enumerate([v for v in rows if v["kind"] in ("none", "l1")]):
         label = "no regularization" if v["kind"] == "none" else f"L1 λ₁={v['level']:g}"
@@ -217,8 +202,12 @@ def draw_figures(r: dict, rows: list[dict], best: Sequence[str], out_dir: Path) 
     ax.set(xscale="log", xlabel="t: |w| / initial weight scale sqrt(2 / fan_in)", ylabel="share of weights with "
            "|w| below t × initial scale", title="Weight magnitudes after training, with and without L1")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    plots.save(fig, out_dir / "weights.png")
+    return plots.save(fig, path)
 
+
+def plot_curves(r: dict, best: Sequence[str], path: Path) -> Path:
+    """Learning curves (test: median and IQR over seeds; train: dashed median) of no regularization and
+    the `best` level of each kind."""
     fig, ax = plots.subplots(figsize=(7, 4.5))
     for i, name in enumerate(["none", *best]):
         color, steps = "k" if name == "none" else f"C{i}", r[f"{name}/steps"]
@@ -228,7 +217,7 @@ def draw_figures(r: dict, rows: list[dict], best: Sequence[str], out_dir: Path) 
            "regularization vs the best level of each kind")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    plots.save(fig, out_dir / "curves.png")
+    return plots.save(fig, path)
 
 
 def report(out_dir: Path) -> list[Verdict]:
@@ -243,7 +232,9 @@ def report(out_dir: Path) -> list[Verdict]:
         v["name"]: {m: stats.summarize(r[f"{v['name']}/{m}"]) for m in FINALS} for v in rows},
         "comparisons": {k: c and {key: val.as_dict() if isinstance(val, stats.CI) else val for key, val in c.items()}
                         for k, c in cmp.items()}})
-    draw_figures(r, rows, [c["name"] for c in cmp.values() if c], out_dir)
+    plot_strengths(r, rows, out_dir / "strengths.png")
+    plot_weights(r, rows, out_dir / "weights.png")
+    plot_curves(r, [c["name"] for c in cmp.values() if c], out_dir / "curves.png")
     split = f"best level chosen on seeds 1–{len(selection)}, judged on the other {len(judging)}"
     return [regularizer_verdict("M11", {"dropout": cmp["dropout"]}, split),
             regularizer_verdict("M13", {"L1": cmp["l1"], "L2": cmp["l2"]}, split,

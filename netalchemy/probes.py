@@ -1,14 +1,17 @@
-"""What the layers of a trained net hold: activations per layer, linear probes, and the linear
-CKA similarity of two representations.
+"""What the layers of a trained net hold: activations per layer, linear probes, the linear CKA
+similarity of two representations (and which layers of two nets match), the co-adaptation of a
+layer's units, and the share of near-zero weights.
 
 References: Alain & Bengio 2016 (linear classifier probes); Kornblith et al. 2019
-(*Similarity of Neural Network Representations Revisited*: CKA).
+(*Similarity of Neural Network Representations Revisited*: CKA); Cogswell et al. 2016 (DeCov:
+correlated hidden units as co-adaptation).
 """
 
 from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -82,3 +85,37 @@ def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
     if not denominator > 0:
         return math.nan
     return float(np.clip(cross / denominator, 0.0, 1.0))
+
+
+def cka_matrix(reps_a: Sequence[ArrayLike], reps_b: Sequence[ArrayLike]) -> np.ndarray:
+    """(layers_a, layers_b) linear CKA between every layer of one net and every layer of another,
+    each layer's representation (n, width) of the same n examples."""
+    return np.array([[linear_cka(a, b) for b in reps_b] for a in reps_a])
+
+
+def correspondence(cross: ArrayLike) -> float:
+    """Share of hidden layers (all but the first and last rows of a `cka_matrix` between two nets:
+    input, hidden…, logits) whose most CKA-similar layer in the other net is the same layer."""
+    cross = np.asarray(cross)
+    return float(np.mean([np.nanargmax(cross[i]) == i for i in range(1, cross.shape[0] - 1)]))
+
+
+def mean_abs_correlation(h: ArrayLike, eps: float = 1e-8) -> float:
+    """Mean |Pearson correlation| over pairs of distinct units of `h` (examples, units): how much a
+    layer's units co-adapt (Cogswell et al. 2016). Units that never vary (dead ReLUs) are left out;
+    NaN if fewer than two units vary."""
+    h = np.asarray(h, np.float64)
+    h = h[:, np.std(h, axis=0) > eps]
+    if h.shape[1] < 2:
+        return math.nan
+    corr = np.abs(np.corrcoef(h, rowvar=False))  # (units, units)
+    return float(corr[~np.eye(len(corr), dtype=bool)].mean())
+
+
+def near_zero_fraction(params: mlp.Params, model: ModelConfig, rel: float) -> np.ndarray:
+    """(runs,) share of all dense weights with |w| < rel × their layer's initial scale sqrt(gain / fan_in)
+    (`mlp.init`: gain 2 for He init, else 1). `params` has a leading (runs,) axis (`SweepResult.final`)."""
+    gain = 2.0 if model.init == "he" else 1.0
+    ws = [np.abs(np.asarray(layer.w)) for layer in params]  # each (runs, fan_in, fan_out)
+    small = sum((w < rel * np.sqrt(gain / w.shape[1])).sum(axis=(1, 2)) for w in ws)
+    return small / sum(w.shape[1] * w.shape[2] for w in ws)

@@ -7,8 +7,7 @@ import pytest
 
 from figure_checks import assert_clean, checking_figures
 from experiments import regularization as reg
-from netalchemy import mlp, stats, store
-from netalchemy.config import ModelConfig
+from netalchemy import stats, store
 from netalchemy.experiment import VERDICTS, run_experiment
 
 
@@ -126,26 +125,6 @@ def test_compare_on_synthetic_seeds():
     assert c["coadaptation_change"].estimate == pytest.approx(-0.1)
     assert reg.regularizer_verdict("M11", {"dropout": c}, "split").verdict == "supported"
     assert reg.compare(r, "l1", [], *reg.split_seeds(n)) is None  # no level of that kind ran
-
-
-def test_near_zero_fraction_is_relative_to_the_init_scale():
-    model = ModelConfig()
-    scale = np.sqrt(2 / 4)  # He init, fan-in 4
-    w = np.array([[0.0, 0.8 * 0.01 * scale], [2 * 0.01 * scale, 1.0]] * 2)  # (4, 2): half the entries near zero
-    params = (mlp.Layer(w[None], np.zeros((1, 2))),)
-    assert reg.near_zero_fraction(params, model, 0.01) == pytest.approx([0.5])
-    assert reg.near_zero_fraction(params, model, 1e3) == pytest.approx([1.0])
-    lecun = ModelConfig(init="lecun")  # gain 1: the threshold shrinks by sqrt(2), so 0.8 × the He one is above it
-    assert reg.near_zero_fraction(params, lecun, 0.01) == pytest.approx([0.25])
-
-
-def test_mean_abs_correlation():
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((5000, 1))
-    h = np.concatenate([z, 2 * z + 1, -z, np.zeros((5000, 1))], axis=1)  # 3 perfectly correlated units, 1 dead
-    assert reg.mean_abs_correlation(h) == pytest.approx(1.0)
-    assert reg.mean_abs_correlation(rng.standard_normal((20000, 5))) < 0.03
-    assert np.isnan(reg.mean_abs_correlation(np.zeros((10, 3))))
 
 
 def test_too_few_judging_seeds_give_no_verdict():

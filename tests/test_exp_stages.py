@@ -7,30 +7,10 @@ import pytest
 from figure_checks import assert_clean, checking_figures
 from experiments import stages
 from netalchemy import config as config_lib
-from netalchemy import mlp, probes, store, sweep
+from netalchemy import probes, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig
 from netalchemy.data import Dataset
 from netalchemy.experiment import run_experiment
-
-
-def test_ridge_probe_reads_a_linearly_separable_code_and_not_noise():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 600)
-    separable = np.eye(3)[y] * 5 + rng.normal(size=(600, 3)) * 0.1
-    noise = rng.normal(size=(600, 3))
-    acc = lambda f: float(probes.ridge_probe_accuracy(f[:400], y[:400], f[400:], y[400:], num_classes=3))
-    assert acc(separable) == 1.0
-    assert abs(acc(noise) - 1 / 3) < 0.12
-
-
-def test_representations():
-    cfg = ModelConfig(hidden=(7, 5))
-    params, state = mlp.init(jax.random.key(0), cfg, in_features=3, num_classes=2)
-    x = jax.random.normal(jax.random.key(1), (50, 3))
-    reps = probes.representations(params, state, x, cfg=cfg)
-    assert [r.shape for r in reps] == [(50, 3), (50, 7), (50, 5), (50, 2)]
-    np.testing.assert_allclose(reps[1], np.maximum(np.asarray(x) @ np.asarray(params[0].w) + np.asarray(params[0].b), 0),
-                               rtol=1e-5, atol=1e-6)
 
 
 def test_probe_accuracies_of_every_run_match_one_run_at_a_time():
@@ -50,33 +30,60 @@ def test_probe_accuracies_of_every_run_match_one_run_at_a_time():
     assert np.all(got[:, 0] == got[0, 0])  # the input layer is the same for every run
 
 
-def test_correspondence_counts_hidden_layers_matched_to_themselves():
-    perfect = np.eye(5) * 0.5 + 0.4
-    assert stages.correspondence(perfect) == 1.0
-    shifted = perfect.copy()
-    shifted[1, 2] = 0.95  # hidden layer 1 now best matches layer 2
-    assert stages.correspondence(shifted) == 2 / 3
+def test_disjoint_pairs_use_each_seed_once():
+    assert stages.disjoint_pairs(5) == [(0, 1), (2, 3)]
+    assert stages.disjoint_pairs(16) == [(a, a + 1) for a in range(0, 16, 2)]
+    assert stages.disjoint_pairs(1) == []
+    seeds = [s for pair in stages.disjoint_pairs(9) for s in pair]
+    assert len(seeds) == len(set(seeds)) == 8
 
 
-def test_verdict_rules_on_synthetic_numbers():
-    seeds = 20
-    rising = np.tile([0.2, 0.4, 0.6, 0.8, 0.9], (seeds, 1)) + np.random.default_rng(0).normal(0, 0.01, (seeds, 5))
-    m14 = stages.m14_verdict(rising)
-    assert m14.verdict == "supported" and m14.value == pytest.approx(0.6, abs=0.01)  # 0.8 − 0.2 (logits excluded)
-    # The step nearest to flipping is the smallest gain, 0.2, whose CI low end is the flip point.
-    assert 0.19 < m14.flip_point < 0.2 and "layer 2→3 supported" in m14.flip_text
-    flat_then = rising.copy()
-    flat_then[:, 3] = flat_then[:, 2]
-    assert stages.m14_verdict(flat_then).verdict == "depends"
-    falling = rising[:, ::-1].copy()
-    assert stages.m14_verdict(falling).verdict == "contradicted"
-    matched = np.stack([np.eye(6) * 0.5 + 0.4] * 10)
-    a5 = stages.a5_verdict(matched, "supported")
-    assert a5.verdict == "supported" and (a5.value, a5.flip_point) == (1.0, 1.0)
-    assert "(M14: supported)" in a5.rule and stages.HOMOLOGY.describe() in a5.rule
-    assert stages.a5_verdict(matched, "contradicted").verdict == "depends"
-    scrambled = np.stack([np.roll(np.eye(6), 1, axis=1) * 0.5 + 0.4] * 10)
-    assert stages.a5_verdict(scrambled, "contradicted").verdict == "contradicted"
+def test_probe_gain_and_stage_share_by_hand():
+    trained = np.array([[0.3, 0.5, 0.6, 0.7, 0.8, 0.9],  # input, 4 hidden, logits
+                        [0.3, 0.5, 0.5, 0.5, 0.5, 0.9]])
+    init = np.array([[0.3, 0.4, 0.4, 0.3, 0.2, 0.1],
+                     [0.3, 0.3, 0.3, 0.2, 0.3, 0.1]])
+    gain = stages.probe_gain(trained, init)
+    np.testing.assert_allclose(gain, [[0, 0.1, 0.2, 0.4, 0.6], [0, 0.2, 0.2, 0.3, 0.2]], atol=1e-12)
+    # seed 0: the gain rises at all 4 transitions; seed 1: at 0→1 and 2→3 (flat at 1→2, falls at 3→4)
+    np.testing.assert_allclose(stages.stage_share(trained, init), [1.0, 0.5])
+
+
+def _probes(gains, seeds=20):
+    """(trained, init) probe accuracies whose per-layer gain over init is `gains` (input, hidden…), ± noise."""
+    noise = np.random.default_rng(0).normal(0, 0.01, (seeds, len(gains) + 1))
+    init = np.full((seeds, len(gains) + 1), 0.3) + noise
+    init[:, 0] = 0.25  # the input is the same for the trained and the untrained net
+    trained = init + np.array([*gains, 0.0]) + np.random.default_rng(1).normal(0, 0.01, init.shape)
+    trained[:, 0] = init[:, 0]
+    return trained, init
+
+
+def test_m14_judges_the_gain_over_the_untrained_net():
+    m14 = stages.m14_verdict(*_probes([0, 0.2, 0.4, 0.6, 0.8]))
+    assert m14.verdict == "supported" and m14.value == pytest.approx(0.6, abs=0.02)  # gain 0.8 at the last − 0.2
+    # Every step adds ≈ 0.2; the nearest to flipping is a step, whose CI low end (≈ 0.19) is the flip point.
+    assert 0.17 < m14.flip_point < 0.2 and m14.flip_of.startswith("layer ")
+    assert stages.m14_verdict(*_probes([0, 0.2, 0.4, 0.4, 0.4])).verdict == "depends"  # rises, then saturates
+    assert stages.m14_verdict(*_probes([0, 0.3, 0.2, 0.1, 0.0])).verdict == "contradicted"  # deeper layers gain less
+    assert stages.m14_verdict(*_probes([0, 0.3, 0.3, 0.3, 0.3])).verdict == "inconclusive"
+    # Trained accuracy rising with depth is not enough: here random features rise as much (the gain is flat).
+    trained, init = _probes([0, 0.3, 0.3, 0.3, 0.3])
+    ramp = np.array([0, 0, 0.1, 0.2, 0.3, 0])
+    assert np.all(np.diff((trained + ramp).mean(0)[:-1]) > 0.05)
+    assert stages.m14_verdict(trained + ramp, init + ramp).verdict == "inconclusive"
+
+
+def test_a5_judges_homology_over_disjoint_pairs_and_stages_on_their_own():
+    matched, scrambled = np.stack([np.eye(6) * 0.5 + 0.4] * 10), np.stack([np.roll(np.eye(6), 1, axis=1) * 0.5 + 0.4] * 10)
+    rising = _probes([0, 0.2, 0.4, 0.6, 0.8])
+    falling = _probes([0, 0.4, 0.3, 0.2, 0.1])
+    a5 = stages.a5_verdict(matched, *rising)
+    assert a5.verdict == "supported" and (a5.value, a5.ci_low) == (1.0, 1.0)
+    assert stages.HOMOLOGY.describe() in a5.rule and stages.STAGE_RISE.describe() in a5.rule
+    assert stages.a5_verdict(matched, *falling).verdict == "depends"  # homology without stages
+    assert stages.a5_verdict(scrambled, *falling).verdict == "contradicted"
+    assert stages.a5_verdict(scrambled, *rising).verdict == "depends"
 
 
 def test_tiny_profile_end_to_end(tmp_path):
@@ -88,11 +95,15 @@ def test_tiny_profile_end_to_end(tmp_path):
     assert all(v.flip_point is not None and v.flip_text.startswith(v.verdict) for v in verdicts)
     assert (out_dir / "probes.png").exists() and (out_dir / "cka.png").exists() and (out_dir / "verdicts.json").exists()
     r = store.read_npz(out_dir / "results.npz")
-    assert r["probe_trained"].shape == r["probe_init"].shape == (3, 6)  # 3 seeds; input, 4 hidden, logits
-    assert r["cka_within"].shape == (3, 6, 6) and r["cka_cross"].shape == (3, 6, 6)  # 3 pairs of 3 seeds
+    assert r["probe_trained"].shape == r["probe_init"].shape == (4, 6)  # 4 seeds; input, 4 hidden, logits
+    np.testing.assert_array_equal(r["probe_trained"][:, 0], r["probe_init"][:, 0])  # the input: no gain
+    assert r["cka_within"].shape == (4, 6, 6) and r["cka_cross"].shape == (2, 6, 6)  # pairs (0, 1), (2, 3)
+    np.testing.assert_array_equal(r["pairs"], [[0, 1], [2, 3]])
     np.testing.assert_allclose(np.diagonal(r["cka_within"], axis1=1, axis2=2), 1.0, rtol=1e-6)  # a layer vs itself
     # results.npz is cached by the full settings: an edited CKA setting recomputes it on the same sweep
     finished = sweep.load(out_dir / "sweep").finished
-    stages.run(config_lib.override(stages.PROFILES["tiny"], ["cka_pairs=1"]), out_dir)
-    assert store.read_npz(out_dir / "results.npz")["cka_cross"].shape == (1, 6, 6)
+    stages.run(config_lib.override(stages.PROFILES["tiny"], ["cka_examples=50"]), out_dir)
+    again = store.read_npz(out_dir / "results.npz")
+    assert not np.allclose(again["cka_cross"], r["cka_cross"])
+    np.testing.assert_array_equal(again["probe_trained"], r["probe_trained"])
     assert sweep.load(out_dir / "sweep").finished == finished
