@@ -6,8 +6,9 @@ Here the MNIST-1D MLP (40-100-100-10, Adam) is trained (one `sweep.run` per leve
 examples with label noise p ∈ {0, 0.25, 0.5, 0.75, 1} (`data.label_noise`: round(p·n) training
 labels redrawn uniformly from all classes; test labels never corrupted). Per seed and level:
 train accuracy on the noisy labels trained on (the history's, re-checked against both label sets
-with `per_run.logits`), test accuracy on clean labels, steps to fit (first evaluation with train
-accuracy ≥ `fit_threshold`), and how often a relabelled example is predicted as its original class.
+with `per_run.logits`), test accuracy on clean labels, steps to fit (`curves.first_crossing` of train
+accuracy up to `fit_threshold`, interpolated between evaluations), and how often a relabelled example
+is predicted as its original class.
 results.npz is a `store.cached` value keyed by the full settings.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from netalchemy import config as config_lib
-from netalchemy import per_run, plots, stats, store, sweep
+from netalchemy import curves, per_run, plots, stats, store, sweep
 from netalchemy.config import Config, DataConfig, ModelConfig, OptimConfig, SeedsConfig, TrainConfig
 from netalchemy.data import Dataset, load
 from netalchemy.experiment import Verdict
@@ -57,12 +58,6 @@ PROFILES = {
 # ----------------------------------------------------------------------------- measurements
 
 
-def steps_to_fit(acc: np.ndarray, steps: np.ndarray, threshold: float) -> np.ndarray:
-    """(seeds,) first step at which acc (seeds, evaluations) reaches `threshold`; NaN if it never does."""
-    hit = np.asarray(acc, np.float64) >= threshold
-    return np.where(hit.any(axis=1), np.asarray(steps, np.float64)[np.argmax(hit, axis=1)], np.nan)
-
-
 def plateaued(acc: np.ndarray, tolerance: float = PLATEAU_TOLERANCE) -> bool:
     """True when the mean over seeds of acc (seeds, evaluations) rose by less than `tolerance`
     over the last quarter of training (so more steps would not change the verdict)."""
@@ -92,7 +87,7 @@ def measure_level(cfg: Config, dataset: Dataset, clean: Dataset, threshold: floa
     h, noisy, original = result.history, np.asarray(dataset.y_train), np.asarray(clean.y_train)
     check = label_check(per_run.logits(result.final, dataset.x_train, cfg=cfg).argmax(-1), noisy, original)
     return {**{m: h[m] for m in ("step", "train_acc", "test_acc", "train_loss", "diverged")}, **check,
-            "steps_to_fit": steps_to_fit(h["train_acc"], h["step"][0], threshold),
+            "steps_to_fit": curves.first_crossing(h["step"][0], h["train_acc"], threshold, below=False),
             "labels_changed": np.mean(noisy != original),
             "history_vs_noisy_max_diff": np.nanmax(np.abs(h["train_acc"][:, -1] - check["acc_noisy_labels"]))}
 
@@ -149,7 +144,7 @@ def summarize_level(r: dict, p: float) -> dict:
     k = f"noise-{p:g}"
     dead = r[f"{k}/diverged"][:, -1].astype(bool)
     final = lambda m: np.where(dead, np.nan, r[f"{k}/{m}"][:, -1])  # noqa: E731
-    fit = r[f"{k}/steps_to_fit"]  # NaN: not fitted
+    fit = r[f"{k}/steps_to_fit"]  # +inf: not fitted (the CI is over the fitted seeds)
     return {"noise": p, "key": k, "seeds": int(len(dead)), "diverged": int(dead.sum()),
             "train_acc": stats.bootstrap_ci(final("train_acc")), "test_acc": stats.bootstrap_ci(final("test_acc")),
             "steps_to_fit": stats.bootstrap_ci(fit), "fitted": int(np.isfinite(fit).sum()),
@@ -239,7 +234,9 @@ def report(out_dir: Path) -> list[Verdict]:
                            measurement="label noise 1.0 (random labels) was not run")]
     clean, growth = next((row for row in rows if row["noise"] == 0.0), None), ""
     if clean is not None:
-        ratio = stats.bootstrap_ci(r[f"{random['key']}/steps_to_fit"] / r[f"{clean['key']}/steps_to_fit"])
+        slow, fast = r[f"{random['key']}/steps_to_fit"], r[f"{clean['key']}/steps_to_fit"]
+        both = np.isfinite(slow) & np.isfinite(fast)  # seeds fitted at both levels
+        ratio = stats.bootstrap_ci(np.where(both, slow, np.nan) / np.where(both, fast, np.nan))
         growth = (f"; steps to train acc ≥ {threshold:g}: {clean['steps_to_fit'].text()} with clean labels "
                   f"({clean['fitted']}/{clean['seeds']} fitted) vs {random['steps_to_fit'].text()} with random ones "
                   f"({random['fitted']}/{random['seeds']} fitted), per-seed ratio {ratio.text()}")

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.stats
 from numpy.typing import ArrayLike
 
-__all__ = ["CI", "LogLogFit", "bootstrap_ci", "finite_or_none", "fraction_ci", "independent_bootstrap_ci", "iqm",
+__all__ = ["CI", "LogLogFit", "bootstrap_ci", "finite_or_none", "fraction_ci", "geometric_ci", "independent_bootstrap_ci", "iqm",
            "paired_bootstrap_ci", "paired_improvement_ci", "probability_of_improvement",
            "probability_of_improvement_ci", "proportion_ci", "slope_loglog", "summarize"]
 
@@ -151,6 +151,14 @@ def bootstrap_ci(values: ArrayLike, *, statistic: Callable[..., Any] = np.mean, 
     for index in np.ndindex(*arr.shape[:-1]):
         out[index] = _bootstrap_1d(_finite(arr[index]), statistic, confidence, n_resamples, rng)
     return CI(out[..., 0], out[..., 1], out[..., 2])
+
+
+def geometric_ci(values: ArrayLike, *, confidence: float = 0.95, seed: int = 0) -> CI:
+    """Geometric mean over seeds of positive values (ratios, boundaries in epochs) with a BCa
+    bootstrap CI: :func:`bootstrap_ci` of log10, transformed back. Non-finite and ≤ 0 values are dropped."""
+    v = np.asarray(values, np.float64).ravel()
+    ci = bootstrap_ci(np.log10(v[np.isfinite(v) & (v > 0)]), confidence=confidence, seed=seed)
+    return CI(*(10.0 ** x if np.isfinite(x) else math.nan for x in ci))
 
 
 def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:

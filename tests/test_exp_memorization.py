@@ -33,6 +33,12 @@ def test_tiny_profile_end_to_end(tmp_path, monkeypatch):
     assert r["noise-0/labels_changed"] == 0.0
     assert r["noise-1/labels_changed"] == pytest.approx(0.9, abs=0.05)  # a redrawn label keeps its class 1/10 of the time
     assert [v.verdict for v in mem.report(out_dir)] == [v.verdict for v in verdicts]
+    for key in ("noise-0", "noise-1"):  # a finite step to fit lies between the evaluations around the crossing
+        steps, acc, fit = r[f"{key}/step"][0], r[f"{key}/train_acc"], r[f"{key}/steps_to_fit"]
+        for seed in np.flatnonzero(np.isfinite(fit)):
+            first = np.argmax(acc[seed] >= 0.99)
+            assert steps[max(first - 1, 0)] <= fit[seed] <= steps[first]
+        assert np.all(np.isfinite(fit) == (acc >= 0.99).any(axis=1))  # +inf exactly where never fitted
 
     # results.npz is cached by the full settings: reused as is, recomputed after an edit (the sweeps reused)
     finished = sweep.load(out_dir / "sweeps" / "noise-1").finished
@@ -43,12 +49,9 @@ def test_tiny_profile_end_to_end(tmp_path, monkeypatch):
     assert sweep.load(out_dir / "sweeps" / "noise-1").finished == finished
 
 
-def test_steps_to_fit_and_plateau():
-    steps = np.array([0, 50, 100, 150, 200])
+def test_plateau():
     acc = np.array([[0.1, 0.5, 0.99, 1.0, 1.0],
                     [0.1, 0.2, 0.3, 0.4, 0.5]])
-    fit = mem.steps_to_fit(acc, steps, 0.99)
-    assert fit[0] == 100 and np.isnan(fit[1])
     assert mem.plateaued(acc[:1])  # flat over the last quarter
     assert not mem.plateaued(acc[1:])  # still rising
 

@@ -15,10 +15,11 @@ from netalchemy.stats import CI
 EPOCHS = np.arange(0, 2001, dtype=np.float64)  # evaluated every epoch, 2000 epochs
 
 
-def curves(onset=100.0, overfit=True):
-    """Synthetic curves with the article's shape: fast fall, slow fine tuning, then the test
-    loss turning up at `onset` while the train loss keeps falling; gradients shrink."""
-    e = EPOCHS
+def curves(onset=100.0, overfit=True, scale=1.0):
+    """Synthetic curves with the article's shape: fast fall, slow fine tuning, then the test loss
+    turning up at `onset` × `scale` while the train loss keeps falling; gradients shrink. `scale`
+    stretches time, as a dataset with longer epochs would."""
+    e = EPOCHS / scale
     train = 0.2 * np.exp(-e / 800) + 2.0 * np.exp(-e / 10) + 0.5 * np.exp(-e / 200)
     test = 1.5 + 1.2 * np.exp(-e / 10) + 0.3 * np.exp(-e / 80)
     if overfit:
@@ -27,37 +28,32 @@ def curves(onset=100.0, overfit=True):
     return train, test, grad
 
 
-def test_smooth_log_keeps_constants_epoch_zero_and_skips_nan():
-    v = np.full(EPOCHS.shape, 2.5)
-    v[0] = 7.0
-    v[1] = np.nan
-    out = phases.smooth_log(EPOCHS, v)
-    assert out[0] == 7.0  # epoch 0 is its own window
-    assert np.isnan(out[1])  # the only point in its window is NaN
-    np.testing.assert_allclose(out[2:], 2.5)
-    # A late point averages the epochs within ±0.05 decades (891..1122 around 1000).
-    ramp = phases.smooth_log(EPOCHS, EPOCHS)
-    assert ramp[1000] == pytest.approx(np.mean(np.arange(892, 1123)))
-
-
-def test_detect_phases_finds_the_three_phases_in_order():
+def test_detect_phases_finds_the_phases_in_order():
     train, test, grad = curves(onset=100.0)
-    d = phases.detect_phases(EPOCHS, train, test, grad, test_acc=-test)
+    d = phases.detect_phases(EPOCHS, train, test, grad)
     assert d["overfit_onset"] == pytest.approx(100.0, rel=0.15)
     assert 5 < d["fast_end"] < 60
-    assert d["fast"] and d["grad_shrinks"] and d["overfits"] and d["all_phases"]
-    assert d["rate_ratio"] >= phases.RATE_RATIO and d["grad_ratio"] < phases.GRAD_SHRINK
-    assert d["acc_peak"] == pytest.approx(d["overfit_onset"], rel=0.15)
+    assert d["fast"] and d["overfits"] and d["phases"] and d["grad_shrinks"]
+    assert d["rate_ratio"] >= phases.RATE_RATIO and d["grad_ratio"] < 1.0
+    assert d["onset_over_fast_end"] == d["overfit_onset"] / d["fast_end"]
+
+
+def test_the_boundary_ratio_does_not_depend_on_the_epoch_scale():
+    """Stretching time ×3 (an epoch three times shorter) moves both boundaries ×3 and keeps their ratio."""
+    d1, d3 = (phases.detect_phases(EPOCHS, *curves(onset=60.0, scale=k)) for k in (1.0, 3.0))
+    assert d3["overfit_onset"] == pytest.approx(3 * d1["overfit_onset"], rel=0.1)
+    assert d3["fast_end"] == pytest.approx(3 * d1["fast_end"], rel=0.1)
+    assert d3["onset_over_fast_end"] == pytest.approx(d1["onset_over_fast_end"], rel=0.1)
 
 
 def test_detect_phases_without_overfitting_or_with_flat_gradients():
     train, test, grad = curves(overfit=False)
     d = phases.detect_phases(EPOCHS, train, test, grad)
-    assert not d["overfits"] and not d["all_phases"]
+    assert not d["overfits"] and not d["phases"] and math.isnan(d["onset_over_fast_end"])
     train, test, _ = curves()
     flat = np.concatenate([[np.nan], np.full(EPOCHS.size - 1, 1.0)])
-    d = phases.detect_phases(EPOCHS, train, test, flat)
-    assert d["fast"] and d["overfits"] and not d["grad_shrinks"] and not d["all_phases"]
+    d = phases.detect_phases(EPOCHS, train, test, flat)  # gradients are only shown, not judged
+    assert d["fast"] and d["overfits"] and d["phases"] and not d["grad_shrinks"]
 
 
 def test_detect_phases_on_a_diverged_seed_reports_nothing():
@@ -65,39 +61,40 @@ def test_detect_phases_on_a_diverged_seed_reports_nothing():
     train = train.copy()
     train[500:] = np.nan
     d = phases.detect_phases(EPOCHS, train, test, grad)
-    assert not d["all_phases"] and math.isnan(d["overfit_onset"])
+    assert not d["phases"] and math.isnan(d["overfit_onset"])
 
 
-def test_geometric_ci_and_boundary_rule():
-    ci = phases.geometric_ci(np.array([10.0, 100.0, np.nan, 0.0]))
-    assert ci.estimate == pytest.approx(math.sqrt(1000.0))
-    rule = phases.BOUNDARIES["fast_end"]
-    assert rule.edges == pytest.approx((50 / 3, 150)) and phases.BOUNDARIES["overfit_onset"].edges == (500 / 3, 1500)
-    assert rule.decide(CI(50, 30, 90)) == "supported" and rule.flip_point(CI(50, 30, 90)) == 30
-    assert rule.decide(CI(8, 6, 10)) == "contradicted" and rule.flip_point(CI(8, 6, 10)) == 10
-    assert rule.decide(CI(20, 10, 40)) == "inconclusive"
+def test_ratio_rule_is_the_order_of_magnitude_of_ten():
+    rule = phases.RATIO
+    assert rule.edges == pytest.approx((10 ** 0.5, 10 ** 1.5))
+    assert rule.decide(CI(10, 6, 20), n=8) == "supported" and rule.flip_point(CI(10, 6, 20)) == 6
+    assert rule.decide(CI(2, 1.5, 2.5), n=8) == "contradicted" and rule.flip_point(CI(2, 1.5, 2.5)) == 2.5
+    assert rule.decide(CI(4, 2, 8), n=8) == "inconclusive"
+    assert rule.decide(CI(10, 6, 20), n=2) == "inconclusive"  # too few seeds show both boundaries
     assert rule.decide(CI(math.nan, math.nan, math.nan)) == "inconclusive"
 
 
-@pytest.mark.parametrize("fraction, fast, onset, expected", [
-    (CI(0.9, 0.8, 1.0), CI(50, 40, 60), CI(500, 400, 700), "supported"),
-    (CI(0.9, 0.8, 1.0), CI(8, 7, 9), CI(30, 25, 35), "depends"),  # phases exist, 6–16× earlier
-    (CI(0.9, 0.8, 1.0), CI(50, 40, 60), CI(500, 100, 900), "depends"),  # onset CI too wide to match
-    (CI(0.1, 0.0, 0.3), CI(50, 40, 60), CI(500, 400, 700), "contradicted"),
-    (CI(0.5, 0.3, 0.7), CI(50, 40, 60), CI(500, 400, 700), "inconclusive"),
-    (CI(math.nan, math.nan, math.nan), CI(50, 40, 60), CI(500, 400, 700), "inconclusive"),
+@pytest.mark.parametrize("fraction, ratio, expected", [
+    (CI(0.9, 0.8, 1.0), CI(10, 7, 14), "supported"),
+    (CI(0.9, 0.8, 1.0), CI(2, 1.6, 2.4), "depends"),  # phases exist, onset only 2× the fast end
+    (CI(0.9, 0.8, 1.0), CI(10, 2, 50), "inconclusive"),  # ratio CI too wide to tell
+    (CI(0.1, 0.0, 0.3), CI(10, 7, 14), "contradicted"),
+    (CI(0.5, 0.3, 0.7), CI(10, 7, 14), "inconclusive"),
+    (CI(math.nan, math.nan, math.nan), CI(10, 7, 14), "inconclusive"),
 ])
-def test_m10_verdict_rule(fraction, fast, onset, expected):
-    assert phases.m10_verdict(fraction, fast, onset).verdict == expected
+def test_m10_verdict_rule(fraction, ratio, expected):
+    assert phases.m10_verdict(fraction, ratio, n_ratio=8).verdict == expected
 
 
 def test_m10_row_uses_the_wilson_fraction_and_flips_at_the_closest_part():
     fraction = stats.fraction_ci(np.ones(16, bool))  # 16 of 16 seeds: ≈ [0.81, 1], not [1, 1]
-    v = phases.m10_verdict(fraction, CI(50, 40, 60), CI(500, 400, 700))
+    v = phases.m10_verdict(fraction, CI(10, 8, 12), n_ratio=16)
     assert v.verdict == "supported" and v.ci_low == pytest.approx(0.806, abs=1e-3) and v.ci_high == 1.0
-    # In half-widths of their CIs: most seeds is 0.5 / 0.194 = 2.6 from 0.5, the fast end (50 − 16.7) / 10 = 3.3
-    # from its lower edge, the onset (500 − 167) / 100 = 3.3: most seeds is the closest call.
-    assert v.flip_point == pytest.approx(0.806, abs=1e-3) and "fast end supported (flips at 40)" in v.flip_text
+    # In standard errors (half-width / 1.96) on the side facing the threshold: most seeds is 0.5 / 0.099 = 5.1
+    # from 0.5; the ratio (10 − 3.16) / 1.02 = 6.7 from its lower edge: most seeds is the closest call.
+    assert v.flip_point == pytest.approx(0.806, abs=1e-3) and "ratio supported (flips at 8)" in v.flip_text
+    v = phases.m10_verdict(fraction, CI(10, 7, 14), n_ratio=16)  # (10 − 3.16) / 1.53 = 4.5: now the ratio is
+    assert v.flip_point == 7 and v.flip_of == "ratio" and v.flip_unit == "ratio"
 
 
 @pytest.mark.parametrize("loss, acc, expected", [
@@ -121,10 +118,16 @@ def test_tiny_profile_end_to_end(tmp_path):
         assert (out_dir / v.figure).stat().st_size > 1000
     assert (out_dir / "verdicts.json").exists() and (out_dir / "phases.json").exists()
     c = store.read_npz(out_dir / "curves.npz")
-    # The untrained nets measured by `initial_params` are the sweep's own step-0 nets.
-    np.testing.assert_allclose(c["init_he/loss"], c["test_loss"][:, 0], rtol=1e-5)
-    np.testing.assert_allclose(c["init_he/acc"], c["test_acc"][:, 0], rtol=1e-6)
+    # The untrained nets measured by `initial_params` (He init: output gain 2) are the sweep's own step-0 nets.
+    np.testing.assert_allclose(c["out_gain_2/loss"], c["test_loss"][:, 0], rtol=1e-5)
+    np.testing.assert_allclose(c["out_gain_2/acc"], c["test_acc"][:, 0], rtol=1e-6)
+    # Output gain 1 on the same draws: logits ÷ √2 (biases are 0), so every prediction is the same.
+    np.testing.assert_allclose(c["out_gain_2/logit_std"] / c["out_gain_1/logit_std"], math.sqrt(2), rtol=1e-5)
+    np.testing.assert_array_equal(c["out_gain_1/acc"], c["out_gain_2/acc"])
     assert c["epochs"][1] == 1.0  # tiny evaluates once an epoch
+    m6 = verdicts[1]
+    assert "output layer gain 2, the sweep's own he init" in m6.rule and phases.JUDGED_UNDER in m6.measurement
+    assert "Under output gain 1 M6 would be" in m6.measurement
 
 
 
@@ -135,6 +138,6 @@ def test_run_caches_curves_by_the_full_settings(tmp_path, monkeypatch):
     phases.run(tiny, tmp_path)
     phases.run(tiny, tmp_path)  # the same settings: read back, not measured again
     assert calls == [tiny]
-    edited = override(tiny, ["contrast_init=he"])  # any setting, even one the sweep does not see
+    edited = override(tiny, ["contrast_output_gain=2.0"])  # any setting, even one the sweep does not see
     phases.run(edited, tmp_path)
     assert calls == [tiny, edited]

@@ -141,6 +141,16 @@ def test_bootstrap_ci_ignores_nonfinite():
     assert with_nan.estimate == 2.5
 
 
+def test_geometric_ci_is_the_log_scale_bootstrap_transformed_back():
+    ci = stats.geometric_ci(np.array([10.0, 100.0, np.nan, 0.0, -1.0, np.inf]))
+    assert ci.estimate == pytest.approx(math.sqrt(1000.0))  # only 10 and 100 count
+    x = np.array([2.0, 5.0, 9.0, 40.0, 3.0])
+    logs = stats.bootstrap_ci(np.log10(x))
+    np.testing.assert_allclose(stats.geometric_ci(x), [10.0 ** v for v in logs])
+    assert stats.geometric_ci(x * 7).estimate == pytest.approx(7 * stats.geometric_ci(x).estimate)
+    assert all(math.isnan(v) for v in stats.geometric_ci([0.0, np.nan]))
+
+
 def test_bootstrap_ci_degenerate_sizes():
     one = stats.bootstrap_ci([3.5, np.nan])
     assert one == (3.5, 3.5, 3.5)
