@@ -332,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """parse_args, with key=value overrides allowed after options too (`run NAME --profile tiny k=v`):
+    argparse gives a `nargs="*"` positional only the words before the first option (bpo-15112)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _check_command(argv: Sequence[str], commands: Sequence[str]) -> None:
     """A mistyped command gets a suggestion (the command is the first argument: the top level
     has only --help and --version)."""
@@ -347,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()
         _check_command(argv, parser.commands)
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         devices.use_cpu_cores()  # one JAX device per core, before JAX runs anything: sweeps shard runs over them
         if getattr(args, "coordinator", None):
             devices.initialize_processes(args.coordinator, args.processes, args.process_id)

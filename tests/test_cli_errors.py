@@ -219,3 +219,14 @@ def test_train_help_lists_presets(capsys):
     out = capsys.readouterr().out
     for name, description in presets.DESCRIPTIONS.items():
         assert f"  {name}: {' '.join(presets.PRESETS[name])}" in out and description in out
+
+
+def test_overrides_may_follow_options():
+    """argparse alone gives `run NAME --profile tiny k=v` no overrides (bpo-15112); the CLI takes them."""
+    parser = cli.build_parser()
+    args = cli._parse(parser, ["run", "chance", "base.train.steps=5", "--profile", "tiny", "a7_seeds=2"])
+    assert (args.name, args.profile, args.overrides) == ("chance", "tiny", ["base.train.steps=5", "a7_seeds=2"])
+    with pytest.raises(cli.UsageError, match="unrecognized arguments: --bogus"):
+        cli._parse(parser, ["run", "chance", "--profile", "tiny", "--bogus"])
+    with pytest.raises(cli.UsageError, match="unrecognized arguments: a=1"):
+        cli._parse(parser, ["list", "a=1"])  # a command without overrides takes none
