@@ -1,10 +1,9 @@
-"""Learning rate and optimizer: too small is slow, too large diverges; which matters more, lr or seed.
+"""Learning rate and optimizer: too small is slow, too large diverges; what momentum and Adam do; lr or seed.
 
-Claims (experiments/claims.toml): M7 an lr too small is slow, too large unstable (diverges); M8 momentum, Adam
-and RMSProp each beat plain SGD; A3 hyperparameters are found by trial and error (the hand-set lr decides more
-of the outcome than chance). Trained: per optimizer one sweep of every (lr, seed) pair of a log-spaced lr grid.
-Measured and judged by `rules` per claim in `m7`, `m8`, `a3`, each optimizer at its own tuned lr (Choi et al.
-2019; Schmidt et al. 2021). References: Bengio (2012); Wilson et al. (2017); Bouthillier et al. (2021).
+Claims (claims.toml): M7 an lr too small is slow, too large unstable; M8 momentum smooths oscillations, Adam and
+RMSProp adapt the step per parameter; A3 the hand-set lr decides more than chance. Trained per optimizer: a sweep of
+a log-spaced lr grid × tuning seeds (M7, A3, M8's tuning), then M8's at the lr tuned for speed on held-out seeds
+(`m8_sweep`). Judged by `rules` (Choi et al. 2019; Schmidt et al. 2021; Bengio 2012; Bouthillier et al. 2021).
 """
 
 from __future__ import annotations
@@ -12,15 +11,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.stats
 
 from netalchemy import config as config_lib, data as data_lib, plots, spread, stats, store, sweep
+from netalchemy.oscillation import UpdateDynamics, fastest, mean_before_divergence, steps_to_target
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.verdicts import Part, Rule, Verdict, across, judge
 
 CLAIMS = ("M7", "M8", "A3")
+MECHANISM = {"momentum": "sign_flips", "adam": "step_spread", "rmsprop": "step_spread"}  # M8: what each reduces vs SGD
 
 
 def _base(steps: int, eval_every: int, seeds: int, hidden: tuple[int, ...] = (100, 100)) -> Config:
@@ -36,8 +38,8 @@ class Settings:
     lr_min: float = 1e-5
     lr_max: float = 10.0
     n_lrs: int = 13  # log-spaced, lr_min..lr_max inclusive: two per decade
-    target_loss: float = 0.0  # M8's target train loss; 0 = automatic (`m8`)
-    target_quantile: float = 0.9
+    target_fraction: float = 0.5  # M8's fixed target train loss, × ln(classes) (a uniform prediction's loss)
+    replay_steps: int = 4  # consecutive updates M8's hook replays at each evaluation
     slow_margin: float = 0.25  # nats: "much higher" loss at the smallest lr
     unstable_rate: float = 0.5  # failure rate at the largest lr that counts as "diverges"
     a3_window_decades: float = 1.0  # A3 judges the lrs this close to the tuned lr
@@ -45,15 +47,15 @@ class Settings:
     n_resamples: int = 2000  # bootstrap resamples of the variance-share CIs
 
     def __post_init__(self) -> None:
-        config_lib.check(self.baseline in self.optimizers and set(self.optimizers) <= set(config_lib.OPTIMIZERS)
-                         and 0 < self.lr_min < self.lr_max and self.n_lrs >= 2 and 0 < self.target_quantile <= 1,
-                         "need baseline ∈ optimizers ⊆ OPTIMIZERS, 0 < lr_min < lr_max, n_lrs ≥ 2, "
-                         "0 < target_quantile ≤ 1")
+        config_lib.check(self.baseline in self.optimizers and set(self.optimizers) - {self.baseline} <= set(MECHANISM)
+                         and 0 < self.lr_min < self.lr_max and self.n_lrs >= 2 and 0 < self.target_fraction < 1
+                         and self.replay_steps >= 2, f"need baseline ∈ optimizers, the others in {set(MECHANISM)}, "
+                         "0 < lr_min < lr_max, n_lrs ≥ 2, 0 < target_fraction < 1, replay_steps ≥ 2")
 
 
-PROFILES = {  # tiny checks the plumbing: two optimizers (one compilation each), three lrs, two seeds
-    "tiny": Settings(base=_base(100, 25, 2, hidden=(32,)), optimizers=("sgd", "adam"), lr_min=1e-3, n_lrs=3,
-                     n_resamples=200),
+PROFILES = {  # tiny checks the plumbing: three optimizers (both mechanisms), three lrs, two seeds
+    "tiny": Settings(base=_base(100, 25, 2, hidden=(32,)), optimizers=("sgd", "momentum", "adam"), lr_min=1e-3,
+                     n_lrs=3, n_resamples=200),
     "quick": Settings(base=_base(1000, 50, 6), n_lrs=7),  # one lr per decade, 1e-5..1e1
     "full": Settings()}
 
@@ -64,39 +66,37 @@ def lr_grid(s: Settings) -> np.ndarray:
 
 
 def run(s: Settings, out_dir: Path) -> None:
-    """Trains one sweep (lr grid × seeds, one compiled program) per optimizer; resumable."""
+    """Trains per optimizer its lr-grid sweep, then M8's (`m8_sweep`), each one compiled program; resumable."""
     dataset = data_lib.load(s.base.data)
     for name in s.optimizers:
-        sweep.run(config_lib.override(s.base, [f"optim.name={name}"]), lrs=lr_grid(s), dataset=dataset,
-                  out_dir=out_dir / f"sweep-{name}", progress=False)
+        grid = sweep.run(config_lib.override(s.base, [f"optim.name={name}"]), lrs=lr_grid(s), dataset=dataset,
+                         out_dir=out_dir / f"sweep-{name}", progress=False)
+        cfg, hook, folder = m8_sweep(s, grid, dataset.num_classes, out_dir)
+        sweep.run(cfg, dataset=dataset, out_dir=folder, measure=hook, progress=False)
     store.write_json(out_dir / "settings.json", config_lib.to_dict(s))
 
 
+def m8_sweep(s: Settings, grid: sweep.SweepResult, num_classes: int, out_dir: Path) -> tuple[Config, Any, Path]:
+    """M8's sweep: the grid's config at its lr tuned for speed (`oscillation.fastest`; no seed diverged) on the next
+    `seeds.n` seeds (held out: the seeds that chose the lr never judge it), its hook, its folder (named by both)."""
+    loss, _, div, _, _ = finals(grid, num_classes)
+    best = fastest(steps_to_target(grid.history["step"][0], grid.history["train_loss"], s.target_fraction * math.log(
+        num_classes)).reshape(loss.shape), np.where((div | ~np.isfinite(loss)).any(1), np.inf, loss.mean(axis=1)))
+    seeds, hook, lr = grid.cfg.seeds, UpdateDynamics(s.replay_steps), float(lr_grid(s)[best])
+    cfg = config_lib.override(grid.cfg, [f"optim.lr={lr!r}", f"seeds.start={seeds.start + seeds.n}"])
+    return cfg, hook, out_dir / f"m8-{cfg.optim.name}-{store.settings_key([config_lib.to_dict(cfg), repr(hook)])[:12]}"
+
+
 def finals(r: sweep.SweepResult, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """A sweep's (lrs, seeds) final train loss, test accuracy, divergence and failure (runs are lr-major), and the
-    tuned lr's index. A run *failed* if it diverged, ended non-finite or no better than uniform, loss ≥ ln(classes)
-    (Adam and RMSProp rarely overflow at huge lrs, they stall there). The *tuned* lr has the lowest mean final
-    training loss, no seed diverged: M7/M8 are about optimization and MNIST-1D has no validation split."""
+    """A sweep's (lrs, seeds) final train loss, test accuracy, divergence and failure (runs are lr-major), and M7/A3's
+    tuned lr index: lowest mean final train loss, no seed diverged (MNIST-1D has no validation split). *Failed*:
+    diverged, non-finite or loss ≥ ln(classes) (Adam and RMSProp rarely overflow at huge lrs, they stall there)."""
     loss, acc, div = (r.history[m][:, -1].reshape(-1, r.cfg.seeds.n) for m in ("train_loss", "test_acc", "diverged"))
     div, bad = div.astype(bool), div.astype(bool) | ~np.isfinite(loss)
     if bad.any(axis=1).all():
         raise ValueError("every learning rate has a diverged seed")
     tuned = int(np.argmin(np.where(bad.any(axis=1), np.inf, np.nan_to_num(loss).mean(axis=1))))
     return loss, acc, div, bad | (loss >= math.log(num_classes)), tuned
-
-
-def steps_to_target(steps: np.ndarray, losses: np.ndarray, target: float) -> np.ndarray:
-    """(runs,) first step at which each run's loss is ≤ `target`, linearly interpolated between evaluations;
-    +inf where never. `steps`: (evals,) increasing; `losses`: (runs, evals), NaN = not below."""
-    steps, losses = np.asarray(steps, np.float64), np.atleast_2d(np.asarray(losses, np.float64))
-    below = np.isfinite(losses) & (losses <= target)
-    k = below.argmax(axis=1)
-    j, rows = np.maximum(k - 1, 0), np.arange(len(k))
-    hi, lo = losses[rows, j], losses[rows, k]  # the evaluations around the crossing
-    with np.errstate(all="ignore"):
-        t = steps[j] + (hi - target) / (hi - lo) * (steps[k] - steps[j])
-    t = np.where((k > 0) & np.isfinite(hi) & (hi > lo), t, steps[k])
-    return np.where(below.any(axis=1), t, np.inf)
 
 
 def variance_shares_ci(grid: np.ndarray, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, stats.CI]:
@@ -120,7 +120,7 @@ def window_indices(lrs: np.ndarray, best: int, decades: float) -> np.ndarray:
 
 
 def rules(s: Settings) -> dict[str, Rule]:
-    """Each part's rule: M7 "slow" and "unstable", M8 "faster" and "accuracy", A3 "lr over seed"."""
+    """Each part's rule: M7 "slow" and "unstable"; M8 "faster" and the mechanisms (`MECHANISM`); A3 "lr over seed"."""
     return {"slow": Rule("the paired (same seed) excess final train loss, smallest grid lr − tuned lr", s.slow_margin,
                          "above", "visibly higher at the end of the same budget: 'slow'", unit="nats"),
             "unstable": Rule("the failure rate at the largest grid lr (non-finite or final train loss ≥ ln(classes); "
@@ -128,19 +128,21 @@ def rules(s: Settings) -> dict[str, Rule]:
                              unit="fraction of seeds"),
             "faster": Rule("P(an optimizer reaches the target train loss in fewer steps than the baseline), "
                            "Mann-Whitney U / (n·m)", 0.5, "above", "0.5 is no faster", unit="probability"),
-            "accuracy": Rule("P(its final test accuracy > the baseline's)", 0.5, "above", "only its contradiction "
-                             "counts: significantly less accurate", unit="probability"),
+            "sign_flips": Rule("the paired (same seed) drop, baseline − optimizer, in the fraction of parameters "
+                               "whose update changes sign between steps", 0.0, "above", "any damping", unit="fraction"),
+            "step_spread": Rule("the paired drop in log10(q75/q25) of the per-parameter steps |Δθ_i|", 0.0, "above",
+                                "any equalising of SGD's steps ∝ |gradient|", unit="decades"),
             "lr over seed": Rule("lr share − seed share of the final test-accuracy variance near the tuned lr (seeds"
                                  " resampled)", s.a3_margin, "above", "the lr explains clearly more than chance "
                                  "('≫'); contradicted once chance explains more", unit="share", fails_at=0.0)}
 
 
-def m8_one(faster: str, accuracy: str) -> str:
-    """One optimizer vs the baseline: faster and not less accurate → supported; faster but less accurate →
-    depends (a trade-off); slower, or no faster and less accurate → contradicted; else inconclusive."""
-    if faster == "supported":
-        return "depends" if accuracy == "contradicted" else "supported"
-    return "contradicted" if "contradicted" in (faster, accuracy) else "inconclusive"
+def m8_one(mechanism: str, faster: str) -> str:
+    """One optimizer vs the baseline: mechanism supported → supported, or depends when slower to the target (there,
+    but buys no speed); mechanism contradicted → contradicted; else inconclusive (speed alone decides nothing)."""
+    if mechanism == "supported":
+        return "depends" if faster == "contradicted" else "supported"
+    return "contradicted" if mechanism == "contradicted" else "inconclusive"
 
 
 def m7(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
@@ -171,44 +173,43 @@ def m7(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out
                  measurement=f"failure rate at the largest lr, {lrs[-1]:g} (lowest over optimizers); per optimizer the "
                              f"excess train loss at lr {lrs[0]:g}, failure rate: " + "; ".join(
                                  f"{n} {parts[2 * i].ci.estimate:.2f} nats, {parts[2 * i + 1].ci.estimate:.2f}"
-                                 for i, n in enumerate(results)),
-                 figure="lr_sweep.png", unit="failure rate")[0]
+                                 for i, n in enumerate(results)), figure="lr_sweep.png", unit="failure rate")[0]
 
 
-def m8(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
-    """M8 per optimizer vs the baseline at tuned lrs: P(fewer steps to the target train loss; a run that never gets
-    there is censored, ranked last) and P(higher final test accuracy), by `m8_one`; the optimizers across. Target:
-    the largest `target_quantile` quantile of the final train loss over optimizers, unless set. learning_curves.png"""
-    tuned = {n: finals(r, num_classes)[-1] for n, r in results.items()}
-    curve = {(n, m): r.history[m][tuned[n] * r.cfg.seeds.n:][:r.cfg.seeds.n] for n, r in results.items()
-             for m in ("train_loss", "test_acc")}  # (seeds, evals) at the tuned lr
-    target = s.target_loss or max(np.quantile(curve[n, "train_loss"][:, -1], s.target_quantile) for n in results)
-    x, acc = next(iter(results.values())).history["step"][0], {n: curve[n, "test_acc"][:, -1] for n in results}
-    reached = {n: steps_to_target(x, curve[n, "train_loss"], target) for n in results}
+def m8(s: Settings, tuned: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
+    """M8 per optimizer vs the baseline, on held-out seeds at lrs tuned for speed (`m8_sweep`): its mechanism (paired,
+    `MECHANISM`) and P(fewer steps to the target; never: censored, last) by `m8_one`; across. optimizers.png."""
+    goal, rule, x = s.target_fraction * math.log(num_classes), rules(s), next(iter(tuned.values())).history["step"][0]
+    reached = {n: steps_to_target(x, r.history["train_loss"], goal) for n, r in tuned.items()}
     steps = {n: np.nan_to_num(t, posinf=10.0 * x[-1] + 1) for n, t in reached.items()}  # censored: after all others
-    fig, axes = plots.subplots(1, 2, figsize=(12, 4.8))
-    for i, n in enumerate(results):
-        for ax, metric in zip(axes, ("train_loss", "test_acc")):
-            plots.seed_band(ax, x, curve[n, metric], label=f"{n}, lr {lr_grid(s)[tuned[n]]:.2g}", color=f"C{i}",
-                            log_y=metric == "train_loss")
-    axes[0].axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.3g}")
-    axes[0].set(xlabel="step", ylabel="training loss (nats, full train set)")
-    axes[1].set(xlabel="step", ylabel="test accuracy")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7)
-    fig.suptitle("M8: each optimizer at its own tuned lr (lowest mean final train loss)", fontsize=9)
-    plots.save(fig, out_dir / "learning_curves.png")
-    rule, others = rules(s), [n for n in results if n != s.baseline]
+    value = {(n, k): mean_before_divergence(v, r.history["diverged"]) for n, r in tuned.items() for k, v in
+             r.measures.items()}  # (seeds,) per optimizer and hook measure
+    fig, axes = plots.subplots(1, 3, figsize=(15, 4.8))
+    for ax, k, ylabel in zip(axes, ("train_loss", "sign_flips", "step_spread"), ("training loss (nats, full train "
+                             "set)", "fraction of updates changing sign", "log10 q75/q25 of per-parameter |Δθ|")):
+        for i, (n, r) in enumerate(tuned.items()):
+            plots.seed_band(ax, x, np.where(r.history["diverged"] > 0, np.nan, {**r.history, **r.measures}[k]),
+                            color=f"C{i}", label=f"{n}, lr {r.cfg.optim.lr:.2g}", log_y=k == "train_loss")
+        ax.set(xlabel="step", ylabel=ylabel)
+    axes[0].axhline(goal, color="k", ls="--", lw=0.8, label=f"target {goal:.3g}")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=7)
+    fig.suptitle(f"M8: each optimizer at its lr tuned for steps to the target, {r.cfg.seeds.n} held-out seeds; "
+                 f"sign flips and step spread of the next {s.replay_steps} updates", fontsize=9)
+    plots.save(fig, out_dir / "optimizers.png")
+    others, base = [n for n in tuned if n != s.baseline], s.baseline
     parts = [p for n in others for p in (
-        Part(f"{n} faster", rule["faster"], stats.probability_of_improvement_ci(-steps[n], -steps[s.baseline])),
-        Part(f"{n} accuracy", rule["accuracy"], stats.probability_of_improvement_ci(acc[n], acc[s.baseline])))]
-    return judge("M8", parts, lambda d: across([m8_one(d[f"{n} faster"], d[f"{n} accuracy"]) for n in others]),
-                 how="per optimizer `m8_one`, then the optimizers across",
-                 value=min((p.ci for p in parts[::2]), key=lambda ci: ci.estimate),
-                 measurement=f"P(reaching train loss {target:.3g} in fewer steps than {s.baseline}) at tuned lrs "
-                             f"(lowest over optimizers); lower median steps, mean test accuracy: " + "; ".join(
-                                 f"{n} {np.quantile(reached[n], 0.5, method='inverted_cdf'):.0f}, {acc[n].mean():.3f}"
-                                 for n in results),
-                 figure="learning_curves.png", unit="P(faster)")[0]
+        Part(f"{n} {MECHANISM[n]}", rule[MECHANISM[n]], stats.paired_bootstrap_ci(
+            value[base, MECHANISM[n]], value[n, MECHANISM[n]], n_resamples=s.n_resamples)),
+        Part(f"{n} faster", rule["faster"], stats.probability_of_improvement_ci(-steps[n], -steps[base])))]
+    weakest = max(parts[::2], key=lambda p: p.p_value()[0])  # the mechanism nearest to flipping
+    return judge("M8", parts, lambda d: across([m8_one(d[f"{n} {MECHANISM[n]}"], d[f"{n} faster"]) for n in others]),
+                 how="per optimizer `m8_one` (its mechanism, then speed), then the optimizers across",
+                 value=weakest.ci, unit=weakest.rule.unit, figure="optimizers.png",
+                 measurement=f"{weakest.name}: drop vs {base}, mean over evaluations (the mechanism nearest to "
+                             f"flipping); per optimizer lr, sign flips, step spread, lower median steps to loss "
+                             f"{goal:.3g}: " + "; ".join("{} {:.2g}, {:.2f}, {:.2f}, {:.0f}".format(
+                                 n, r.cfg.optim.lr, *(np.nanmean(value[n, k]) for k in ("sign_flips", "step_spread")),
+                                 np.quantile(reached[n], 0.5, method="inverted_cdf")) for n, r in tuned.items()))[0]
 
 
 def a3(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
@@ -228,18 +229,16 @@ def a3(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out
         axes[w].set(xticks=x, xticklabels=list(shares), title=title, ylim=(0, 1.05))
     axes[0].set_ylabel("share of final test-accuracy variance")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
-    fig.suptitle("A3: what explains the spread of accuracy, the learning rate or the seed? (95% CI, seeds resampled)",
-                 fontsize=9)
+    fig.suptitle("A3: what explains the spread of accuracy, the lr or the seed? (95% CI, seeds resampled)", fontsize=9)
     plots.save(fig, out_dir / "variance_shares.png")
     parts = [Part(n, rules(s)["lr over seed"], sh[0]["lr_minus_seed"]) for n, sh in shares.items()]
     return judge("A3", parts, lambda d: across(list(d.values())), how="the optimizers across",
-                 value=min((p.ci for p in parts), key=lambda ci: ci.estimate),
+                 value=min((p.ci for p in parts), key=lambda ci: ci.estimate), figure="variance_shares.png",
                  measurement=f"share of final test-accuracy variance explained by lr minus by seed, lrs within "
                              f"{s.a3_window_decades:g} decade(s) of the tuned lr (lowest over optimizers); lr vs seed "
                              f"share, lr share on the whole grid: " + "; ".join(
                                  f"{n} {sh[0]['lr'].estimate:.2f} vs {sh[0]['seed'].estimate:.2f}, "
-                                 f"{sh[1]['lr'].estimate:.2f}" for n, sh in shares.items()),
-                 figure="variance_shares.png", unit="share")[0]
+                                 f"{sh[1]['lr'].estimate:.2f}" for n, sh in shares.items()), unit="share")[0]
 
 
 def report(out_dir: Path) -> list[Verdict]:
@@ -247,4 +246,5 @@ def report(out_dir: Path) -> list[Verdict]:
     s = config_lib.from_dict(store.read_json(out_dir / "settings.json"), Settings)
     results = {name: sweep.load(out_dir / f"sweep-{name}") for name in s.optimizers}
     classes = store.read_json(out_dir / f"sweep-{s.baseline}" / "config.json")["dataset"]["classes"]
-    return [m7(s, results, classes, out_dir), m8(s, results, classes, out_dir), a3(s, results, classes, out_dir)]
+    tuned = {n: sweep.load(m8_sweep(s, r, classes, out_dir)[2]) for n, r in results.items()}
+    return [m7(s, results, classes, out_dir), m8(s, tuned, classes, out_dir), a3(s, results, classes, out_dir)]
