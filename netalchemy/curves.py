@@ -42,7 +42,7 @@ def knee(x: ArrayLike, y: ArrayLike) -> int:
     if len(x) < 3 or x[-1] == x[0]:
         return 0
     chord = y[0] + (y[-1] - y[0]) * (x - x[0]) / (x[-1] - x[0])  # (evals,)
-    gap = chord - y  # NaN nowhere counts as below
+    gap = chord - y  # how far below the chord; a NaN point never counts
     return int(np.nanargmax(gap)) if np.any(gap > 0) else 0
 
 
