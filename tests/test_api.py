@@ -79,3 +79,27 @@ def test_the_command_draws_with_agg_unless_told_otherwise():
     assert result.stdout.splitlines()[1::2] == ["None", "Agg"], result.stderr  # cli.main(argv) from Python: unchanged
     chosen = python(code, env={"MPLBACKEND": "svg"})
     assert chosen.stdout.splitlines()[1::2] == ["svg", "svg"], chosen.stderr
+
+
+def test_the_readme_hooks_example_runs_and_measures_what_it_says():
+    """The README's measurement/perturbation example, run as written on a tiny config."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    import netalchemy as na
+    from sweep_helpers import tiny
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "measure=weight_norm" in b)
+    cfg = tiny("seeds.n=4")
+    scope = {"na": na, "cfg": cfg}
+    exec(block, scope)
+    result = scope["result"]
+    norms = result.measures["norm"]
+    assert norms.shape == (4, 5)
+    np.testing.assert_allclose(norms, result.history["param_norm"], rtol=1e-6)  # the engine measures the same norm
+    plain = na.sweep.run(cfg, progress=False)
+    w0, w0_plain = result.final.params[0].w, plain.final.params[0].w
+    assert np.array_equal(w0[:2], w0_plain[:2]) and not np.array_equal(w0[2:], w0_plain[2:])
