@@ -1,14 +1,13 @@
 """Layers as stages (claims M14, A5): linear probes per layer, and linear CKA within and across seeds.
 
-The essay likens the layers to the stages of the alchemical work — nigredo, albedo,
-citrinitas, rubedo — and the structure shared by different runs to "homology". Here a
-4-hidden-layer MLP is trained on MNIST-1D over many seeds (one `sweep.run`); each layer's
-representation of the data (`per_run.layers`) is read out with a ridge probe (Alain & Bengio
-2016), after training and — the random-features control — in the same net at initialization
-(a probe on an untrained ReLU layer already reads a lot). The verdicts judge the probe accuracy
-training added (trained − init, same seed). Layers are compared with linear CKA (Kornblith et al.
-2019) within a net and across disjoint seed pairs (0, 1), (2, 3), … so that no seed enters two
-pairs and the pairs are independent. results.npz is a `store.cached` value keyed by the full settings.
+The essay likens the layers to the stages of the alchemical work — nigredo, albedo, citrinitas,
+rubedo — and the structure shared by different runs to "homology". A 4-hidden-layer MLP is trained
+on MNIST-1D over many seeds (one `sweep.run`); each layer's representation (`per_run.layers`) is read
+out with a ridge probe (Alain & Bengio 2016) after training and — the random-features control: a
+probe on an untrained ReLU layer already reads a lot — in the same net at initialization. The
+verdicts judge the probe accuracy training added (trained − init, same seed). Layers are compared
+with linear CKA (Kornblith et al. 2019) within a net and across every pair of seeds; pairs sharing a
+seed are not independent, so the CI resamples seeds (`seed_bootstrap_ci`). results.npz: `store.cached`.
 """
 
 from __future__ import annotations
@@ -77,9 +76,20 @@ def probe_accuracies(nets: Nets, data: Dataset, cfg: Config, *, l2: float) -> np
                      for a, b in zip(train_reps, test_reps)], axis=1)
 
 
-def disjoint_pairs(n: int) -> list[tuple[int, int]]:
-    """Seed pairs (0, 1), (2, 3), …: each seed in at most one pair, so the pairs are independent samples."""
-    return [(a, a + 1) for a in range(0, n - 1, 2)]
+def seed_bootstrap_ci(values: np.ndarray, pairs: np.ndarray, n_seeds: int) -> stats.CI:
+    """BCa CI of the mean of a per-pair statistic `values` (pairs,) over the seed `pairs` (pairs, 2),
+    resampling seeds, not pairs: a pair shares the fate of both its seeds. In a resample every two
+    draws of distinct seeds count as a pair; a resample of one seed only (chance n·n⁻ⁿ) has no pair
+    and counts as the full-sample mean."""
+    v = np.full((n_seeds, n_seeds), np.nan)
+    v[pairs[:, 0], pairs[:, 1]] = v[pairs[:, 1], pairs[:, 0]] = values  # NaN on the diagonal: no self-pairs
+
+    def mean_over_pairs(draws: np.ndarray, axis: int = -1) -> np.ndarray:  # draws (..., n) seed indices
+        m = v[draws[..., :, None].astype(int), draws[..., None, :].astype(int)]  # (..., n, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nan_to_num(np.nansum(m, (-2, -1)) / np.isfinite(m).sum((-2, -1)), nan=np.nanmean(v))
+
+    return stats.bootstrap_ci(np.arange(n_seeds), statistic=mean_over_pairs)
 
 
 def probe_gain(probe_trained: np.ndarray, probe_init: np.ndarray) -> np.ndarray:
@@ -102,7 +112,7 @@ def measure(s: Settings, out_dir: Path) -> dict[str, np.ndarray]:
                                       num_classes=data.num_classes))
     reps = per_run.layers(result.final, data.x_test[: s.cka_examples], cfg=cfg)  # per layer (runs, examples, width)
     per_seed = [[r[k] for r in reps] for k in range(len(result.seeds))]
-    pairs = disjoint_pairs(len(per_seed))
+    pairs = [(a, b) for a in range(len(per_seed)) for b in range(a + 1, len(per_seed))]
     churn = spread.churn(result.test_predictions)
     return {"probe_init": probe_accuracies(init, data, cfg, l2=s.probe_l2),
             "probe_trained": probe_accuracies(result.final, data, cfg, l2=s.probe_l2),
@@ -114,8 +124,7 @@ def measure(s: Settings, out_dir: Path) -> dict[str, np.ndarray]:
 
 def run(s: Settings, out_dir: Path) -> None:
     """Writes results.npz (`store.cached`, keyed by the full settings)."""
-    out_dir = Path(out_dir)
-    store.cached("results.npz", s, lambda: measure(s, out_dir), folder=out_dir)
+    store.cached("results.npz", s, lambda: measure(s, Path(out_dir)), folder=out_dir)
 
 
 # ---------------------------------------------------------------------------- verdict rules
@@ -127,9 +136,9 @@ GAIN_STEP = Rule("the paired (same seed) rise from one layer to the next in the 
 GROWTH = Rule("the paired change in the probe accuracy training added, from the first hidden layer to the last",
               0.0, "above", "the gain training adds should grow with depth; a reliable fall means the deeper "
               "layers built less readable structure than the first")
-HOMOLOGY = Rule("the share of hidden layers whose best CKA match in the other seed of a disjoint pair is the "
-                "same layer", MOST_LAYERS, "above",
-                "three layers in four matched to themselves is shared structure, not a chance alignment")
+HOMOLOGY = Rule("the share of hidden layers whose best CKA match in another seed is the same layer (mean over "
+                "seed pairs; seeds resampled)", MOST_LAYERS, "above", "more than three layers in four matched to "
+                "themselves is shared structure; a chance best match is one layer in six")
 STAGE_RISE = Rule("the per-seed share of stage transitions at which the probe accuracy training added rises",
                   MOST_LAYERS, "above",
                   "three stages in four adding readable features is a likeness of stages; an analogy need not "
@@ -160,13 +169,12 @@ def m14_verdict(probe_trained: np.ndarray, probe_init: np.ndarray, measurement: 
                  measurement=measurement, value=growth.ci, figure=figure, unit="accuracy")[0]
 
 
-def a5_verdict(cross: np.ndarray, probe_trained: np.ndarray, probe_init: np.ndarray, measurement: str = "",
-               figure: Optional[str] = None) -> Verdict:
-    """Homology (over disjoint seed pairs' (pairs, layers, layers) CKA `cross`, corresponding layers are
-    each other's best match) and stages (per seed, the `stage_share` of transitions at which training's
-    probe gain rises): supported iff both are, contradicted iff both are, depends iff one is supported
-    and the other contradicted, else inconclusive."""
-    parts = [Part("homology", HOMOLOGY, stats.bootstrap_ci([probes.correspondence(c) for c in cross])),
+def a5_verdict(cross: np.ndarray, pairs: np.ndarray, probe_trained: np.ndarray, probe_init: np.ndarray,
+               measurement: str = "", figure: Optional[str] = None) -> Verdict:
+    """Homology (corresponding layers best match in seed `pairs`' CKA `cross` (pairs, layers, layers),
+    `seed_bootstrap_ci`) and stages (`stage_share` per seed), combined as the `how` below says."""
+    parts = [Part("homology", HOMOLOGY, seed_bootstrap_ci(np.array([probes.correspondence(c) for c in cross]),
+                                                          pairs, len(probe_trained))),
              Part("stages", STAGE_RISE, stats.bootstrap_ci(stage_share(probe_trained, probe_init)))]
     return judge("A5", parts, lambda d: across([d["homology"], d["stages"]]),
                  how="supported iff homology and stages are both supported, contradicted iff both are contradicted, "
@@ -223,8 +231,7 @@ def plot_cka(r: dict, names: list[str], path: Path) -> Path:
 
 def report(out_dir: Path) -> list[Verdict]:
     """Draws probes.png and cka.png; returns the verdicts for M14 and A5."""
-    out_dir = Path(out_dir)
-    r = store.read_npz(out_dir / "results.npz")
+    out_dir, r = Path(out_dir), store.read_npz(Path(out_dir) / "results.npz")
     names = layer_names(int(r["depth"]))
     plot_probes(r, names, out_dir / "probes.png")
     plot_cka(r, names, out_dir / "cka.png")
@@ -232,13 +239,12 @@ def report(out_dir: Path) -> list[Verdict]:
     diag = np.mean([np.diag(c)[1:-1].mean() for c in r["cka_cross"]])
     off = np.mean([c[1:-1, 1:-1][~np.eye(c.shape[0] - 2, dtype=bool)].mean() for c in r["cka_cross"]])
     per_layer = ", ".join(f"{n} {t:.3f} (init {i:.3f})" for n, t, i in zip(names, trained.mean(0), init.mean(0)))
-    m14 = m14_verdict(trained, init, f"growth, from the first hidden layer to the last, of the probe accuracy training "
-                                     f"added over the same net at initialization (mean per layer: {per_layer})",
-                      "probes.png")
-    a5 = a5_verdict(r["cka_cross"], trained, init,
-                    f"share of hidden layers whose best CKA match in the other seed of a disjoint pair is the same "
-                    f"layer, over {len(r['cka_cross'])} pairs (same-layer CKA {diag:.2f} vs other layers {off:.2f}; "
-                    f"seeds disagree on {np.mean(r['pair_churn']):.1%} of test predictions); stages: share of "
-                    f"transitions where training's probe gain rises {stats.bootstrap_ci(stage_share(trained, init)).text()}",
-                    "cka.png")
-    return [m14, a5]
+    share = stats.bootstrap_ci(stage_share(trained, init)).text()
+    return [m14_verdict(trained, init, f"growth from the first hidden layer to the last of the probe accuracy training "
+                                       f"added over the same net at initialization (mean per layer: {per_layer})",
+                        "probes.png"),
+            a5_verdict(r["cka_cross"], r["pairs"], trained, init, f"share of hidden layers whose best CKA match in "
+                       f"another seed is the same layer, mean over {len(r['cka_cross'])} seed pairs (same-layer CKA "
+                       f"{diag:.2f} vs other layers {off:.2f}; seeds disagree on {np.mean(r['pair_churn']):.1%} of "
+                       f"test predictions); stages: share of transitions where training's probe gain rises {share}",
+                       "cka.png")]

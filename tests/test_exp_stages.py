@@ -1,5 +1,7 @@
 """Layers as stages: probes, CKA correspondence, verdict rules, and the tiny profile end to end."""
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from figure_checks import assert_clean, checking_figures
 from experiments import stages
 from netalchemy import config as config_lib
-from netalchemy import probes, store, sweep
+from netalchemy import probes, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig
 from netalchemy.data import Dataset
 from netalchemy.experiment import run_experiment
@@ -30,12 +32,28 @@ def test_probe_accuracies_of_every_run_match_one_run_at_a_time():
     assert np.all(got[:, 0] == got[0, 0])  # the input layer is the same for every run
 
 
-def test_disjoint_pairs_use_each_seed_once():
-    assert stages.disjoint_pairs(5) == [(0, 1), (2, 3)]
-    assert stages.disjoint_pairs(16) == [(a, a + 1) for a in range(0, 16, 2)]
-    assert stages.disjoint_pairs(1) == []
-    seeds = [s for pair in stages.disjoint_pairs(9) for s in pair]
-    assert len(seeds) == len(set(seeds)) == 8
+def _all_pairs(n):
+    return np.array(list(itertools.combinations(range(n), 2)))
+
+
+def test_seed_bootstrap_estimates_the_mean_over_pairs():
+    pairs = _all_pairs(6)
+    values = np.random.default_rng(0).uniform(size=len(pairs))
+    ci = stages.seed_bootstrap_ci(values, pairs, 6)
+    assert ci.estimate == pytest.approx(values.mean()) and ci.low < ci.estimate < ci.high
+    assert stages.seed_bootstrap_ci(np.full(len(pairs), 0.75), pairs, 6) == (0.75, 0.75, 0.75)
+
+
+def test_seed_bootstrap_sees_that_pairs_sharing_a_seed_are_not_independent():
+    """One odd seed spoils the 7 of 28 pairs it is in. Resampled as if independent, the pairs give
+    0.75 ± ≈ 0.16 (binomial sd sqrt(0.75 · 0.25 / 28) ≈ 0.08); resampling seeds, a third of the resamples
+    ((7/8)^8 ≈ 0.34) miss seed 0 and score 1, others hold it twice: the CI is nearly twice as wide."""
+    pairs = _all_pairs(8)
+    values = np.where((pairs == 0).any(axis=1), 0.0, 1.0)
+    by_seed, by_pair = stages.seed_bootstrap_ci(values, pairs, 8), stats.bootstrap_ci(values)
+    assert by_seed.estimate == by_pair.estimate == 0.75
+    assert by_pair.high - by_pair.low == pytest.approx(2 * 1.96 * (0.75 * 0.25 / 28) ** 0.5, abs=0.05)
+    assert by_seed.high == 1.0 and by_seed.high - by_seed.low > 1.5 * (by_pair.high - by_pair.low)
 
 
 def test_probe_gain_and_stage_share_by_hand():
@@ -74,16 +92,18 @@ def test_m14_judges_the_gain_over_the_untrained_net():
     assert stages.m14_verdict(trained + ramp, init + ramp).verdict == "inconclusive"
 
 
-def test_a5_judges_homology_over_disjoint_pairs_and_stages_on_their_own():
-    matched, scrambled = np.stack([np.eye(6) * 0.5 + 0.4] * 10), np.stack([np.roll(np.eye(6), 1, axis=1) * 0.5 + 0.4] * 10)
+def test_a5_judges_homology_over_seed_pairs_and_stages_on_their_own():
+    pairs = _all_pairs(20)  # the seeds of `_probes`
+    matched = np.stack([np.eye(6) * 0.5 + 0.4] * len(pairs))
+    scrambled = np.stack([np.roll(np.eye(6), 1, axis=1) * 0.5 + 0.4] * len(pairs))
     rising = _probes([0, 0.2, 0.4, 0.6, 0.8])
     falling = _probes([0, 0.4, 0.3, 0.2, 0.1])
-    a5 = stages.a5_verdict(matched, *rising)
+    a5 = stages.a5_verdict(matched, pairs, *rising)
     assert a5.verdict == "supported" and (a5.value, a5.ci_low) == (1.0, 1.0)
     assert stages.HOMOLOGY.describe() in a5.rule and stages.STAGE_RISE.describe() in a5.rule
-    assert stages.a5_verdict(matched, *falling).verdict == "depends"  # homology without stages
-    assert stages.a5_verdict(scrambled, *falling).verdict == "contradicted"
-    assert stages.a5_verdict(scrambled, *rising).verdict == "depends"
+    assert stages.a5_verdict(matched, pairs, *falling).verdict == "depends"  # homology without stages
+    assert stages.a5_verdict(scrambled, pairs, *falling).verdict == "contradicted"
+    assert stages.a5_verdict(scrambled, pairs, *rising).verdict == "depends"
 
 
 def test_tiny_profile_end_to_end(tmp_path):
@@ -97,8 +117,8 @@ def test_tiny_profile_end_to_end(tmp_path):
     r = store.read_npz(out_dir / "results.npz")
     assert r["probe_trained"].shape == r["probe_init"].shape == (4, 6)  # 4 seeds; input, 4 hidden, logits
     np.testing.assert_array_equal(r["probe_trained"][:, 0], r["probe_init"][:, 0])  # the input: no gain
-    assert r["cka_within"].shape == (4, 6, 6) and r["cka_cross"].shape == (2, 6, 6)  # pairs (0, 1), (2, 3)
-    np.testing.assert_array_equal(r["pairs"], [[0, 1], [2, 3]])
+    assert r["cka_within"].shape == (4, 6, 6) and r["cka_cross"].shape == (6, 6, 6)  # every pair of 4 seeds
+    np.testing.assert_array_equal(r["pairs"], _all_pairs(4))
     np.testing.assert_allclose(np.diagonal(r["cka_within"], axis1=1, axis2=2), 1.0, rtol=1e-6)  # a layer vs itself
     # results.npz is cached by the full settings: an edited CKA setting recomputes it on the same sweep
     finished = sweep.load(out_dir / "sweep").finished
