@@ -4,16 +4,12 @@ numbers with known answers, a tiny end-to-end run and its cache."""
 import dataclasses
 import shutil
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from figure_checks import assert_clean, checking_figures
 from experiments import chance
-from netalchemy import config as config_lib
-from netalchemy import experiment, mlp, stats, store, sweep, train
-from netalchemy.config import RANDOMNESS_STREAMS
+from netalchemy import experiment, spread, stats, store, sweep
 
 # ----------------------------------------------------------------------------- rules
 
@@ -63,84 +59,10 @@ def test_a7_rule(ulp, hand, control, verdict):
     assert v.verdict == verdict and (v.ci_low, v.ci_high) == ulp
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def test_pairwise_mean_ci_of_a_constant_matrix_is_exact():
-    m = np.full((6, 6), 0.3)
-    np.fill_diagonal(m, 0.0)
-    ci = chance.pairwise_mean_ci(m, n_resamples=500)
-    assert ci.estimate == pytest.approx(0.3) and ci.low == pytest.approx(0.3) and ci.high == pytest.approx(0.3)
-
-
-def test_pairwise_mean_ci_brackets_the_mean_and_ignores_self_pairs():
-    rng = np.random.default_rng(1)
-    p = rng.integers(0, 3, size=(12, 200))
-    m = (p[:, None] != p[None]).mean(-1)  # expected disagreement 2/3
-    ci = chance.pairwise_mean_ci(m, n_resamples=2000)
-    assert ci.low <= ci.estimate <= ci.high
-    assert abs(ci.estimate - 2 / 3) < 0.03 and ci.low > 0.6  # self-pairs (0) would pull it far down
-
-
-def test_std_ratio_ci_known_answers():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=400)
-    same = chance.std_ratio_ci(x, x, n_resamples=2000)
-    assert same.estimate == pytest.approx(1.0) and same.low < 1 < same.high
-    double = chance.std_ratio_ci(2 * x + 5, rng.normal(size=400), n_resamples=2000)
-    assert 1.7 < double.low < 2 < double.high < 2.3
-    flat = chance.std_ratio_ci(x[:20], np.zeros(20), n_resamples=200)
-    assert flat.high == np.inf  # no spread at all in the reference
-
-
-def test_drift_is_the_relative_distance_and_the_churn_to_the_reference():
-    ref = {"params": np.array([[[3.0, 4.0], [6.0, 8.0]]]), "predictions": np.array([[[0, 1, 2, 3], [0, 1, 2, 3]]])}
-    twin = {"params": np.array([[[3.0, 4.0], [6.0, 18.0]]]), "predictions": np.array([[[0, 1, 2, 3], [0, 0, 0, 3]]])}
-    dist, churn = chance.drift(ref, twin)  # (runs, evaluations) = (1, 2)
-    np.testing.assert_allclose(dist, [[0.0, 1.0]])  # ‖(0, 10)‖ / ‖(6, 8)‖
-    np.testing.assert_allclose(churn, [[0.0, 0.5]])
-
-
-# ----------------------------------------------------------------------------- hooks
-
-
-def _bits(a):
-    return np.asarray(a).view(np.int32).astype(np.int64)
-
-
-def test_perturb_one_ulp_changes_exactly_one_weight_by_one_ulp():
-    rng = np.random.default_rng(0)
-    params = tuple(mlp.Layer(jnp.asarray(rng.normal(size=shape), jnp.float32), jnp.zeros(shape[1], jnp.float32))
-                   for shape in ((3, 5), (5, 4), (4, 2)))
-    moved = chance.perturb_one_ulp(params)
-    changed = 0
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(moved)):
-        diff = _bits(b) - _bits(a)
-        changed += np.count_nonzero(diff)
-        assert set(np.unique(np.abs(diff))) <= {0, 1}
-    assert changed == 1 and float(moved[0].w[0, 0]) != float(params[0].w[0, 0])
-
-
-def test_ulp_hook_moves_only_the_runs_from_first_on():
-    cfg = config_lib.Config()
-    state = train.init_state(train.Streams(*(train.stream_key(0, s) for s in RANDOMNESS_STREAMS)), 0.01, cfg=cfg,
-                             in_features=40, num_classes=10)
-    hook = chance.UlpFrom(first=4)
-    for run, moved in ((0, False), (3, False), (4, True), (7, True)):
-        out = hook(state, jnp.int32(run), cfg)
-        diffs = [np.count_nonzero(_bits(b) - _bits(a)) for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(out))]
-        assert sum(diffs) == int(moved)
-
-
-def test_snapshot_hook_gives_flat_params_and_test_predictions():
-    cfg = config_lib.Config()
-    state = train.init_state(train.Streams(*(train.stream_key(0, s) for s in RANDOMNESS_STREAMS)), 0.01, cfg=cfg,
-                             in_features=40, num_classes=10)
-    x = np.random.default_rng(0).normal(size=(7, 40)).astype(np.float32)
-    out = chance.snapshot(state, None, train.Data(x, None, x, None), cfg)
-    assert out["params"].shape == (40 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10,)
-    np.testing.assert_array_equal(out["predictions"], train.predict(state.params, state.bn_state, x, cfg=cfg))
-    assert float(out["params"][0]) == float(state.params[0].w[0, 0])
+def test_a7_threshold_is_midway_between_the_copy_and_seed_levels_and_the_flip_point_shows_the_margin():
+    assert chance.FAR.threshold == (0 + 1) / 2 and "0 for an unperturbed copy" in chance.FAR.describe()
+    v = chance.a7_verdict(c(0.55, 0.9), c(0.8, 1.2), True)  # the ulp part is the closer call
+    assert v.verdict == "supported" and v.flip_point == 0.55
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -177,6 +99,14 @@ def test_tiny_profile_end_to_end(tiny):
         assert (out_dir / name).exists()
     a1 = verdicts[0]
     assert a1.value is not None and 0 <= a1.ci_low <= a1.value <= a1.ci_high <= 1
+    assert "majority vote" in a1.measurement and "× all's" in verdicts[1].measurement
+    arrays = np.load(out_dir / "a1.npz")  # 4 seeds: ensembles of 1, 2 and 4
+    np.testing.assert_array_equal(arrays["ensemble_sizes"], [1, 2, 4])
+    ok = ~arrays["diverged"]
+    members = np.mean(arrays["predictions"][ok] == arrays["y_test"], axis=-1)
+    assert set(np.round(arrays["ensemble_softmax"][:, 0], 12)) <= set(np.round(members, 12))
+    vote = np.mean(spread.majority_vote(arrays["predictions"][ok], 10) == arrays["y_test"])
+    np.testing.assert_allclose(arrays["ensemble_vote"][:, -1], vote)  # every draw of all 4 is the whole
     a7 = np.load(out_dir / "a7.npz")
     np.testing.assert_array_equal(a7["steps"], [0, 25, 50, 75, 100])
     assert np.all(a7["dist_copy"] == 0) and np.all(a7["churn_copy"] == 0)  # the control stays bitwise identical
@@ -194,7 +124,7 @@ def test_every_sweep_is_the_engine_s_and_an_edited_setting_never_reuses_a_stale_
     folders = {p.name for p in out.iterdir() if (p / "config.json").exists()}
     assert folders == {"a1", "a2-init", "a2-data", "a2-dropout", "a2-all", "a7-ref", "a7-hand", "a7-seed"}
     ref = sweep.load(out / "a7-ref")
-    assert ref.measures["params"].shape[:2] == (3 * 2, 5) and list(ref.lrs) == [ref.lrs[0]] * 6
+    assert ref.measures["sketch"].shape == (3 * 2, 5, chance.SKETCH_SIZE, 2) and list(ref.lrs) == [ref.lrs[0]] * 6
     calls, engine = [], sweep.run
     monkeypatch.setattr(sweep, "run", lambda cfg, **kw: calls.append(kw["out_dir"].name) or engine(cfg, **kw))
     s = chance.PROFILES["tiny"]
