@@ -27,8 +27,8 @@ def test_representations():
     x = jax.random.normal(jax.random.key(1), (50, 3))
     reps = probes.representations(params, state, x, cfg=cfg)
     assert [r.shape for r in reps] == [(50, 3), (50, 7), (50, 5), (50, 2)]
-    np.testing.assert_allclose(reps[1], np.maximum(np.asarray(x) @ np.asarray(params[0].w) + np.asarray(params[0].b), 0),
-                               rtol=1e-5, atol=1e-6)
+    first = np.maximum(np.asarray(x) @ np.asarray(params[0].w) + np.asarray(params[0].b), 0)  # ReLU(x W + b)
+    np.testing.assert_allclose(reps[1], first, rtol=1e-5, atol=1e-6)
 
 
 def test_cka_matrix_is_linear_cka_of_every_pair_of_layers():
