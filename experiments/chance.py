@@ -28,7 +28,7 @@ from netalchemy.verdicts import Part, Rule, across, judge
 CLAIMS = ("A1", "A2", "A7")
 CHURN_THRESHOLD = 0.01  # A1: disagreeing on > 1% of test examples is more than a few borderline cases
 SPREAD_SHARE = 0.5  # A2: std ratio r = √(variance share): 0.5 is a quarter; three equal sources give 0.58
-FAR_SHARE = 0.5  # A7: midway between a churn ratio's two levels, unperturbed copy 0 and fresh seed 1 (`FAR`)
+FAR_SHARE = 0.5  # A7: "predominance" is more than half of a fresh seed's churn; midway from copy (0) to seed (1)
 SKETCH_SIZE = 512  # A7's distances (`spread.Snapshot`): sd ≤ 3%; 24 MB at full profile, not 350 MB of params
 ENSEMBLE_DRAWS = 32  # A1: random subsets of seeds per ensemble size
 A2_SOURCES = ("init", "data", "dropout", "all")  # "all" varies the three streams together
@@ -118,8 +118,8 @@ CHURN = Rule("the mean pairwise churn between seeds (the share of test examples 
 MATTERS = Rule("r = std(test acc, one randomness source varied alone) / std(all three varied)", SPREAD_SHARE, "above",
                "r² is the source's share of the variance: over a quarter (three equal sources: 0.58 each) it matters")
 FAR = Rule("ρ = final churn(perturbed twin, reference) / churn(other seed, reference), mean over seeds", FAR_SHARE,
-           "above", "ρ is 0 for an unperturbed copy (measured: bitwise identical), 1 for a fresh seed; above midway "
-                    "a twin's answers lie nearer a fresh seed's than its own reference's: the perturbation carries far")
+           "above", "ρ runs from 0, an unperturbed copy (measured: bitwise identical), to 1, a fresh seed; above "
+                    "midway the perturbation alone makes most of a new seed's disagreement: chance predominates")
 
 
 def a1_verdict(churn: stats.CI, measurement: str = "") -> Verdict:

@@ -60,7 +60,7 @@ def test_a7_rule(ulp, hand, control, verdict):
 
 
 def test_a7_threshold_is_midway_between_the_copy_and_seed_levels_and_the_flip_point_shows_the_margin():
-    assert chance.FAR.threshold == (0 + 1) / 2 and "0 for an unperturbed copy" in chance.FAR.describe()
+    assert chance.FAR.threshold == (0 + 1) / 2 and "0, an unperturbed copy" in chance.FAR.describe()
     v = chance.a7_verdict(c(0.55, 0.9), c(0.8, 1.2), True)  # the ulp part is the closer call
     assert v.verdict == "supported" and v.flip_point == 0.55
 
