@@ -60,9 +60,10 @@ def test_folders_name_the_dataset(tmp_path):
 
 def test_an_experiment_runs_on_fashion_mnist_files(tmp_path, monkeypatch):
     """End to end on small IDX files the test writes (the real ones need not be installed)."""
-    write_fashion(tmp_path / "idx", n_train=4000, n_test=200)
-    monkeypatch.setattr(fm, "SYSTEM_DIRS", (str(tmp_path / "idx"),))
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    write_fashion(tmp_path / "tfds", n_train=4000, n_test=200)
+    monkeypatch.setattr(fm, "SYSTEM_DIRS", ())  # never the real files, never the user's TFDS folder:
+    monkeypatch.setitem(experiment.DATASETS, "fashion_mnist",  # prepared into the test's own data_dir
+                        (*experiment.DATASETS["fashion_mnist"], f"data.data_dir={tmp_path / 'tfds'}"))
     clear_cache()
     out_dir, verdicts = experiment.run_experiment("stages", profile="tiny", root=tmp_path / "runs",
                                                   dataset="fashion_mnist")
@@ -70,7 +71,7 @@ def test_an_experiment_runs_on_fashion_mnist_files(tmp_path, monkeypatch):
     record = store.read_json(out_dir / "verdicts.json")
     assert out_dir == tmp_path / "runs" / "stages" / "tiny-fashion_mnist"
     assert record["dataset"] == "fashion_mnist" and verdicts
-    assert all(d["name"] == "fashion_mnist" for d in _data_configs(
+    assert all(d.name == "fashion_mnist" for d in _data_configs(
         experiment.on_dataset(experiment.resolve_settings("stages", "tiny"), "fashion_mnist")))
 
 
