@@ -19,7 +19,7 @@ from netalchemy import config as C
 from netalchemy import checkpoints, store, sweep, train
 from netalchemy.data import load
 
-from sweep_helpers import TINY, same, tiny
+from sweep_helpers import TINY, interrupt_after_first_checkpoint, same, tiny
 
 
 @pytest.fixture(scope="module")
@@ -204,16 +204,8 @@ def test_checkpoint_digest_is_sha256_of_paths_dtypes_shapes_and_bytes():
 
 
 def test_a_damaged_checkpoint_is_named_and_says_how_to_recover(mnist1d, tmp_path, monkeypatch):
-    original = checkpoints.Checkpoints.save
-
-    def crash_after_saving(self, step, tree):
-        original(self, step, tree)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash_after_saving)
-    with pytest.raises(KeyboardInterrupt):
-        sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
+    interrupt_after_first_checkpoint(monkeypatch, lambda: sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d,
+                                                                     progress=False))
     ckpt = tmp_path / "checkpoints" / "chunk-0000"
     files = [p for p in ckpt.rglob("*") if p.is_file()]
     biggest = max(files, key=lambda p: p.stat().st_size)
@@ -383,16 +375,8 @@ def test_resuming_on_another_device_count_is_refused_and_segments_are_recorded(m
 
 
 def test_a_resumed_sweep_records_every_segment(mnist1d, tmp_path, monkeypatch):
-    original = checkpoints.Checkpoints.save
-
-    def crash_after_saving(self, step, tree):
-        original(self, step, tree)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash_after_saving)
-    with pytest.raises(KeyboardInterrupt):
-        sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
+    interrupt_after_first_checkpoint(monkeypatch, lambda: sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d,
+                                                                     progress=False))
     sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
     prov = json.loads((tmp_path / "provenance.json").read_text())
     assert [s["mesh_devices"] for s in prov["segments"]] == [1, 1]

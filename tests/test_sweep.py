@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from netalchemy import config as C
-from netalchemy import checkpoints, sweep, train
+from netalchemy import sweep, train
 from netalchemy.data import load
 
-from sweep_helpers import TINY, same, tiny
+from sweep_helpers import TINY, interrupt_after_first_checkpoint, same, tiny
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +46,9 @@ def test_a_finished_sweep_is_never_overwritten_by_another_config(mnist1d, tmp_pa
 
 def test_resume_after_interruption_is_bit_identical(mnist1d, tmp_path, monkeypatch):
     reference = sweep.run(tiny(), out_dir=tmp_path / "ref", dataset=mnist1d, progress=False)
-    calls = []
-    original = checkpoints.Checkpoints.save
-
-    def crash_after_first_checkpoint(self, step, tree):
-        original(self, step, tree)
-        calls.append(step)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        sweep.run(tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False)
+    calls = interrupt_after_first_checkpoint(monkeypatch, lambda: sweep.run(
+        tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False))
     assert calls == [2] and not (tmp_path / "cut" / "summary.json").exists()
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
     resumed = sweep.run(tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False)
     assert same(reference, resumed)
 

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from netalchemy import checkpoints, mlp, store, sweep
+from netalchemy import mlp, store, sweep
 from netalchemy import config as C
 from netalchemy.data import load
 
-from sweep_helpers import same, tiny
+from sweep_helpers import interrupt_after_first_checkpoint, same, tiny
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,8 @@ def test_a_perturbation_moves_only_the_runs_it_names(mnist1d):
 def test_an_interrupted_sweep_with_hooks_resumes_bit_identical(mnist1d, tmp_path, monkeypatch):
     hooks = {"measure": norms, "perturb": NudgeFrom(first=1)}
     reference = sweep.run(tiny(), out_dir=tmp_path / "ref", dataset=mnist1d, progress=False, **hooks)
-    original = checkpoints.Checkpoints.save
-
-    def crash(self, step, tree):
-        original(self, step, tree)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        sweep.run(tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False, **hooks)
-    monkeypatch.setattr(checkpoints.Checkpoints, "save", original)
+    interrupt_after_first_checkpoint(monkeypatch, lambda: sweep.run(
+        tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False, **hooks))
     resumed = sweep.run(tiny(), out_dir=tmp_path / "cut", dataset=mnist1d, progress=False, **hooks)
     assert same(reference, resumed)
     assert all(np.array_equal(reference.measures[k], resumed.measures[k]) for k in reference.measures)
