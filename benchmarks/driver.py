@@ -225,6 +225,11 @@ def _torch_version() -> Optional[str]:
         return None
 
 
+def with_flags(env: dict, flags: str) -> dict:
+    """`env` with `flags` appended to XLA_FLAGS (unchanged when there are none)."""
+    return env if not flags else {**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} {flags}".strip()}
+
+
 def _run_group(settings: BenchSettings, w: Workload, seeds: int, size: dict, scratch: Path, base_spec: dict,
                env: dict, time_matmuls: Callable[[], None], log: Callable[[str], None]) -> list[dict]:
     """One (workload, seeds) group: a fresh process per cell, set up one at a time, timed round-robin."""
@@ -236,7 +241,7 @@ def _run_group(settings: BenchSettings, w: Workload, seeds: int, size: dict, scr
     timeout = settings.timeout_s
     log(f"{w.name} · {seeds} seeds · {steps} steps per call: {', '.join(c['way'] for c in active)}")
     workers = {c["way"]: Worker(worker_modules(WAYS[c["way"]].builder, WAYS[c["way"]].modules), scratch,
-                                f"{w.name}-{c['way']}-{seeds}", env)
+                                f"{w.name}-{c['way']}-{seeds}", with_flags(env, WAYS[c["way"]].xla_flags))
                for c in active}  # they import in parallel
     spec = {**base_spec, "workload": w.name, "seeds": seeds, "steps": steps, "eval_every": every,
             "data": str(scratch / f"{w.name}.npz"), "scratch": str(scratch)}

@@ -54,7 +54,14 @@ class Way(NamedTuple):
     vmapped: bool  # trains many seeds in one program; False: one seed per run
     modules: tuple[str, ...]  # imported by the worker before it is ready (not timed)
     builder: str  # "module:function" in this package that builds its runner in the worker
+    xla_flags: str = ""  # XLA_FLAGS added in its worker: a lever measured against the same program without
 
+
+# XLA's CPU dot libraries (issue 13): JAX 0.10.2 routes dots through YNNPACK by default;
+# oneDNN and XNNPACK are the alternatives, and an empty YNN fusion type leaves dots to XLA.
+ONEDNN = "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot"
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+XNN = f"{NO_YNN} --xla_cpu_experimental_xnn_fusion_type=dot"
 
 WAYS = {
     "engine": Way("netalchemy sweep.run", "jax", True, ("netalchemy.sweep",), "engine:sweep_runner"),
@@ -64,7 +71,14 @@ WAYS = {
     "torch_eager": Way("PyTorch eager", "torch", False, ("torch",), "peers_torch:eager_runner"),
     "torch_compile": Way("torch.compile", "torch", False, ("torch",), "peers_torch:compiled_runner"),
     "torch_func": Way("torch.func ensemble", "torch", True, ("torch", "torch.func"), "peers_torch:ensemble_runner"),
+    "engine_chunk_onednn": Way("engine program, oneDNN dots", "jax", True, ("netalchemy.sweep",),
+                               "engine:program_runner", ONEDNN),
+    "engine_chunk_xnn": Way("engine program, XNNPACK dots", "jax", True, ("netalchemy.sweep",),
+                            "engine:program_runner", XNN),
+    "engine_chunk_no_ynn": Way("engine program, XLA's own dots", "jax", True, ("netalchemy.sweep",),
+                               "engine:program_runner", NO_YNN),
 }
+LEVERS = tuple(w for w, way in WAYS.items() if way.xla_flags)  # measured on request: ways=engine_chunk,...
 MATMUL_BUILDERS = {"jax": "peers_jax:matmul_runner", "torch": "peers_torch:matmul_runner"}
 PEERS = ("engine_chunk", "jax_ref", "flax_nnx", "torch_eager", "torch_compile", "torch_func")
 TORCH_MISSING = ("PyTorch is not installed: skipping torch_eager, torch_compile and torch_func "
@@ -83,7 +97,7 @@ class BenchSettings:
     """What the benchmark measures; any field can be overridden with `key=value`."""
 
     workloads: tuple[str, ...] = ("W1", "W2")
-    ways: tuple[str, ...] = tuple(WAYS)
+    ways: tuple[str, ...] = tuple(w for w in WAYS if w not in LEVERS)
     seeds: tuple[int, ...] = (1, 32, 256, 1024)  # one-seed ways run in the seeds=1 group
     w1_steps: int = 500  # steps per timed call, at most (W1)
     w2_steps: int = 100  # the same for W2

@@ -118,12 +118,12 @@ def test_planning_skips_what_cannot_run_and_says_why():
     s = S.BenchSettings(memory_limit_gb=1.0, min_steps=20)
     w1, w2 = S.WORKLOADS["W1"], S.WORKLOADS["W2"]
     one = {c["way"]: c for c in S.plan_cells(s, w1, 1, n_train=4000, n_test=1000, have_torch=False)}
-    assert set(one) == set(S.WAYS)  # one-seed ways run in the seeds=1 group
+    assert set(one) == set(s.ways) and not set(s.ways) & set(S.LEVERS)  # one-seed ways run in the seeds=1 group
     for way in ("torch_eager", "torch_compile", "torch_func"):
         assert one[way]["status"] == "skipped" and "PyTorch" in one[way]["reason"]
     assert all(one[w]["status"] == "ok" for w in ("engine", "engine_chunk", "jax_ref", "flax_nnx"))
     many = {c["way"]: c for c in S.plan_cells(s, w1, 32, n_train=4000, n_test=1000, have_torch=True)}
-    assert set(many) == {w for w, way in S.WAYS.items() if way.vmapped}
+    assert set(many) == {w for w in s.ways if S.WAYS[w].vmapped}
     assert all(c["status"] == "ok" for c in many.values())
     big = S.plan_cells(s, w2, 32, n_train=2048, n_test=512, have_torch=True)  # ≈ 2.6 GB > 1 GB
     assert all(c["status"] == "skipped" and "memory_limit_gb" in c["reason"] for c in big)
@@ -370,3 +370,33 @@ def test_the_engine_program_runner_trains_without_recompiling(monkeypatch):
         counts.append(sweep.train_chunk._cache_size())
     assert counts[1] - counts[0] <= 1 and counts[2] == counts[1]  # one program (or a cached one), then reused
     assert runner.info() == {"eval_every": 10}
+
+
+def test_lever_ways_run_the_engine_program_with_their_xla_flags_only_on_request():
+    from benchmarks import driver
+
+    assert set(S.LEVERS) == {"engine_chunk_onednn", "engine_chunk_xnn", "engine_chunk_no_ynn"}
+    assert all(S.WAYS[w].builder == S.WAYS["engine_chunk"].builder for w in S.LEVERS)
+    assert "--xla_cpu_use_onednn=true" in S.WAYS["engine_chunk_onednn"].xla_flags
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/bin"}
+    assert driver.with_flags(env, "") is env
+    assert driver.with_flags(env, S.ONEDNN)["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {S.ONEDNN}"
+    assert driver.with_flags({}, S.NO_YNN) == {"XLA_FLAGS": S.NO_YNN}
+    s = C.override(bench.PROFILES["tiny"], ["ways=engine_chunk,engine_chunk_onednn", "seeds=4"])
+    cells = S.plan_cells(s, S.WORKLOADS["W1"], 4, n_train=4000, n_test=1000, have_torch=False)
+    assert [c["way"] for c in cells] == ["engine_chunk", "engine_chunk_onednn"]
+
+
+@pytest.mark.parametrize("way", ["engine_chunk_onednn", "engine_chunk_xnn", "engine_chunk_no_ynn"])
+def test_each_levers_flags_are_accepted_by_this_jaxlib(way):
+    """XLA aborts on an unknown flag: a lever whose flag this jaxlib lacks fails here, not mid-benchmark."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks import driver
+
+    code = "import jax.numpy as j; print(float((j.ones((8, 8)) @ j.ones((8, 8)))[0, 0]))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=driver.with_flags(dict(os.environ), S.WAYS[way].xla_flags))
+    assert r.returncode == 0 and r.stdout.strip() == "8.0", r.stderr[-500:]
