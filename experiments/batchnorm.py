@@ -2,7 +2,7 @@
 
 Per variant (without / with batch norm) one `sweep.run` trains the MNIST-1D MLP with plain SGD
 (constant rate: stability depends on the rate alone), every seed at every rate of a log grid, the
-hook `Smoothness` compiled into it. M12: a run is *stable* when its loss stayed finite and its final
+hook `measures.Smoothness` compiled into it. M12: a run is *stable* when its loss stayed finite and its final
 train loss is below `progress_fraction · ln(classes)` (dead ReLUs sit at ≈ ln(classes)); a seed's
 *edge* is its largest stable rate; the rule reads BN edge / no-BN edge over paired seeds. A4, through
 Santurkar et al. 2018, "How Does Batch Normalization Help Optimization?": BN smooths the landscape,
@@ -18,12 +18,9 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
-from netalchemy import backprop, mlp, plots, stats, store, sweep, train
+from netalchemy import measures, plots, stats, store, sweep, train
 from netalchemy import data as data_lib
 from netalchemy.config import Config, ConfigError, ModelConfig, OptimConfig, SeedsConfig, TrainConfig, to_dict
 from netalchemy.experiment import Verdict
@@ -34,9 +31,11 @@ VARIANTS = ("nobn", "bn")  # model.batch_norm = False, True
 LABELS, COLORS = {"nobn": "no batch norm", "bn": "batch norm"}, {"nobn": "tab:blue", "bn": "tab:orange"}
 LANDSCAPE, ICS = ("loss_range", "grad_pred", "beta"), ("ics_l2", "ics_rel", "ics_cos")
 
+
 def _base(steps: int, eval_every: int, seeds: int, hidden=(100, 100), chunk_steps: int = 0) -> Config:
     return Config(model=ModelConfig(hidden=hidden), optim=OptimConfig(name="sgd", lr=0.1), seeds=SeedsConfig(n=seeds),
                   train=TrainConfig(steps=steps, eval_every=eval_every, chunk_steps=chunk_steps or steps))
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -57,10 +56,12 @@ class Settings:
             raise ConfigError("need 0 < lr_min < lr_max, lrs_per_decade ≥ 1, progress_fraction in (0, 1], at least "
                               "two positive eta_multipliers and landscape_lr a rate of the grid")
 
+
 def lr_grid(s: Settings) -> np.ndarray:
     """The log-spaced learning-rate grid, lr_min … lr_max inclusive."""
     decades = math.log10(s.lr_max / s.lr_min)
     return np.logspace(math.log10(s.lr_min), math.log10(s.lr_max), int(round(decades * s.lrs_per_decade)) + 1)
+
 
 PROFILES = {
     "tiny": Settings(base=_base(40, 20, 2, hidden=(32, 32)), lr_min=1e-2, lr_max=1e2, lrs_per_decade=1,
@@ -69,53 +70,17 @@ PROFILES = {
     "full": Settings(),
 }
 
-# ------------------------------------------- what is trained, and what is measured (Santurkar et al.)
+
+# ----------------------------- what is trained (measured inside training by measures.Smoothness, Santurkar et al.)
 def run(s: Settings, out_dir: Path) -> None:
-    """One sweep per variant over the lr grid with the `Smoothness` hook, each in its folder (resumable)."""
+    """One sweep per variant over the lr grid with the `measures.Smoothness` hook, each in its folder (resumable)."""
     out_dir, dataset = Path(out_dir), data_lib.load(s.base.data)
-    hook = Smoothness(tuple(s.landscape_lr * m for m in s.eta_multipliers), s.landscape_lr)
+    hook = measures.Smoothness(tuple(s.landscape_lr * m for m in s.eta_multipliers), s.landscape_lr)
     for v in VARIANTS:
         cfg = replace(s.base, model=replace(s.base.model, batch_norm=v == "bn"))
         sweep.run(cfg, lrs=lr_grid(s), measure=hook, out_dir=out_dir / v, dataset=dataset, progress=False)
     store.write_json(out_dir / "run.json", {"settings": to_dict(s), "lr_grid": lr_grid(s), "classes": dataset.num_classes})
 
-@dataclass(frozen=True)
-class Smoothness:
-    """Measurement hook: Santurkar et al. measures of one run at its state, on the minibatch its next
-    step uses, BN in training mode (fields: `etas`, the steps along −g; `lr`, the SGD step of ICS).
-
-    With g = ∇L(θ): loss_range max_η L(θ − ηg) − min_η L(θ − ηg); grad_pred (gradient
-    predictiveness, fig. 4b) max_η ‖g − ∇L(θ − ηg)‖; beta (effective β-smoothness, fig. 4c) max_η
-    ‖g − ∇L(θ − ηg)‖ / ‖ηg‖; ICS of layer i ≥ 2 (Def. 2.1), G = ∇_{W_i} L(θ) and G' the same with
-    layers < i at θ − lr·g: ics_l2 ‖G − G'‖, ics_rel ‖G − G'‖ / ‖G‖, ics_cos cos(G, G'). Norms are
-    of raveled pytrees. Returns () scalars, (etas,) losses_along and grad_change, (layers − 1,) ICS.
-    """
-
-    etas: tuple[float, ...]
-    lr: float
-
-    def __call__(self, state: train.TrainState, streams: train.Streams, data: train.Data, cfg: Config) -> dict:
-        idx = train.batch_indices(streams.data, state.step, n=data.x_train.shape[0], batch_size=cfg.train.batch_size,
-                                  sampling=cfg.train.sampling)
-        x, y, params = data.x_train[idx], data.y_train[idx], state.params  # (batch, features), (batch,)
-        grad = lambda p: backprop.autodiff_grad(p, state.bn_state, x, y, cfg=cfg.model)  # noqa: E731 (g, aux)
-        flat, positive = (lambda t: ravel_pytree(t)[0]), (lambda v: jnp.where(v > 0, v, jnp.nan))  # noqa: E731
-        minus = lambda eta, g, p: jax.tree.map(lambda gi, pi: pi - eta * gi, g, p)  # noqa: E731 (None leaves stay)
-        g, aux = grad(params)
-        along = [grad(minus(eta, g, params)) for eta in self.etas]
-        losses_along = jnp.stack([a.loss for _, a in along])  # (etas,) L(θ − ηg)
-        grad_change = jnp.stack([jnp.linalg.norm(flat(g) - flat(g2)) for g2, _ in along])  # (etas,)
-        stepped, ics = minus(self.lr, g, params), []
-        for i in range(1, len(params)):  # layers < i stepped, layers ≥ i at θ
-            a, b = flat(g[i]), flat(grad((*stepped[:i], *params[i:]))[0][i])
-            diff, na = jnp.linalg.norm(a - b), jnp.linalg.norm(a)
-            ics.append(jnp.stack([diff, diff / positive(na), a @ b / positive(na * jnp.linalg.norm(b))]))
-        ics = jnp.stack(ics) if ics else jnp.zeros((0, 3), aux.loss.dtype)  # (layers − 1, 3)
-        gnorm = jnp.linalg.norm(flat(g))
-        return {"loss": aux.loss, "grad_norm": gnorm, "losses_along": losses_along, "grad_change": grad_change,
-                "loss_range": jnp.max(losses_along) - jnp.min(losses_along), "grad_pred": jnp.max(grad_change),
-                "beta": jnp.max(grad_change / (jnp.asarray(self.etas, gnorm.dtype) * positive(gnorm))),
-                "ics_l2": ics[:, 0], "ics_rel": ics[:, 1], "ics_cos": ics[:, 2]}
 
 # ------------------------------------------------------------------------------- statistics and rules
 def stability_table(diverged: np.ndarray, final_loss: np.ndarray, lrs: np.ndarray, *, threshold: float) -> dict:
@@ -127,13 +92,16 @@ def stability_table(diverged: np.ndarray, final_loss: np.ndarray, lrs: np.ndarra
             "edge": np.where(stable.any(axis=0), lrs[len(lrs) - 1 - np.argmax(stable[::-1], axis=0)], np.nan),
             "first_divergence": float(lrs[np.argmax(rate > 0)]) if (rate > 0).any() else None}
 
+
 def ratio_ci(a: np.ndarray, b: np.ndarray) -> stats.CI:
     """mean(a) / mean(b), stratified BCa bootstrap CI (a and b resampled apart; non-finite values dropped)."""
     return stats.independent_bootstrap_ci(a, b, statistic=lambda a, b, axis=-1: a.mean(axis) / b.mean(axis))
 
+
 def geometric_ratio_ci(a: np.ndarray, b: np.ndarray) -> stats.CI:
     """Paired geometric-mean ratio a/b over seeds: 10^mean(log10 a − log10 b), bootstrap CI."""
     return stats.CI(*(10.0 ** v for v in stats.bootstrap_ci(np.log10(a) - np.log10(b))))
+
 
 def m12_verdict(ratio: stats.CI, nobn_inside: float, *, progress_fraction: float = 0.9,
                 measurement: str = "") -> Verdict:
@@ -146,11 +114,13 @@ def m12_verdict(ratio: stats.CI, nobn_inside: float, *, progress_fraction: float
                 "least half the seeds (else the grid cannot show a difference)").verdict(
         "M12", ratio, measurement=measurement, settled=nobn_inside >= 0.5, figure="stability.png")
 
+
 def reduced(measure: str) -> Rule:
     """A BN / no-BN ratio below 1: batch norm reduces `measure`."""
     return Rule(f"the BN / no-BN ratio of per-seed means over training of {measure} (seeds of each resampled apart)",
                 1.0, "below", "below 1: batch norm reduces it (Santurkar et al. 2018 report smoothing); "
                               "above 1: it increases it", unit="×")
+
 
 def a4_combine(d: dict[str, str]) -> str:
     """A4 from its parts (supported = reduced, contradicted = increased), as `a4_verdict` states."""
@@ -158,6 +128,7 @@ def a4_combine(d: dict[str, str]) -> str:
     if all(v == "supported" for v in landscape):
         return "depends" if d["relative ICS"] == "supported" else "contradicted"
     return "depends" if "supported" in landscape else "supported" if "contradicted" in landscape else "inconclusive"
+
 
 def a4_verdict(loss_range: stats.CI, beta: stats.CI, ics: stats.CI, measurement: str = "") -> Verdict:
     """A4 from the BN / no-BN ratio CIs: Santurkar's mechanism (smoother, ICS not reduced) contradicts it."""
@@ -168,6 +139,7 @@ def a4_verdict(loss_range: stats.CI, beta: stats.CI, ics: stats.CI, measurement:
                  "relative ICS is not; depends iff all three are reduced, or the landscape parts disagree; "
                  "supported (no smoothing seen) iff neither landscape part is reduced and one is increased; else "
                  "inconclusive", measurement=measurement, value=beta, figure="landscape.png", unit="×")[0]
+
 
 # -------------------------------------------------------------------------------------------- report
 def _plot_stability(tables: dict, lrs: np.ndarray, threshold: float, path: Path) -> None:
@@ -188,6 +160,7 @@ def _plot_stability(tables: dict, lrs: np.ndarray, threshold: float, path: Path)
     fig.legend(h1 + h2, l1 + l2, loc="outside lower center", ncol=3, fontsize=8)  # beside the data, not on it
     plots.save(fig, path)
 
+
 def _plot_bands(path: Path, data: dict, x, panels: list, *, xlabel: str, ticks=None, log_y=True, title="") -> None:
     """One panel per (key, ylabel, title): median and IQR over seeds of data[variant][key], (seeds, len(x))."""
     fig, axes = plots.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
@@ -198,6 +171,7 @@ def _plot_bands(path: Path, data: dict, x, panels: list, *, xlabel: str, ticks=N
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     fig.suptitle(title, fontsize=10)
     plots.save(fig, path)
+
 
 def stability_report(results: dict, info: dict, out_dir: Path) -> Verdict:
     """M12 from the final evaluation of every run (runs are lr-major); draws stability.png."""
@@ -215,6 +189,7 @@ def stability_report(results: dict, info: dict, out_dir: Path) -> Verdict:
         f"BN / no-BN largest stable SGD lr, geometric mean over {len(bn)} paired seeds (grid {lrs[0]:.3g}…{lrs[-1]:.3g}, "
         f"{len(lrs)} lrs; P(BN edge higher) = {poi:.2f}; first lr with a NaN/Inf divergence: no BN {first['nobn']}, "
         f"BN {first['bn']}; BN edge at the grid top for {np.mean(bn >= lrs[-1]):.0%} of seeds)"))
+
 
 def landscape_report(results: dict, info: dict, out_dir: Path) -> Verdict:
     """A4 from the runs at landscape_lr; draws landscape.png and ics.png."""
@@ -241,6 +216,7 @@ def landscape_report(results: dict, info: dict, out_dir: Path) -> Verdict:
         f"BN / no-BN effective β-smoothness (Santurkar et al. 2018), SGD lr {lr:g}, mean over training; loss range "
         f"{ratios['loss_range'].text()}, gradient predictiveness {ratios['grad_pred'].text()}, relative ICS "
         f"{ratios['ics_rel'].text()} (per layer: {per_layer}), ICS cosine {ratios['ics_cos'].text()}"))
+
 
 def report(out_dir: Path) -> list[Verdict]:
     """Reads both sweeps, draws stability.png, landscape.png and ics.png; returns [M12, A4]."""

@@ -5,8 +5,8 @@ reduces to one linear transformation."; M5 "ReLU gives sparse activations: only 
 Trained: one MNIST-1D sweep per model, all alike (Adam, Greydanus & Kobak 2024): logistic regression, deep
 linear nets (LeCun init: He's gain of 2 would grow their logits as 2^depth) and ReLU nets of the same shapes.
 Measured: M4, the float64 product W1·…·WL and effective bias against each linear net's test logits (Saxe et
-al. 2014), final test accuracy paired by seed; M5, inside training (`relu_activity`), active (example, unit)
-pairs and dead units per layer at step 0 and at the end (Glorot et al. 2011; Lu et al. 2020).
+al. 2014), final test accuracy paired by seed; M5, inside training (the hook `measures.relu_activity`), active
+(example, unit) pairs and dead units per layer at step 0 and at the end (Glorot et al. 2011; Lu et al. 2020).
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from netalchemy import config as config_lib, data as data_lib, mlp, per_run, plots, stats, store, sweep
+from netalchemy import config as config_lib, data as data_lib, measures, per_run, plots, stats, store, sweep
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, judge
@@ -84,23 +82,15 @@ def collapse_check(final, x: np.ndarray, y: np.ndarray, *, cfg: Config) -> dict[
             "collapse_agreement": np.mean(flat.argmax(-1) == net.argmax(-1), axis=1)}
 
 
-def relu_activity(state, streams, data, cfg: Config) -> dict[str, jax.Array]:
-    """Measurement hook (one run, every evaluation): per hidden layer, the fraction of (test example, unit) pairs
-    with pre-activation > 0 ("active") and of units with pre-activation ≤ 0 on every test example ("dead")."""
-    hidden = mlp.forward(state.params, state.bn_state, data.x_test, cfg=cfg.model, train=False).hidden
-    on = [h.pre_activation > 0 for h in hidden]  # (examples, units) each
-    return {"active": jnp.stack([jnp.mean(a) for a in on]), "dead": jnp.stack([jnp.mean(~a.any(0)) for a in on])}
-
-
 def measure(s: Settings, out_dir: Path) -> dict[str, np.ndarray]:
     """One resumable sweep per model (`out_dir/<model>`): final accuracies and losses (NaN where diverged), the
-    collapse of linear nets, `relu_activity` of ReLU nets per stage (seeds, layers), and the facts."""
+    collapse of linear nets, `measures.relu_activity` of ReLU nets per stage (seeds, layers), and the facts."""
     dataset = data_lib.load(s.base.data)
     out = dict(models=np.array(list(models(s))), depths=np.array(s.depths), width=s.width, steps=s.base.train.steps,
                num_classes=dataset.num_classes, dataset=dataset.name, optimizer=s.base.optim.name, lr=s.base.optim.lr)
     for name, model in models(s).items():
         cfg = dataclasses.replace(s.base, model=model)
-        hook = relu_activity if model.activation == "relu" and model.hidden else None
+        hook = measures.relu_activity if model.activation == "relu" and model.hidden else None
         result = sweep.run(cfg, out_dir=out_dir / name, dataset=dataset, progress=False, measure=hook)
         diverged = result.history["diverged"][:, -1].astype(bool)
         out |= {f"{name}/{m}": np.where(diverged, np.nan, result.history[m][:, -1])

@@ -1,4 +1,5 @@
-"""experiments/linearity.py: the collapse, the ReLU activity probe, the verdict rules, a tiny run (M4, M5)."""
+"""experiments/linearity.py: the collapse, the verdict rules, a tiny run (M4, M5) whose ReLU activity (the hook
+`measures.relu_activity`, tested in tests/test_measures.py) is recounted from `per_run.layers`."""
 
 import dataclasses
 import math
@@ -11,7 +12,7 @@ import pytest
 
 from figure_checks import assert_clean, checking_figures
 from experiments import linearity
-from netalchemy import mlp, per_run, store, sweep, train
+from netalchemy import mlp, per_run, store, sweep
 from netalchemy.config import Config, ModelConfig, override
 from netalchemy.data import load
 from netalchemy.experiment import VERDICTS, run_experiment
@@ -51,19 +52,6 @@ def test_collapse_check_float32_error_is_rounding_and_predictions_agree():
     # The collapse does NOT hold for a ReLU net (the check would catch a wrong claim).
     relu = Config(model=ModelConfig(hidden=(16, 16)))
     assert np.all(linearity.collapse_check(final, x, y, cfg=relu)["collapse_error"] > 1e-2)
-
-
-def test_relu_activity_counts_active_pairs_and_dead_units():
-    cfg = Config(model=ModelConfig(hidden=(3, 2)))
-    # Layer 1: unit 0 is on iff x > 0, unit 1 always on (bias 1), unit 2 never on (bias −1, weight 0).
-    # Layer 2: unit 0 sums layer 1 (always on), unit 1 has bias −1 and weight 0 (dead).
-    params = (mlp.Layer(jnp.array([[1.0, 0.0, 0.0]]), jnp.array([0.0, 1.0, -1.0])),
-              mlp.Layer(jnp.array([[1.0, 0.0]] * 3), jnp.array([0.0, -1.0])), mlp.Layer(jnp.ones((2, 2)), jnp.zeros(2)))
-    x = jnp.array([[1.0], [-1.0], [2.0], [-3.0]])
-    data = train.Data(x, jnp.zeros(4, jnp.int32), x, jnp.zeros(4, jnp.int32))
-    got = linearity.relu_activity(SimpleNamespace(params=params, bn_state=()), None, data, cfg)
-    np.testing.assert_allclose(np.asarray(got["active"]), [(2 + 4 + 0) / 12, 4 / 8])
-    np.testing.assert_allclose(np.asarray(got["dead"]), [1 / 3, 1 / 2])
 
 
 @pytest.mark.parametrize("ci, expected", [
