@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from netalchemy import config as config_lib, data as data_lib, plots, spread, stats, store, sweep
-from netalchemy.oscillation import UpdateDynamics, fastest, mean_before_divergence, steps_to_target
+from netalchemy import config as config_lib, data as data_lib, oscillation, plots, spread, stats, store, sweep
+from netalchemy.curves import fastest, first_crossing, mean_before_divergence
 from netalchemy.config import Config, ModelConfig, SeedsConfig, TrainConfig
 from netalchemy.verdicts import Part, Rule, Verdict, across, judge
 
@@ -76,13 +76,13 @@ def run(s: Settings, out_dir: Path) -> None:
 
 
 def m8_sweep(s: Settings, grid: sweep.SweepResult, num_classes: int,
-             out_dir: Path) -> tuple[Config, UpdateDynamics, Path]:
-    """M8's sweep: the grid's config at its lr tuned for speed (`oscillation.fastest`; no seed diverged) on the next
+             out_dir: Path) -> tuple[Config, oscillation.UpdateDynamics, Path]:
+    """M8's sweep: the grid's config at its lr tuned for speed (`curves.fastest`; no seed diverged) on the next
     `seeds.n` seeds (held out: the seeds that chose the lr never judge it), its hook, its folder (named by both)."""
     loss, _, div, _, _ = finals(grid, num_classes)
-    best = fastest(steps_to_target(grid.history["step"][0], grid.history["train_loss"], s.target_fraction * math.log(
+    best = fastest(first_crossing(grid.history["step"][0], grid.history["train_loss"], s.target_fraction * math.log(
         num_classes)).reshape(loss.shape), np.where((div | ~np.isfinite(loss)).any(1), np.inf, loss.mean(axis=1)))
-    seeds, hook, lr = grid.cfg.seeds, UpdateDynamics(s.replay_steps), float(lr_grid(s)[best])
+    seeds, hook, lr = grid.cfg.seeds, oscillation.UpdateDynamics(s.replay_steps), float(lr_grid(s)[best])
     cfg = config_lib.override(grid.cfg, [f"optim.lr={lr!r}", f"seeds.start={seeds.start + seeds.n}"])
     return cfg, hook, out_dir / f"m8-{cfg.optim.name}-{store.settings_key([config_lib.to_dict(cfg), repr(hook)])[:12]}"
 
@@ -180,7 +180,7 @@ def m8(s: Settings, tuned: dict[str, sweep.SweepResult], num_classes: int, out_d
     """M8 per optimizer vs the baseline, on held-out seeds at lrs tuned for speed (`m8_sweep`): its mechanism (paired,
     `MECHANISM`) and P(fewer steps to the target; never: censored, last) by `m8_one`; across. optimizers.png."""
     goal, rule, x = s.target_fraction * math.log(num_classes), rules(s), next(iter(tuned.values())).history["step"][0]
-    reached = {n: steps_to_target(x, r.history["train_loss"], goal) for n, r in tuned.items()}
+    reached = {n: first_crossing(x, r.history["train_loss"], goal) for n, r in tuned.items()}
     steps = {n: np.nan_to_num(t, posinf=10.0 * x[-1] + 1) for n, t in reached.items()}  # censored: after all others
     value = {(n, k): mean_before_divergence(v[:, 1:], r.history["diverged"][:, 1:]) for n, r in tuned.items() for k, v
              in r.measures.items()}  # (seeds,): after step 0, where Adam's first update is ±lr for every parameter

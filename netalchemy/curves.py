@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Phases", "first_crossing", "knee", "phase_boundaries", "smooth_log"]
+__all__ = ["Phases", "fastest", "first_crossing", "knee", "mean_before_divergence", "phase_boundaries", "smooth_log"]
 
 
 def smooth_log(steps: ArrayLike, values: ArrayLike, decades: float = 0.05) -> np.ndarray:
@@ -97,3 +97,20 @@ def first_crossing(steps: ArrayLike, values: ArrayLike, target: float, *, below:
         t = s[j] + (before - level) / (before - at) * (s[k] - s[j])
     t = np.where((k > 0) & np.isfinite(before) & (before > at), t, s[k])
     return np.where(reached.any(axis=1), t, np.inf)
+
+
+def fastest(steps: np.ndarray, tiebreak: np.ndarray) -> int:
+    """Index of the setting (row of `steps`, (settings, seeds), +inf = never arrived) with the fewest median
+    steps, ties (e.g. most seeds never arrived) broken by the lower `tiebreak` (settings,); a setting whose
+    `tiebreak` is not finite (e.g. a diverged seed) ranks after every other."""
+    median = np.quantile(np.asarray(steps, np.float64), 0.5, axis=1, method="inverted_cdf")  # no inf − inf
+    ok = np.isfinite(tiebreak)
+    return int(np.lexsort((np.where(ok, tiebreak, np.inf), np.where(ok, median, np.inf)))[0])
+
+
+def mean_before_divergence(values: np.ndarray, diverged: np.ndarray) -> np.ndarray:
+    """(runs,) each run's finite `values` (runs, evaluations) averaged over the evaluations before `diverged`
+    (runs, evaluations; nonzero once a run diverged); NaN for a run with none."""
+    keep = ~np.asarray(diverged).astype(bool) & np.isfinite(values)
+    with np.errstate(all="ignore"):
+        return np.where(keep, values, 0.0).sum(axis=1) / keep.sum(axis=1)

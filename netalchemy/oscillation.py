@@ -1,6 +1,6 @@
-"""How fast and how an optimizer moves the weights: steps to a loss, oscillation, per-parameter steps (M8).
+"""How an optimizer moves the weights: oscillation and per-parameter step sizes (M8).
 
-`steps_to_target` reads a run's speed off its loss curve. `UpdateDynamics` is a
+`UpdateDynamics` is a
 measurement hook (`train.measured`): at each evaluation it replays the run's next `steps`
 optimizer steps exactly as training will take them (same minibatches, dropout masks and
 optimizer state, `train.train_step` at the config's learning rate) and measures their
@@ -30,8 +30,7 @@ import numpy as np
 from netalchemy import train
 from netalchemy.config import Config
 
-__all__ = ["UpdateDynamics", "log_interquartile_ratio", "replay_updates", "sign_flip_fraction", "steps_to_target",
-           "fastest", "mean_before_divergence"]
+__all__ = ["UpdateDynamics", "log_interquartile_ratio", "replay_updates", "sign_flip_fraction"]
 
 
 def replay_updates(state: train.TrainState, streams: train.Streams, data: train.Data, *, cfg: Config,
@@ -76,34 +75,3 @@ class UpdateDynamics:
     def __call__(self, state, streams, data, cfg):
         updates = replay_updates(state, streams, data, cfg=cfg, steps=self.steps)
         return {"sign_flips": sign_flip_fraction(updates), "step_spread": log_interquartile_ratio(updates)}
-
-
-def steps_to_target(steps: np.ndarray, losses: np.ndarray, target: float) -> np.ndarray:
-    """(runs,) first step at which each run's loss is ≤ `target`, linearly interpolated between evaluations;
-    +inf where never. `steps`: (evals,) increasing; `losses`: (runs, evals), NaN = not below."""
-    steps, losses = np.asarray(steps, np.float64), np.atleast_2d(np.asarray(losses, np.float64))
-    below = np.isfinite(losses) & (losses <= target)
-    k = below.argmax(axis=1)
-    j, rows = np.maximum(k - 1, 0), np.arange(len(k))
-    hi, lo = losses[rows, j], losses[rows, k]  # the evaluations around the crossing
-    with np.errstate(all="ignore"):
-        t = steps[j] + (hi - target) / (hi - lo) * (steps[k] - steps[j])
-    t = np.where((k > 0) & np.isfinite(hi) & (hi > lo), t, steps[k])
-    return np.where(below.any(axis=1), t, np.inf)
-
-
-def fastest(steps: np.ndarray, tiebreak: np.ndarray) -> int:
-    """Index of the setting (row of `steps`, (settings, seeds), +inf = never arrived) with the fewest median
-    steps, ties (e.g. most seeds never arrived) broken by the lower `tiebreak` (settings,); a setting whose
-    `tiebreak` is not finite (e.g. a diverged seed) ranks after every other."""
-    median = np.quantile(np.asarray(steps, np.float64), 0.5, axis=1, method="inverted_cdf")  # no inf − inf
-    ok = np.isfinite(tiebreak)
-    return int(np.lexsort((np.where(ok, tiebreak, np.inf), np.where(ok, median, np.inf)))[0])
-
-
-def mean_before_divergence(values: np.ndarray, diverged: np.ndarray) -> np.ndarray:
-    """(runs,) each run's finite `values` (runs, evaluations) averaged over the evaluations before `diverged`
-    (runs, evaluations; nonzero once a run diverged); NaN for a run with none."""
-    keep = ~np.asarray(diverged).astype(bool) & np.isfinite(values)
-    with np.errstate(all="ignore"):
-        return np.where(keep, values, 0.0).sum(axis=1) / keep.sum(axis=1)

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from netalchemy import curves
 from netalchemy.curves import first_crossing, knee, phase_boundaries, smooth_log
 
 EPOCHS = np.arange(0, 2001, dtype=np.float64)
@@ -86,3 +87,29 @@ def test_phase_boundaries_of_piecewise_linear_curves():
     assert flat.overfit_onset == 300 and flat.fast_end == 30
     early = phase_boundaries(x, train, 5.0 + 0.01 * x)  # minimum at step 0: no room for a knee
     assert early == (-1, 0, pytest.approx(math.nan, nan_ok=True), pytest.approx(math.nan, nan_ok=True))
+
+
+def test_first_crossing_interpolates_between_evaluations_and_skips_nan():
+    steps = np.array([0, 10, 20, 30])
+    losses_ = np.array([[3.0, 2.0, 1.0, 0.5],
+                        [3.0, 3.0, 3.0, 3.0],
+                        [1.0, 0.5, 0.2, 0.1],
+                        [3.0, np.nan, 1.0, 0.5],
+                        [3.0, 1.5, 1.5, 1.0]])
+    np.testing.assert_allclose(curves.first_crossing(steps, losses_, 1.5), [15.0, np.inf, 0.0, 20.0, 10.0])
+
+
+def test_fastest_median_then_tiebreak_then_excluded():
+    inf = np.inf
+    steps = np.array([[10.0, 20.0, inf], [30.0, 5.0, 6.0], [inf, inf, 1.0], [inf, inf, inf]])
+    assert curves.fastest(steps, np.array([0.5, 0.4, 0.3, 0.2])) == 1  # medians 20, 6, inf, inf
+    assert curves.fastest(steps, np.array([0.5, inf, 0.3, 0.2])) == 0  # the fastest has a diverged seed
+    assert curves.fastest(steps[2:], np.array([0.3, 0.2])) == 1  # neither arrives: the lower final loss
+
+
+def test_mean_before_divergence():
+    values = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0], [5.0, 5.0, 5.0]])
+    diverged = np.array([[0, 0, 1], [0, 0, 0], [1, 1, 1]])
+    got = curves.mean_before_divergence(values, diverged)
+    np.testing.assert_allclose(got[:2], [1.5, 2.0])
+    assert np.isnan(got[2])

@@ -90,29 +90,3 @@ def test_the_hook_in_a_sweep_measures_what_a_direct_call_does(setting):
     assert np.all((r.measures["sign_flips"] >= 0) & (r.measures["sign_flips"] <= 1))
     with pytest.raises(ValueError):
         O.UpdateDynamics(1)
-
-
-def test_steps_to_target_interpolates_between_evaluations():
-    steps = np.array([0, 10, 20, 30])
-    losses_ = np.array([[3.0, 2.0, 1.0, 0.5],
-                        [3.0, 3.0, 3.0, 3.0],
-                        [1.0, 0.5, 0.2, 0.1],
-                        [3.0, np.nan, 1.0, 0.5],
-                        [3.0, 1.5, 1.5, 1.0]])
-    np.testing.assert_allclose(O.steps_to_target(steps, losses_, 1.5), [15.0, np.inf, 0.0, 20.0, 10.0])
-
-
-def test_fastest_median_then_tiebreak_then_excluded():
-    inf = np.inf
-    steps = np.array([[10.0, 20.0, inf], [30.0, 5.0, 6.0], [inf, inf, 1.0], [inf, inf, inf]])
-    assert O.fastest(steps, np.array([0.5, 0.4, 0.3, 0.2])) == 1  # medians 20, 6, inf, inf
-    assert O.fastest(steps, np.array([0.5, inf, 0.3, 0.2])) == 0  # the fastest has a diverged seed
-    assert O.fastest(steps[2:], np.array([0.3, 0.2])) == 1  # neither arrives: the lower final loss
-
-
-def test_mean_before_divergence():
-    values = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0], [5.0, 5.0, 5.0]])
-    diverged = np.array([[0, 0, 1], [0, 0, 0], [1, 1, 1]])
-    got = O.mean_before_divergence(values, diverged)
-    np.testing.assert_allclose(got[:2], [1.5, 2.0])
-    assert np.isnan(got[2])
