@@ -108,12 +108,12 @@ def program_runner(spec: dict, data: dict) -> Runner:
         states, done = box.pop("states"), 0
         while done < full:
             k = min(per_chunk, full - done)
-            states, metrics, _ = sweep.train_chunk(states, streams, arrays, lrs, cfg=cfg, axes=axes, intervals=k)
+            states, metrics = sweep.train_chunk(states, streams, arrays, lrs, cfg=cfg, axes=axes, intervals=k)
             jax.device_get(metrics)
             done += k
         if tail:
-            states, metrics, _ = sweep.train_chunk(states, streams, arrays, lrs, cfg=cfg, axes=axes, intervals=1,
-                                                   length=tail)
+            states, metrics = sweep.train_chunk(states, streams, arrays, lrs, cfg=cfg, axes=axes, intervals=1,
+                                                length=tail)
             jax.device_get(metrics)
         jax.block_until_ready(states)
 

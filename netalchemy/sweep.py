@@ -17,12 +17,15 @@ process 0 writes the files.
 Randomness streams not listed in `seeds.vary` are shared by all runs: their keys enter the
 vmapped program unbatched (in_axes None), so e.g. a shared data order is gathered once.
 
-Experiments hook into the same program (`run(..., measure=, perturb=)`): a *measurement*
+Experiments hook into the engine (`run(..., measure=, perturb=)`): a *measurement*
 (`train.measured`) runs at step 0 and after every evaluation interval, its arrays stored as
 `SweepResult.measures` (runs, evaluations, ...); a *perturbation* `perturb(state, run, cfg)`
 edits each run's initial state (`run` is the run's index in the sweep, e.g. to move one
-weight of every second run by one ulp). Both are hashable callables, compiled into the
-program and named in the folder's config.json, so a sweep with other hooks never reuses it.
+weight of every second run by one ulp). Both are hashable callables compiled into programs
+of their own beside the training program, which they never change: the runs of a sweep with
+hooks are bit-identical to the same runs without them (a hook fused into the training
+program moved its results in the last bits). Both are named in the folder's config.json, so
+a sweep with other hooks never reuses it.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ def evaluate_states(states: train.TrainState, data: train.Data, *, cfg: Config) 
 @partial(jax.jit, static_argnames=("cfg", "axes", "measure"))
 def measure_states(states: train.TrainState, streams: train.Streams, data: train.Data, *, cfg: Config,
                    axes: train.Streams, measure) -> dict[str, jax.Array]:
-    """The measurement hook on every run: name -> (runs, ...) ({} without a hook)."""
+    """The measurement hook on every run, a program of its own: name -> (runs, ...) ({} without a hook)."""
     return jax.vmap(lambda st, s: train.measured(measure, st, s, data, cfg=cfg), in_axes=(0, axes))(states, streams)
 
 
@@ -132,20 +135,19 @@ def perturb_states(states: train.TrainState, runs: jax.Array, *, cfg: Config, pe
     return jax.vmap(lambda st, r: perturb(st, r, cfg))(states, runs)
 
 
-@partial(jax.jit, static_argnames=("cfg", "axes", "intervals", "length", "measure"), donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("cfg", "axes", "intervals", "length"), donate_argnums=(0,))
 def train_chunk(states: train.TrainState, streams: train.Streams, data: train.Data, lrs: jax.Array, *,
-                cfg: Config, axes: train.Streams, intervals: int, length: Optional[int] = None,
-                measure=None) -> tuple[train.TrainState, train.Metrics, dict[str, jax.Array]]:
+                cfg: Config, axes: train.Streams, intervals: int,
+                length: Optional[int] = None) -> tuple[train.TrainState, train.Metrics]:
     """The engine's compiled program: `intervals` evaluation intervals of every run, vmapped.
 
     Each interval is `length` steps (default `cfg.train.eval_every`; the last interval of a
     run whose steps are not a multiple of it is shorter). `states` is donated.
 
     Returns:
-      (states after the intervals, Metrics with (runs, intervals) fields, the measurement
-      hook's arrays (runs, intervals, ...)).
+      (states after the intervals, Metrics with (runs, intervals) fields).
     """
-    run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals, length=length, measure=measure)
+    run = partial(train.train_intervals, data=data, cfg=cfg, intervals=intervals, length=length)
     return jax.vmap(lambda st, s, lr: run(st, s, lr=lr), in_axes=(0, axes, 0))(states, streams, lrs)
 
 
@@ -208,9 +210,9 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
                          spec: dict) -> dict[str, np.ndarray]:
     """Trains one chunk of runs to the end, checkpointing; returns its arrays for chunk-NNNN.npz.
 
-    Each evaluation interval is one call of `train_chunk`, all of a checkpoint's intervals
-    dispatched before the first result is read, so the device never waits for the host while
-    the bar advances per interval.
+    Each evaluation interval is one call of `train_chunk` (and one of `measure_states` after it
+    with a measurement hook), all of a checkpoint's intervals dispatched before the first
+    result is read, so the device never waits for the host while the bar advances per interval.
     """
     n_real = len(seeds)
     pad = (-n_real) % mesh.size
@@ -251,15 +253,17 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         end = min(done + per_checkpoint, len(lengths))
         pending = []
         for i in range(done, end):  # queued: the device runs ahead while the host reads results
-            states, metrics, measures = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
-                                                    length=lengths[i], measure=measure)
+            states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
+                                          length=lengths[i])
+            measures = {} if measure is None else measure_states(states, streams, data, cfg=cfg, axes=axes,
+                                                                 measure=measure)
             pending.append((metrics, measures))
         for i, (metrics, measures) in enumerate(pending, start=done):
             metrics, measures = to_host((metrics, measures))
             for m in METRICS:
                 history[m][:, 1 + i] = np.asarray(getattr(metrics, m), np.float64)[:, 0]
             for k, v in measures.items():
-                history[f"measure/{k}"][:, 1 + i] = v[:, 0]
+                history[f"measure/{k}"][:, 1 + i] = v
             if progress is not None:
                 _report(progress, history, 1 + i, steps[i], n_real)
         done = end

@@ -175,26 +175,25 @@ def measured(measure, state: TrainState, streams: Streams, data: Data, *, cfg: C
     """What a measurement hook reports about one run's `state` ({} without a hook).
 
     A hook is a hashable callable `measure(state, streams, data, cfg) -> {name: array}` (a
-    module-level function, or a frozen dataclass instance whose fields are its settings). It
-    runs inside the compiled program at step 0 and after every evaluation interval, on the
-    state the evaluation sees; its arrays land in the sweep's history beside the metrics.
+    module-level function, or a frozen dataclass instance whose fields are its settings). The
+    engine compiles it into a program of its own, run on the device at step 0 and after every
+    evaluation interval on the state the evaluation sees (so what is measured never changes
+    the training program's arithmetic); its arrays land in the sweep's history beside the metrics.
     """
     return {} if measure is None else dict(measure(state, streams, data, cfg))
 
 
 def train_intervals(state: TrainState, streams: Streams, data: Data, lr: Array, *, cfg: Config, intervals: int,
-                    length: int | None = None, measure=None):
+                    length: int | None = None):
     """`intervals` evaluation intervals of `length` steps (default `eval_every`) in one scan.
 
     Returns:
-      (state, Metrics with (intervals,) fields, the hook's arrays with a leading (intervals,) axis).
+      (state, Metrics with (intervals,) fields).
     """
     def body(s, _):
-        s, metrics = train_interval(s, streams, data, lr, cfg=cfg, length=length)
-        return s, (metrics, measured(measure, s, streams, data, cfg=cfg))
+        return train_interval(s, streams, data, lr, cfg=cfg, length=length)
 
-    state, (metrics, measures) = jax.lax.scan(body, state, None, length=intervals)
-    return state, metrics, measures
+    return jax.lax.scan(body, state, None, length=intervals)
 
 
 @partial(jax.jit, static_argnames=("cfg", "in_features", "num_classes"))
@@ -208,10 +207,10 @@ def train_run(streams: Streams, data: Data, lr: Array, *, cfg: Config, in_featur
     parts = [jax.tree.map(lambda a: a[None], evaluate(state, data, cfg=cfg))]
     full, tail = interval_plan(cfg)
     if full:
-        state, history, _ = train_intervals(state, streams, data, lr, cfg=cfg, intervals=full)
+        state, history = train_intervals(state, streams, data, lr, cfg=cfg, intervals=full)
         parts.append(history)
     if tail:
-        state, history, _ = train_intervals(state, streams, data, lr, cfg=cfg, intervals=1, length=tail)
+        state, history = train_intervals(state, streams, data, lr, cfg=cfg, intervals=1, length=tail)
         parts.append(history)
     return state, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 

@@ -50,6 +50,15 @@ def test_a_measurement_lands_beside_the_metrics_at_every_evaluation(mnist1d):
     assert sweep.run(tiny(), dataset=mnist1d, progress=False).measures == {}
 
 
+def test_a_measurement_never_changes_what_is_trained(mnist1d):
+    """The hook runs in a program of its own: the runs are bit-identical to a sweep without it
+    (compiled into the training program, it moved them in the last bits)."""
+    heavy = sweep.run(tiny("train.steps=200", "train.eval_every=20"), dataset=mnist1d, progress=False,
+                      measure=norms)
+    plain = sweep.run(tiny("train.steps=200", "train.eval_every=20"), dataset=mnist1d, progress=False)
+    assert same(heavy, plain)
+
+
 def test_a_perturbation_moves_only_the_runs_it_names(mnist1d):
     lr = tiny().optim.lr
     plain = sweep.run(tiny(), dataset=mnist1d, progress=False, lrs=[lr, lr])  # every seed twice
