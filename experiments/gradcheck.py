@@ -41,8 +41,7 @@ from netalchemy.experiment import Verdict
 from netalchemy.verdicts import Part, Rule, all_hold, judge
 
 CLAIMS = ("M1", "M2", "M3")
-# The check runs on Gaussian random-label data of each architecture's own shapes, so the
-# dataset does not enter: `--dataset` audits do not rerun it (experiment.DATASET_FREE).
+# `--dataset` audits skip it (`experiment.dataset_free`): no dataset enters the check.
 DATASET_FREE = "its gradients are checked on random inputs and labels, so no dataset enters"
 
 # Pass thresholds: the largest relative error allowed, per parameter array.

@@ -21,3 +21,20 @@ def test_nothing_points_outside_the_repository():
     offenders = [str(p.relative_to(ROOT)) for p in texts
                  if p != Path(__file__) and OUTSIDE in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiments_are_short_declarations_on_the_engine(path):
+    """≤ 250 lines, no function over 60, and no training loop of their own (issue 10)."""
+    import ast
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    longest = max((n.end_lineno - n.lineno + 1 for n in ast.walk(ast.parse(text))
+                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), default=0)
+    assert longest <= 60
+    assert not re.search(r"lax\.scan|jax\.vmap|optax\.", text)
