@@ -232,7 +232,7 @@ def test_tiny_profile_is_marked_as_a_smoke_test_everywhere(reports):
     tiny, quick = reports["tiny"], reports["quick"]
     assert "smoke test" in tiny["report.md"].splitlines()[0]
     assert "smoke test" in tiny["ledger.md"].splitlines()[0]
-    assert "<title>netalchemy audit, tiny profile (smoke test)</title>" in tiny["report.html"]
+    assert "<title>netalchemy audit, tiny profile, mnist1d (smoke test)</title>" in tiny["report.html"]
     measured = [line for line in tiny["ledger.md"].splitlines() if line.startswith("| M") and "not measured" not in line]
     assert len(measured) == 4 and all("(smoke test)" in line for line in measured)
     rows = _ledger(Page(tiny["report.html"]))
