@@ -108,3 +108,24 @@ def assert_clean(drawn: dict[str, list[str]], folder: Path, *, pattern: str = "*
         caption = audit.figure_caption(png.parent.parent.name, png)
         name_only = png.stem.replace("_", " ").replace("-", " ").lower()
         assert caption and ".png" not in caption and caption.lower() != name_only, (png, caption)  # words
+
+
+def tiny_run_fixtures(name: str):
+    """Module fixtures `tiny_run` — experiment `name`'s tiny profile, run once per test module,
+    its figures checked as drawn: (folder, verdicts, checks) — and `tiny`: (folder, verdicts).
+
+    Use as `tiny_run, tiny = tiny_run_fixtures("chance")` at a test module's top level.
+    """
+    from netalchemy.experiment import run_experiment
+
+    @pytest.fixture(scope="module")
+    def tiny_run(tmp_path_factory):
+        with checking_figures() as drawn:
+            out, verdicts = run_experiment(name, profile="tiny", root=tmp_path_factory.mktemp("runs"))
+        return out, verdicts, drawn
+
+    @pytest.fixture(scope="module")
+    def tiny(tiny_run):
+        return tiny_run[:2]
+
+    return tiny_run, tiny

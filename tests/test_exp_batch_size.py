@@ -11,26 +11,15 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from figure_checks import assert_clean, checking_figures
+from figure_checks import assert_clean, tiny_run_fixtures
 from experiments import batch_size as B
 from netalchemy import stats, store, sweep
 from netalchemy import config as C
 from netalchemy.data import load
-from netalchemy.experiment import VERDICTS, run_experiment
+from netalchemy.experiment import VERDICTS
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny profile, run once for this module, its figures checked as drawn: (folder, verdicts, checks)."""
-    with checking_figures() as drawn:
-        out, verdicts = run_experiment("batch_size", profile="tiny", root=tmp_path_factory.mktemp("runs"))
-    return out, verdicts, drawn
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_run):
-    """The tiny profile's (folder, verdicts)."""
-    return tiny_run[:2]
+tiny_run, tiny = tiny_run_fixtures("batch_size")
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from figure_checks import assert_clean, checking_figures
+from figure_checks import assert_clean, tiny_run_fixtures
 from experiments import batchnorm as bn
 from netalchemy import store, sweep
 from netalchemy.config import ConfigError, override
-from netalchemy.experiment import run_experiment
 from netalchemy.stats import CI
 
 
@@ -85,18 +84,7 @@ def test_settings_and_grid():
         override(s, ["eta_multipliers=[1.0]"])
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny profile, run once for this module, its figures checked as drawn: (folder, verdicts, checks)."""
-    with checking_figures() as drawn:
-        out, verdicts = run_experiment("batchnorm", profile="tiny", root=tmp_path_factory.mktemp("runs"))
-    return out, verdicts, drawn
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_run):
-    """The tiny profile's (folder, verdicts)."""
-    return tiny_run[:2]
+tiny_run, tiny = tiny_run_fixtures("batchnorm")
 
 
 def test_every_figure_is_drawn_clean_and_captioned(tiny_run):

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from figure_checks import assert_clean, checking_figures
+from figure_checks import assert_clean, tiny_run_fixtures
 from experiments import chance
 from netalchemy import experiment, spread, stats, store, sweep
 
@@ -68,18 +68,7 @@ def test_a7_threshold_is_midway_between_the_copy_and_seed_levels_and_the_flip_po
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny profile, run once for this module, its figures checked as drawn: (folder, verdicts, checks)."""
-    with checking_figures() as drawn:
-        out, verdicts = experiment.run_experiment("chance", profile="tiny", root=tmp_path_factory.mktemp("runs"))
-    return out, verdicts, drawn
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_run):
-    """The tiny profile's (folder, verdicts)."""
-    return tiny_run[:2]
+tiny_run, tiny = tiny_run_fixtures("chance")
 
 
 @pytest.mark.slow
