@@ -6,6 +6,7 @@ Every audit stored under `runs/audit/` (one folder per profile and dataset, see
 - **stable**: the same verdict in every audit that measured it;
 - **profile-sensitive**: on some dataset its verdict changes with the profile (seeds, steps);
 - **dataset-sensitive**: at some profile its verdict changes with the dataset;
+- **one audit only**: measured in a single audit, so nothing to compare;
 
 and each change is explained in one line from the stored numbers (value, CI, flip point).
 Smoke-test profiles (tiny) are left out: their verdicts are not evidence. This is the
@@ -77,6 +78,8 @@ def mark(by_column: Mapping[Column, Mapping]) -> tuple[str, list[str]]:
     """
     if not by_column:
         return "not measured", []
+    if len(by_column) == 1:  # nothing to compare with: no mark either way
+        return "one audit only", []
     kinds, lines = set(), []
     for a, b in combinations(columns(by_column), 2):
         va, vb = by_column[a], by_column[b]

@@ -103,6 +103,7 @@ def test_marks_and_explanations_from_stored_audits(tmp_path):
     assert "| A1 | supported | supported | supported | stable |" in text
     assert "| M1 | supported | supported | — | stable |" in text
     assert "| M2 | — | — | — | not measured |" in text
+    assert stability.mark({("mnist1d", "quick"): found[("mnist1d", "quick")]["A1"]}) == ("one audit only", [])
     assert "Marks: stable 2, profile-sensitive 1, dataset-sensitive 1, not measured 1." in text
     # The command prints it and writes stability.md; a damaged file is one line.
     r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
