@@ -115,9 +115,11 @@ def on_dataset(settings: Any, dataset: str) -> Any:
     return walk(settings)
 
 
-def experiment_dir(root: Path, name: str, profile: str, settings: Any, overridden: bool, dataset: str = "mnist1d") -> Path:
+def experiment_dir(root: Path, name: str, profile: str, settings: Any, overridden: bool,
+                   dataset: str = "mnist1d") -> Path:
     """runs/<name>/<profile>[-<dataset>], with -<hash> appended when overrides changed the settings."""
-    suffix = ("" if dataset == "mnist1d" else f"-{dataset}") + (f"-{config_lib.config_hash(settings)}" if overridden else "")
+    suffix = "" if dataset == "mnist1d" else f"-{dataset}"
+    suffix += f"-{config_lib.config_hash(settings)}" if overridden else ""
     return Path(root) / name / f"{profile}{suffix}"
 
 

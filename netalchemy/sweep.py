@@ -52,10 +52,10 @@ from netalchemy.sweep_folder import (METRICS, RETRAINING, SweepResult, claim, de
                                      summarize, x64)
 
 # The public API, with the names that moved to `memory` and `sweep_folder` re-exported.
-__all__ = ["METRICS", "RETRAINING", "SweepResult", "available_memory", "bytes_per_run", "check_memory", "device_mesh",
-           "evaluate_states", "format_summary", "init_states", "initial_params", "load", "measure_states",
-           "perturb_states", "plan_runs", "predict_states", "result_bytes_per_run", "run", "run_streams", "runs_per_chunk", "shard_runs",
-           "stream_axes", "summarize", "train_chunk"]
+__all__ = ["METRICS", "RETRAINING", "SweepResult", "available_memory", "bytes_per_run", "check_memory",
+           "device_mesh", "evaluate_states", "format_summary", "init_states", "initial_params", "load",
+           "measure_states", "perturb_states", "plan_runs", "predict_states", "result_bytes_per_run", "run",
+           "run_streams", "runs_per_chunk", "shard_runs", "stream_axes", "summarize", "train_chunk"]
 
 
 # ----------------------------------------------------------------------------- planning
@@ -245,8 +245,9 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         first = to_host(evaluate_states(states, data, cfg=cfg))
         for m in METRICS:
             history[m][:, 0] = np.asarray(getattr(first, m), np.float64)
-        for k, v in to_host(measure_states(states, streams, data, cfg=cfg, axes=axes, measure=measure)).items():
-            history[f"measure/{k}"][:, 0] = v
+        if measure is not None:
+            for k, v in to_host(measure_states(states, streams, data, cfg=cfg, axes=axes, measure=measure)).items():
+                history[f"measure/{k}"][:, 0] = v
     if progress is not None:
         progress.update(sum(steps[:done]))
     while done < len(lengths):

@@ -358,7 +358,8 @@ def load(out_dir: Path, *, dataset: Optional[data_lib.Dataset] = None) -> SweepR
         raise store.StoreError(f"{out_dir} holds no finished sweep (no summary.json)")
     cfg, record = _read_record(out_dir / "config.json")
     n_runs = cfg.seeds.n * (1 if record["lrs"] is None else len(record["lrs"]))
-    spec = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in record.get("hooks", {}).get("arrays", {}).items()}
+    stored = record.get("hooks", {}).get("arrays", {})
+    spec = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in stored.items()}
     with x64(cfg):
         expected = {**expected_arrays(cfg, record["dataset"], n_runs, spec), "seeds": ((n_runs,), None),
                     "lrs": ((n_runs,), None)}
