@@ -27,6 +27,7 @@ import numpy as np
 
 from netalchemy import store
 
+from . import audit_times
 from . import results as R
 from .report import write_results
 from .settings import (MATMUL_BUILDERS, TORCH_MISSING, WAYS, WORKLOADS, BenchSettings, Workload, flops_per_step,
@@ -161,17 +162,20 @@ class _Matmuls:
 
 
 def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, audits: Path = Path("runs/audit")) -> dict:
     """Runs the whole benchmark; returns the results (and writes them into `out_dir` if given).
 
     Args:
       settings: what to measure (see `BenchSettings`, `PROFILES`).
       out_dir: if given, `bench.json`, `table.txt`, `summary.md` and `scaling.png` are written there.
       log: progress lines (default print).
+      audits: the folder of the stored audits whose wall time is reported (`audit_times`;
+        `netalchemy audit --out DIR` stores them in DIR/audit).
 
     Returns:
       A JSON-able dict: settings, provenance, workloads (with FLOPs per step), matmul rates,
-      one entry per cell (status, timings, derived rates, memory), ratios and targets.
+      one entry per cell (status, timings, derived rates, memory), ratios, targets and
+      the stored audits' wall times.
     """
     started = time.perf_counter()
     have_torch = torch_available()
@@ -212,6 +216,7 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
     }
     results["ratios"] = R.ratio_rows(results)
     results["targets"] = R.target_rows(results)
+    results["audits"] = audit_times.collect(audits)
     results["wall_s"] = time.perf_counter() - started
     if out_dir is not None:
         write_results(results, out_dir)

@@ -1,7 +1,8 @@
 """The benchmark's outputs: the plain-text table, the README's markdown summary, the scaling figure.
 
 Every table lists each target with its goal, the measured value and met / not met
-(`results.TARGETS`).
+(`results.TARGETS`), then the wall time of each stored audit (`audit_times`), where the
+user feels a speed-up.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from netalchemy import plots, store
+from netalchemy.md import md_table
 
+from .audit_times import HOW
 from .results import find_cell, rate_at
 from .settings import PEERS, WAYS
 
@@ -78,6 +81,45 @@ def _cell_lines(results: dict) -> list[str]:
     return lines
 
 
+AUDIT_HEADER = ("audit", "experiments complete", "sum of times (min)", "slowest (min)", "commit(s)", "devices", "notes")
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(k if len(counts) == 1 else f"{k} ×{n}" for k, n in counts.items()) or "—"
+
+
+def audit_cells(row: dict) -> tuple[str, ...]:
+    """One stored audit (`audit_times.audit_row`) as the cells of `AUDIT_HEADER`."""
+    done = f"{len(row['complete'])} of {row['expected']}"
+    done += f"; missing {', '.join(row['missing'])}" if row["missing"] else ""
+    done += f"; {', '.join(row['not_rerun'])} dataset-free, not rerun" if row["not_rerun"] else ""
+    notes = ["mixed commits"] if len(row["commits"]) > 1 else []
+    notes += [f"reused from an earlier command: {', '.join(row['reused'])}"] if row["reused"] else []
+    notes.append("no report.md (unfinished)" if row["command_s"] is None
+                 else f"last command {row['command_s'] / 60:.1f} min")
+    notes += [f"{name} unreadable ({message})" for name, message in row["damaged"].items()]
+    slowest = f"{row['slowest']} {row['slowest_s'] / 60:.1f}" if row["slowest"] else "—"
+    return (row["label"], done, f"{row['total_s'] / 60:.1f}", slowest, _counts(row["commits"]),
+            _counts(row["devices"]), "; ".join(notes))
+
+
+def audit_lines(results: dict, *, markdown: bool) -> list[str]:
+    """The "Audit wall time" table (markdown or plain text); [] for results without `audits`."""
+    audits = results.get("audits")
+    if audits is None:
+        return []
+    title = (f"Audit wall time: each quick and full audit under {audits['folder']}, from the compute time "
+             "each experiment recorded in its verdicts.json")
+    if not audits["rows"]:
+        return [title, "", f"No quick or full audit is stored under {audits['folder']}: {HOW}."]
+    rows = [audit_cells(r) for r in audits["rows"]]
+    if markdown:
+        return [title, "", *md_table(AUDIT_HEADER, rows)]
+    widths = [max(len(r[i]) for r in (AUDIT_HEADER, *rows)) for i in range(len(AUDIT_HEADER) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in (AUDIT_HEADER, *rows)]
+    return [title, "", lines[0], "-" * len(lines[0]), *lines[1:]]
+
+
 def format_table(results: dict) -> str:
     """The benchmark as plain text: throughput per cell, ratios, targets (goal, measured, met), notes."""
     lines = _header(results) + [""] + _cell_lines(results)
@@ -94,6 +136,8 @@ def format_table(results: dict) -> str:
     for t in results["targets"]:
         lines.append(f"  {t['target']:76s} {t['goal']:>6s} {_fmt(t['value'], '.3g'):>8s}  {t['status']:12s} "
                      f"{t['where'] or t['note']}".rstrip())
+    audits = audit_lines(results, markdown=False)
+    lines += ["", *audits] if audits else []
     lines += ["", "median s: one timed call (median over the repeats); 1st call+: first call minus the median "
               "(compilation, warm-up); cpu×: CPU seconds per wall second of the process; peak MB: peak RSS of "
               "the worker process; +MB: its growth after the imports; est MB: the engine's estimate "
@@ -103,7 +147,7 @@ def format_table(results: dict) -> str:
 
 def format_markdown(results: dict) -> str:
     """The README's summary: seed-steps/s per way and seed count (one table per workload), the
-    machine, and each target with its goal, measured value and met / not met."""
+    machine, each target with its goal, measured value and met / not met, and the audits' wall time."""
     prov, mm = results.get("provenance", {}), results["matmul"]
     lines = [f"{prov.get('cpu_count', '?')} CPUs, {prov.get('backend', '?')} backend, jax "
              f"{prov.get('versions', {}).get('jax')}, torch {prov.get('torch') or 'absent'}; the machine's "
@@ -129,6 +173,8 @@ def format_markdown(results: dict) -> str:
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['goal']} | {_fmt(t['value'], '.3g')} | {t['status']} | "
                      f"{t['where'] or t['note']} |")
+    audits = audit_lines(results, markdown=True)
+    lines += ["", *audits] if audits else []
     return "\n".join(lines)
 
 
