@@ -49,7 +49,9 @@ the device's `peak_bytes_in_use`.
 
 Outputs (`report.py`): bench.json, table.txt, summary.md (the README's tables) and
 scaling.png; every table lists each target with its goal, the measured value and met / not
-met (`results.TARGETS`). PyTorch is optional (`pip install -e '.[bench]'`); without it its
+met (`results.TARGETS`), and the audit wall-time table: per stored quick or full audit
+(`runs/audit/<profile>[-<dataset>]`, `audit_times.collect`), the experiments' recorded times, so a
+speed-up shows where a user feels it. PyTorch is optional (`pip install -e '.[bench]'`); without it its
 ways are skipped with a printed message.
 """
 
@@ -59,7 +61,7 @@ from typing import Any
 # Public names, imported from their module on first use: a worker process imports
 # `benchmarks.worker` and should load neither the driver nor matplotlib.
 _EXPORTS = {
-    "run_benchmark": "driver", "WorkerError": "driver",
+    "run_benchmark": "driver", "WorkerError": "driver", "collect": "audit_times",
     "format_table": "report", "format_markdown": "report", "plot_scaling": "report", "write_results": "report",
     "TARGETS": "results", "find_cell": "results", "ratio_rows": "results", "target_rows": "results",
     "BenchSettings": "settings", "PEERS": "settings", "PROFILES": "settings", "WAYS": "settings",

@@ -275,7 +275,8 @@ def _add_bench(sub) -> None:
                                    "wheel does not ship. PyTorch peers need the bench extra "
                                    "(pip install -e '.[bench]').")
     p.add_argument("--profile", default="quick", help="tiny | quick | full (default: quick)")
-    p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("--out", default="runs", type=Path,
+                   help="results root folder; the audit wall-time table reads its audit/ (default: runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="benchmark settings overrides")
     p.set_defaults(func=cmd_bench)
 
@@ -289,7 +290,7 @@ def cmd_bench(args) -> int:
                          f"{config_lib.did_you_mean(args.profile, list(bench.PROFILES))}")
     settings = config_lib.override(bench.PROFILES[args.profile], args.overrides)
     out_dir = store.ensure_writable(args.out / "bench" / args.profile)
-    results = bench.run_benchmark(settings, out_dir=out_dir)
+    results = bench.run_benchmark(settings, out_dir=out_dir, audits=args.out / "audit")
     print(bench.format_table(results))
     print(f"\nresults: {out_dir}")
     return 0
