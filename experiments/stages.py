@@ -155,9 +155,9 @@ def m14_verdict(probe_trained: np.ndarray, probe_init: np.ndarray, measurement: 
     else inconclusive. The ledger value is that growth.
     """
     gain = probe_gain(probe_trained, probe_init)
-    steps = [Part(f"layer {k}→{k + 1}", GAIN_STEP, stats.paired_bootstrap_ci(gain[:, k + 1], gain[:, k]))
-             for k in range(gain.shape[1] - 1)]
-    growth = Part("first→last", GROWTH, stats.paired_bootstrap_ci(gain[:, -1], gain[:, 1]))
+    steps = [Part(f"layer {k}→{k + 1}", GAIN_STEP, stats.paired_bootstrap_ci(gain[:, k + 1], gain[:, k]),
+                  n=len(gain)) for k in range(gain.shape[1] - 1)]
+    growth = Part("first→last", GROWTH, stats.paired_bootstrap_ci(gain[:, -1], gain[:, 1]), n=len(gain))
 
     def combine(d):
         if all(d[p.name] == "supported" for p in steps):
@@ -174,8 +174,8 @@ def a5_verdict(cross: np.ndarray, pairs: np.ndarray, probe_trained: np.ndarray, 
     """Homology (corresponding layers best match in seed `pairs`' CKA `cross` (pairs, layers, layers),
     `seed_bootstrap_ci`) and stages (`stage_share` per seed), combined as the `how` below says."""
     parts = [Part("homology", HOMOLOGY, seed_bootstrap_ci(np.array([probes.correspondence(c) for c in cross]),
-                                                          pairs, len(probe_trained))),
-             Part("stages", STAGE_RISE, stats.bootstrap_ci(stage_share(probe_trained, probe_init)))]
+                                                          pairs, len(probe_trained)), n=len(probe_trained)),
+             Part("stages", STAGE_RISE, stats.bootstrap_ci(stage_share(probe_trained, probe_init)), n=len(probe_init))]
     return judge("A5", parts, lambda d: across([d["homology"], d["stages"]]),
                  how="supported iff homology and stages are both supported, contradicted iff both are contradicted, "
                      "depends iff one is supported and the other contradicted, else inconclusive",

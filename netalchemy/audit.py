@@ -55,13 +55,15 @@ def _value(v: Mapping) -> str:
 
 
 def _flip(v: Mapping) -> str:
-    """Where the verdict would change ("—" for verdicts stored before flip points existed)."""
+    """Where the verdict would change ("—" for verdicts stored before flip points existed), and for an
+    inconclusive one the seeds that would roughly decide it ("0.48; ≈45 seeds would decide")."""
     point = v.get("flip_point")
     if point is None:
         return "—"
     unit = v.get("flip_unit") if v.get("flip_unit") is not None else v.get("unit")
     of = f" ({v['flip_of']})" if v.get("flip_of") else ""
-    return f"{_fmt(point)} {unit or ''}".strip() + of
+    seeds = f"; ≈{v['seeds_needed']} seeds would decide" if v.get("seeds_needed") else ""
+    return f"{_fmt(point)} {unit or ''}".strip() + of + seeds
 
 
 def is_smoke(profile: str) -> bool:

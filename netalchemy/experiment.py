@@ -71,6 +71,7 @@ class Verdict:
     flip_text: str = ""  # e.g. "supported; flips at 0.62" (see verdicts.Rule.flip_text)
     flip_of: str = ""  # the part whose threshold the flip point is, when not the value's own statistic
     flip_unit: Optional[str] = None  # that part's unit (None: `unit`)
+    seeds_needed: Optional[int] = None  # inconclusive: ≈ seeds that would decide it (verdicts.Rule.seeds_needed)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

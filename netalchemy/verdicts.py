@@ -2,8 +2,9 @@
 
 A :class:`Rule` decides a verdict from a confidence interval, writes its own text for the
 report (:meth:`Rule.describe`, so no rule is typed twice), and reports its **flip point**:
-the threshold value at which its verdict would change. A claim with several parts is judged
-by :func:`judge`: Holm's step-down correction (Holm 1979) over the parts' one-sided tests at a
+the threshold value at which its verdict would change; an inconclusive one, roughly how many
+seeds would decide it (:meth:`Rule.seeds_needed`). A claim with several parts is judged by
+:func:`judge`: Holm's step-down correction (Holm 1979) over the parts' one-sided tests at a
 family-wise error rate :data:`ALPHA`, then a stated logical combination (:func:`all_hold`,
 :func:`across`) of the corrected part decisions.
 
@@ -19,8 +20,7 @@ Conventions
 - Comparisons are strict: a CI that ends exactly on a threshold is inconclusive, unless the
   rule says ``ties_fail`` (then ending on the failing threshold fails).
 
-Reference: Holm (1979), *A simple sequentially rejective multiple test procedure*, Scand. J.
-Statist. 6, 65–70.
+Reference: Holm (1979), *A simple sequentially rejective multiple test procedure*, Scand. J. Statist. 6.
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ SIDES = ("above", "below", "inside")
 Threshold = Union[float, tuple[float, float]]
 
 
-def _g(x: float) -> str:
-    return f"{x:.3g}"
-
-
 def _interval(ci: Any) -> Optional[tuple[float, float, float]]:
     """(estimate, low, high) as floats, or None when any is missing (None or NaN) or the estimate
     is infinite. An infinite end is kept: e.g. a ratio of spreads whose resamples reach x / 0."""
@@ -59,10 +55,9 @@ def one_sided_p(ci: Any, threshold: float, alternative: str, *, confidence: floa
     """p-value of the one-sided test H1: θ > threshold (``alternative="greater"``) or θ < threshold
     (``"less"``), read off a two-sided CI of level ``confidence``.
 
-    The standard error on each side of the estimate is the half-width on that side over
-    z = Φ⁻¹(1 − (1 − confidence)/2), so p < (1 − confidence)/2 exactly when the CI excludes
-    the threshold on that side; away from that level it is a normal approximation. A missing
-    CI gives 1.0.
+    The standard error on each side of the estimate is the half-width on that side over z = Φ⁻¹(1 −
+    (1 − confidence)/2), so p < (1 − confidence)/2 exactly when the CI excludes the threshold on that
+    side; away from that level it is a normal approximation. A missing CI gives 1.0.
     """
     if alternative not in ("greater", "less"):
         raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
@@ -93,11 +88,10 @@ class Rule:
       ties_fail: a CI that ends exactly on the failing threshold fails (for a statistic whose null
         outcome is the threshold itself, e.g. a ratio of exactly 1 when every seed ties).
       reason: why this threshold (printed beside it in the rule text).
-      unit: the statistic's unit, if any ("epochs").
+      unit: the statistic's unit, if any ("epochs"). confidence: the CI level the rule reads.
       min_n: fewer finite seeds than this → inconclusive (a CI over 1–3 seeds means little).
       contradict_only_if: a condition a contradiction also needs, in words (e.g. "training
         plateaued"); the caller passes whether it holds as ``settled``.
-      confidence: the CI level the rule reads.
 
     A CI wholly on the claim's side → "supported"; wholly on the other side (for a band:
     wholly outside it) → "contradicted"; otherwise "inconclusive".
@@ -149,11 +143,8 @@ class Rule:
     # ----------------------------------------------------------------------- deciding
 
     def decide(self, ci: Any, *, n: Optional[int] = None, settled: bool = True) -> str:
-        """'supported', 'contradicted' or 'inconclusive' from a CI (see the class docstring).
-
-        ``n`` is the number of finite seeds behind the CI (checked against ``min_n``);
-        ``settled`` is whether ``contradict_only_if`` holds.
-        """
+        """'supported', 'contradicted' or 'inconclusive' from a CI (class docstring); ``n``: the finite
+        seeds behind it (checked against ``min_n``); ``settled``: whether ``contradict_only_if`` holds."""
         values = _interval(ci)
         if values is None or (n is not None and n < self.min_n):
             return "inconclusive"
@@ -164,22 +155,16 @@ class Rule:
                        else "contradicted" if high < a or low > b else "inconclusive")
         else:
             t, f = float(self.threshold), self._fail  # type: ignore[arg-type]
-            if self.holds == "above":
-                holds, fails = low > t, high < f
-            else:
-                holds, fails = high < t, low > f
+            holds, fails = (low > t, high < f) if self.holds == "above" else (high < t, low > f)
             verdict = "supported" if holds else "contradicted" if fails else "inconclusive"
         if verdict == "contradicted" and self.contradict_only_if and not settled:
             return "inconclusive"
         return verdict
 
     def p_values(self, ci: Any) -> tuple[float, float]:
-        """(p for "the claim holds", p for "it fails"): one-sided p-values of the two tests the
-        rule runs at level (1 − confidence)/2, from :func:`one_sided_p`.
-
-        For a band [a, b]: holding needs θ > a and θ < b (two one-sided tests: the larger p);
-        failing needs θ < a or θ > b (the smaller p).
-        """
+        """(p for "the claim holds", p for "it fails"): one-sided p-values (:func:`one_sided_p`) of the
+        two tests the rule runs at level (1 − confidence)/2. For a band [a, b]: holding needs θ > a
+        and θ < b (two one-sided tests: the larger p); failing needs θ < a or θ > b (the smaller p)."""
         p = lambda t, alt: one_sided_p(ci, t, alt, confidence=self.confidence)  # noqa: E731
         if self.holds == "inside":
             a, b = self.threshold  # type: ignore[misc]
@@ -190,10 +175,9 @@ class Rule:
         return p(t, "less"), p(f, "greater")
 
     def flip_point(self, ci: Any) -> Optional[float]:
-        """The threshold value at which the verdict would change: the CI end nearest to a
-        threshold edge (for "above t" supported: the CI's low end; contradicted: its high end;
-        inconclusive: the nearer end; for a band, the end nearest to either edge). None when the
-        CI is missing."""
+        """The threshold value at which the verdict would change: the CI end nearest to a threshold edge
+        (for "above t" supported: the CI's low end; contradicted: its high end; inconclusive: the
+        nearer end; for a band, the end nearest to either edge). None when the CI is missing."""
         values = _interval(ci)
         if values is None:
             return None
@@ -213,7 +197,43 @@ class Rule:
             return f"{verdict}; no finite CI"
         if n is not None and n < self.min_n:
             return f"{verdict}; {n} seeds < {self.min_n}"
-        return f"{verdict}; flips at {_g(point)}"
+        can_fail = settled or not self.contradict_only_if
+        note = self._seeds(ci, n, can_fail=can_fail)[1] if verdict == "inconclusive" else ""
+        return f"{verdict}; flips at {point:.3g}" + (f"; {note}" if note else "")
+
+    def seeds_needed(self, ci: Any, n: Optional[int], *, settled: bool = True) -> Optional[int]:
+        """Roughly how many seeds would decide an inconclusive verdict whose CI straddles a threshold.
+
+        For the threshold on the estimate's side (a band: each edge the CI crosses), with ``n`` seeds
+        behind the CI, h its half-width on that side, d = |estimate − threshold| and the standard error
+        ∝ 1/√n: ceil(n · (h / d)²), at least n + 1 and ``min_n``. A rough planning figure, not a promise
+        (the estimate itself moves). None when decided, when ``n`` is unknown, when the estimate lies on
+        a threshold (d = 0) or between it and ``fails_at``, or when only a blocked contradiction would decide."""
+        if self.decide(ci, n=n, settled=settled) != "inconclusive":
+            return None
+        return self._seeds(ci, n, can_fail=settled or not self.contradict_only_if)[0]
+
+    def _seeds(self, ci: Any, n: Optional[int], *, can_fail: bool = True,
+               scale: float = 1.0) -> tuple[Optional[int], str]:
+        """(:meth:`seeds_needed` of a CI taken as undecided, it in words); ``scale`` widens the CI's
+        half-widths to a stricter level than its own (a part's Holm level in :func:`judge`)."""
+        values = _interval(ci)
+        if values is None or n is None or n < 1:
+            return None, ""
+        est, low, high = values
+        band = self.holds == "inside"
+        t, f = map(float, self.threshold if band else  # type: ignore[arg-type]
+                   (self.threshold, self.threshold if self.fails_at is None else self.fails_at))
+        if est in (t, f) or (not band and min(t, f) < est < max(t, f)):
+            return None, "no number of seeds decides an estimate " + (
+                "on the threshold" if est in (t, f) else "between the thresholds")
+        if not can_fail and ((not t < est < f) if band else (est - f) * (1 if self.holds == "above" else -1) < 0):
+            return None, ""
+        ratio = scale * max((est - low if e < est else high - est) / abs(est - e) for e in (t, f))
+        if not math.isfinite(ratio) or (ratio < 1 and n >= self.min_n):
+            return None, ""
+        need = self.min_n if ratio < 1 else max(math.ceil(n * ratio**2 - 1e-9), n + 1, self.min_n)
+        return need, f"≈{need} seeds would decide"
 
     # ----------------------------------------------------------------------- describing
 
@@ -221,18 +241,17 @@ class Rule:
         unit = f" {self.unit}" if self.unit else ""
         if self.holds == "inside":
             a, b = self.threshold  # type: ignore[misc]
-            return f"lies inside [{_g(a)}, {_g(b)}]{unit}", "lies wholly outside it"
+            return f"lies inside [{a:.3g}, {b:.3g}]{unit}", "lies wholly outside it"
         side, other = ("above", "below") if self.holds == "above" else ("below", "above")
-        fails = f"lies {other} it" if self.fails_at is None else f"lies {other} {_g(self._fail)}{unit}"
+        fails = f"lies {other} it" if self.fails_at is None else f"lies {other} {self._fail:.3g}{unit}"
         if self.ties_fail:
             fails = fails.replace(f"lies {other}", f"lies at or {other}")
-        return f"lies {side} {_g(float(self.threshold))}{unit}", fails  # type: ignore[arg-type]
+        return f"lies {side} {float(self.threshold):.3g}{unit}", fails  # type: ignore[arg-type]
 
     def describe(self) -> str:
         """The rule in words, for the report."""
         holds, fails = self._where()
-        level = f"{self.confidence:.0%}"
-        text = (f"supported iff the {level} CI of {self.statistic} {holds} ({self.reason}); "
+        text = (f"supported iff the {self.confidence:.0%} CI of {self.statistic} {holds} ({self.reason}); "
                 f"contradicted iff it {fails}")
         if self.contradict_only_if:
             text += f" and {self.contradict_only_if}"
@@ -250,7 +269,8 @@ class Rule:
             None if values is None else finite_or_none(values[1]), None if values is None else finite_or_none(values[2]),
             self.decide(ci, n=n, settled=settled), self.describe(), figure,
             self.unit if unit is None else unit, flip_point=self.flip_point(ci),
-            flip_text=self.flip_text(ci, n=n, settled=settled))
+            flip_text=self.flip_text(ci, n=n, settled=settled),
+            seeds_needed=self.seeds_needed(ci, n, settled=settled))
 
 
 # --------------------------------------------------------------------------- claims of several parts
@@ -283,11 +303,10 @@ class Part:
 def holm(parts: Sequence[Part], alpha: float = ALPHA) -> list[str]:
     """Each part's verdict after Holm's step-down correction over the parts' one-sided tests.
 
-    Every part tests the direction its data point to (the smaller of its two p-values). Sorted
-    ascending, the j-th smallest p (j = 0, 1, …) is rejected while p < alpha / (k − j); the
-    first that is not stops the procedure. A rejected part gets the verdict of its direction,
-    the rest "inconclusive". This controls the chance of any wrong part verdict at ``alpha``
-    (family-wise). With one part it equals the rule's own CI decision.
+    Every part tests the direction its data point to (the smaller of its two p-values). Sorted ascending,
+    the j-th smallest p (j = 0, 1, …) is rejected while p < alpha / (k − j); the first that is not stops
+    the procedure. A rejected part gets the verdict of its direction, the rest "inconclusive". This
+    controls the chance of any wrong part verdict at ``alpha`` (family-wise); one part: the rule's own.
     """
     tests = [part.p_value() for part in parts]
     out = ["inconclusive"] * len(parts)
@@ -315,13 +334,27 @@ def across(decisions: Sequence[str]) -> str:
     contradicted → contradicted; a part that depends, or supported and contradicted parts →
     depends; otherwise (some inconclusive, or none) → inconclusive."""
     kinds = set(decisions)
-    if kinds == {"supported"}:
-        return "supported"
-    if kinds == {"contradicted"}:
-        return "contradicted"
+    if kinds in ({"supported"}, {"contradicted"}):
+        return kinds.pop()
     if "depends" in kinds or {"supported", "contradicted"} <= kinds:
         return "depends"
     return "inconclusive"
+
+
+def _seeds_of(parts: Sequence[Part], decisions: Mapping[str, str], alpha: float) -> tuple[Optional[int], str]:
+    """The largest :meth:`Rule.seeds_needed` over the Holm-inconclusive parts whose n is known, named; each
+    part's half-widths widened to Holm's strictest level α/k (enough whatever its rank). A part no number
+    of seeds decides is named instead."""
+    z = norm.ppf(1 - alpha / len(parts))
+    needs = [(*p.rule._seeds(p.ci, p.n, can_fail=p.can_contradict and (p.settled or not p.rule.contradict_only_if),
+                              scale=z / norm.ppf(0.5 + p.rule.confidence / 2)), p.name)
+             for p in parts if decisions[p.name] == "inconclusive" and p.n is not None]
+    stuck = [(note, name) for need, note, name in needs if need is None and note]
+    known = [(need, note, name) for need, note, name in needs if need is not None]
+    if stuck or not known:
+        return None, f"{stuck[0][0]} ({stuck[0][1]})" if stuck else ""
+    need, note, name = max(known)
+    return need, f"{note} ({name})"
 
 
 def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str]], str], *, how: str,
@@ -329,11 +362,11 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
           alpha: float = ALPHA) -> tuple[Verdict, dict[str, str]]:
     """The verdict of a claim of several parts, and each part's verdict after Holm.
 
-    ``combine`` maps {part name: corrected verdict} to the claim's verdict; ``how`` says in
-    words what it does (it is appended to the generated rule text). ``value`` is the CI shown
-    in the ledger (default: the first part's). The flip point shown is that of the part
-    whose test is nearest to flipping (the largest p-value), named (`flip_of`, with its unit)
-    when it is not the part whose CI is the ledger value; the flip text lists every part's.
+    ``combine`` maps {part name: corrected verdict} to the claim's verdict; ``how`` says in words what it
+    does (appended to the generated rule text). ``value`` is the CI shown in the ledger (default: the
+    first part's). The flip point shown is that of the part whose test is nearest to flipping (the
+    largest p-value), named (`flip_of`, with its unit) when it is not the part whose CI is the ledger
+    value; the flip text lists every part's, and for an inconclusive claim the seeds that would decide.
     """
     if len({p.name for p in parts}) != len(parts):
         raise ValueError("part names must be distinct")
@@ -349,8 +382,10 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
     shown = [f for f in flips if f[2] is not None]
     closest = max(shown, key=lambda f: f[0]) if shown else None
     flip_text = verdict + "; " + ", ".join(
-        f"{name} {decisions[name]}" + ("" if point is None else f" (flips at {_g(point)})")
+        f"{name} {decisions[name]}" + ("" if point is None else f" (flips at {point:.3g})")
         for _, name, point in flips)
+    seeds, note = _seeds_of(parts, decisions, alpha) if verdict == "inconclusive" else (None, "")
+    flip_text += f"; {note}" if note else ""
     ci = parts[0].ci if value is None and parts else value
     values = _interval(ci) if ci is not None else None
     named = closest is not None and not (value is None and closest[1] == parts[0].name)
@@ -360,4 +395,5 @@ def judge(claim: str, parts: Sequence[Part], combine: Callable[[Mapping[str, str
         None if values is None else finite_or_none(values[1]), None if values is None else finite_or_none(values[2]),
         verdict, rule, figure, unit,
         flip_point=None if closest is None else closest[2], flip_text=flip_text,
-        flip_of=closest[1] if named else "", flip_unit=closest_rule.unit if named else None), decisions
+        flip_of=closest[1] if named else "", flip_unit=closest_rule.unit if named else None,
+        seeds_needed=seeds), decisions

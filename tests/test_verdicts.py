@@ -99,8 +99,8 @@ def test_verdict_row_carries_rule_text_and_flip_point():
     assert v.rule == ABOVE.describe() and v.flip_point == 0.3 and v.flip_text == "supported; flips at 0.3"
     assert v.figure == "a.png" and v.unit == "fraction"
     # Stored verdicts from before these fields existed still load.
-    old = {k: val for k, val in dataclasses.asdict(v).items() if k not in ("flip_point", "flip_text")}
-    assert Verdict(**json.loads(json.dumps(old))).flip_text == ""
+    old = {k: val for k, val in dataclasses.asdict(v).items() if k not in ("flip_point", "flip_text", "seeds_needed")}
+    assert Verdict(**json.loads(json.dumps(old))).flip_text == "" and Verdict(**old).seeds_needed is None
 
 
 def test_one_sided_p_matches_the_ci_at_its_level_and_a_z_test_elsewhere():
