@@ -145,16 +145,17 @@ def noise_check(tolerance: float) -> Rule:
                 f"−1 ± {tolerance:g}: the 1/B_eff law of sampling without replacement (true by construction)")
 
 
-def m9_verdict(throughput_ci: stats.CI, gap_ci: stats.CI, *, fit_tolerance: float, measurement: str = "") -> Verdict:
-    """M9 = parallelism and regularise combined across (Holm); the ledger value is the regularise CI."""
-    parts = [Part("parallelism", PARALLEL, throughput_ci), Part("regularise", REGULARISE, gap_ci)]
+def m9_verdict(throughput_ci: stats.CI, gap_ci: stats.CI, *, fit_tolerance: float, n: int | None = None,
+               measurement: str = "") -> Verdict:
+    """M9 = parallelism and regularise (over `n` paired seeds) combined across (Holm); the ledger value: regularise."""
+    parts = [Part("parallelism", PARALLEL, throughput_ci), Part("regularise", REGULARISE, gap_ci, n=n)]
     return judge("M9", parts, lambda d: across(list(d.values())), how=HOW.format(fit_tolerance),
                  measurement=measurement, value=gap_ci, figure="gap.png", unit="acc")[0]
 
 
 def gap_results(s: Settings, out_dir: Path) -> dict:
     """Per gap batch size, at its lr tuned on validation: per-seed gap (sizes, seeds) and CIs of the gap and both
-    accuracies; the paired differences gap(largest) − gap(smallest), over comparable and over all sizes."""
+    accuracies; the paired differences gap(largest) − gap(smallest), over comparable B (`pairs` seeds) and all B."""
     data, runs = load(s.base.data), [sweep.load(out_dir / f"gap-B{b}") for b in s.gap_batch_sizes]
     shape, (val, test) = (len(runs), len(s.gap_lrs), -1), split_test(len(data.y_test), s.validation_size)
     preds = np.stack([r.test_predictions for r in runs]).reshape(*shape, len(data.y_test))  # (sizes, lrs, seeds, n)
@@ -168,9 +169,10 @@ def gap_results(s: Settings, out_dir: Path) -> dict:
     fits = comparable_batch_sizes(s.gap_batch_sizes, cis["train_acc"][0], s.fit_tolerance)
     gap, pos = per_seed["gap"], s.gap_batch_sizes.index
     diff = lambda sizes: stats.paired_bootstrap_ci(gap[pos(max(sizes))], gap[pos(min(sizes))])  # noqa: E731
+    pairs = lambda b: int(np.isfinite(gap[pos(max(b))] - gap[pos(min(b))]).sum()) if len(b) >= 2 else 0  # noqa: E731
     return {"batch_sizes": s.gap_batch_sizes, "steps": [r.cfg.train.steps for r in runs], "comparable": fits,
             "tuned_lr": np.asarray(s.gap_lrs)[best], "diverged": div[range(len(runs)), best].sum(-1), **cis,
-            "difference": diff(fits) if len(fits) >= 2 else stats.CI(np.nan, np.nan, np.nan),
+            "difference": diff(fits) if len(fits) >= 2 else stats.CI(np.nan, np.nan, np.nan), "pairs": pairs(fits),
             "difference_all_sizes": diff(s.gap_batch_sizes), "per_seed_gap": per_seed["gap"]}
 
 
@@ -186,13 +188,11 @@ def verdicts(s: Settings, a: dict) -> list[Verdict]:
             f"{g['comparable']}: gap(largest) − gap(smallest) {g['difference'].text()} (all B: "
             f"{g['difference_all_sizes'].text()}); slope of examples/s vs B {tp['slope'].text()} ({tp['device']}); "
             f"check, slope of log E‖g_B − g_N‖² vs log B_eff (sampling theory: −1 ± {s.slope_tolerance:g}): {noise}")
-    return [m9_verdict(tp["slope"], g["difference"], fit_tolerance=s.fit_tolerance, measurement=text)]
+    return [m9_verdict(tp["slope"], g["difference"], fit_tolerance=s.fit_tolerance, n=g["pairs"], measurement=text)]
 
 
 def figures(s: Settings, a: dict, out_dir: Path) -> None:
-    """grad_noise.png (the check: E‖g_B − g_N‖² vs B, seed bands, power law fitted in B_eff), throughput.png
-    (examples/s vs B: median, min–max of repeats, fitted power law), gap.png (the ledger value: gap and accuracies vs
-    B, mean and 95% CI, tuned lrs)."""
+    """grad_noise.png (the check: E‖g_B − g_N‖² vs B), throughput.png (examples/s vs B), gap.png (the ledger value)."""
     noise, tp, g = a["noise"], a["throughput"], a["gap"]
     sizes, n = np.asarray(noise["batch_sizes"], np.float64), noise["n_train"]
     grid, b_eff = np.geomspace(sizes[0], sizes[-1], 100), partial(measures.effective_batch_size, n=n)

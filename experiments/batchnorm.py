@@ -103,16 +103,17 @@ def geometric_ratio_ci(a: np.ndarray, b: np.ndarray) -> stats.CI:
     return stats.CI(*(10.0 ** v for v in stats.bootstrap_ci(np.log10(a) - np.log10(b))))
 
 
-def m12_verdict(ratio: stats.CI, nobn_inside: float, *, progress_fraction: float = 0.9,
+def m12_verdict(ratio: stats.CI, nobn_inside: float, *, progress_fraction: float = 0.9, n: int | None = None,
                 measurement: str = "") -> Verdict:
-    """M12 from the CI of the BN / no-BN edge ratio; contradicted only where the grid can show it."""
+    """M12 from the CI of the BN / no-BN edge ratio over `n` paired seeds; contradicted only where the grid can
+    show it."""
     return Rule(f"the geometric mean over paired seeds of BN edge / no-BN edge, an edge being a seed's largest grid "
                 f"lr at which SGD trained stably (no NaN/Inf loss and final train loss < {progress_fraction:g}·"
                 f"ln(classes))", 1.0, "above", "1 is no higher learning rate with batch norm; exactly 1 (every seed "
                 f"the same edge) fails", unit="×", ties_fail=True,
                 contradict_only_if="the no-BN edge lies inside the grid (some stable lr, not the top one) for at "
                 "least half the seeds (else the grid cannot show a difference)").verdict(
-        "M12", ratio, measurement=measurement, settled=nobn_inside >= 0.5, figure="stability.png")
+        "M12", ratio, measurement=measurement, n=n, settled=nobn_inside >= 0.5, figure="stability.png")
 
 
 def reduced(measure: str) -> Rule:
@@ -130,11 +131,13 @@ def a4_combine(d: dict[str, str]) -> str:
     return "depends" if "supported" in landscape else "supported" if "contradicted" in landscape else "inconclusive"
 
 
-def a4_verdict(loss_range: stats.CI, beta: stats.CI, ics: stats.CI, measurement: str = "") -> Verdict:
-    """A4 from the BN / no-BN ratio CIs: Santurkar's mechanism (smoother, ICS not reduced) contradicts it."""
-    parts = [Part("loss range", reduced("the loss range along −g"), loss_range),
-             Part("β-smoothness", reduced("the effective β-smoothness"), beta),
-             Part("relative ICS", reduced("the relative ICS ‖G−G'‖/‖G‖, layers 2..L"), ics)]
+def a4_verdict(loss_range: stats.CI, beta: stats.CI, ics: stats.CI, measurement: str = "",
+               n: tuple[int | None, int | None, int | None] = (None, None, None)) -> Verdict:
+    """A4 from the BN / no-BN ratio CIs, each over `n` seeds (the smaller arm's finite ones, in the parts' order):
+    Santurkar's mechanism (smoother, ICS not reduced) contradicts it."""
+    parts = [Part("loss range", reduced("the loss range along −g"), loss_range, n=n[0]),
+             Part("β-smoothness", reduced("the effective β-smoothness"), beta, n=n[1]),
+             Part("relative ICS", reduced("the relative ICS ‖G−G'‖/‖G‖, layers 2..L"), ics, n=n[2])]
     return judge("A4", parts, a4_combine, how="contradicted iff both landscape parts are supported (reduced) and "
                  "relative ICS is not; depends iff all three are reduced, or the landscape parts disagree; "
                  "supported (no smoothing seen) iff neither landscape part is reduced and one is increased; else "
@@ -185,7 +188,7 @@ def stability_report(results: dict, info: dict, out_dir: Path) -> Verdict:
     inside = np.mean(tables["nobn"]["edge"] < lrs[-1])  # NaN (no stable lr) is not inside
     _plot_stability(tables, lrs, threshold, out_dir / "stability.png")
     first = {v: "none" if t["first_divergence"] is None else f"{t['first_divergence']:.3g}" for v, t in tables.items()}
-    return m12_verdict(ratio, inside, progress_fraction=s["progress_fraction"], measurement=(
+    return m12_verdict(ratio, inside, progress_fraction=s["progress_fraction"], n=len(bn), measurement=(
         f"BN / no-BN largest stable SGD lr, geometric mean over {len(bn)} paired seeds (grid {lrs[0]:.3g}…{lrs[-1]:.3g}, "
         f"{len(lrs)} lrs; P(BN edge higher) = {poi:.2f}; first lr with a NaN/Inf divergence: no BN {first['nobn']}, "
         f"BN {first['bn']}; BN edge at the grid top for {np.mean(bn >= lrs[-1]):.0%} of seeds)"))
@@ -197,8 +200,10 @@ def landscape_report(results: dict, info: dict, out_dir: Path) -> Verdict:
     at = {v: np.isclose(r.lrs, lr, rtol=1e-9, atol=0) for v, r in results.items()}  # the runs at landscape_lr
     land = {v: {k: np.asarray(m[at[v], :-1], float) for k, m in r.measures.items()} for v, r in results.items()}
     per_seed = {v: {m: np.nanmean(land[v][m], axis=1) for m in LANDSCAPE + ICS} for v in VARIANTS}  # (seeds[, layers])
-    ratios = {m: ratio_ci(per_seed["bn"][m], per_seed["nobn"][m]) for m in LANDSCAPE}
-    ratios |= {m: ratio_ci(per_seed["bn"][m].mean(axis=1), per_seed["nobn"][m].mean(axis=1)) for m in ICS[1:]}
+    arms = {m: (per_seed["bn"][m], per_seed["nobn"][m]) for m in LANDSCAPE}  # (seeds,) each
+    arms |= {m: (per_seed["bn"][m].mean(axis=1), per_seed["nobn"][m].mean(axis=1)) for m in ICS[1:]}
+    ratios = {m: ratio_ci(*arm) for m, arm in arms.items()}
+    seeds = {m: int(min(np.isfinite(a).sum(), np.isfinite(b).sum())) for m, (a, b) in arms.items()}  # the smaller arm
     layers = [f"L{i}" for i in range(2, land["bn"]["ics_rel"].shape[-1] + 1)] + ["out"]  # layer 1: no predecessor
     _plot_bands(out_dir / "landscape.png", land, steps, [
         ("loss_range", "max_η L − min_η L (nats)", "Loss range along −g"),
@@ -212,7 +217,8 @@ def landscape_report(results: dict, info: dict, out_dir: Path) -> Verdict:
                            "gradient of layer i before vs after layers < i take their SGD step")
     rel = {v: per_seed[v]["ics_rel"].mean(axis=0) for v in VARIANTS}  # (layers,)
     per_layer = ", ".join(f"{name} {r:.2f}" for name, r in zip(layers, rel["bn"] / rel["nobn"]))
-    return a4_verdict(ratios["loss_range"], ratios["beta"], ratios["ics_rel"], measurement=(
+    judged = ("loss_range", "beta", "ics_rel")  # a4_verdict's parts, in order
+    return a4_verdict(*(ratios[m] for m in judged), n=tuple(seeds[m] for m in judged), measurement=(
         f"BN / no-BN effective β-smoothness (Santurkar et al. 2018), SGD lr {lr:g}, mean over training; loss range "
         f"{ratios['loss_range'].text()}, gradient predictiveness {ratios['grad_pred'].text()}, relative ICS "
         f"{ratios['ics_rel'].text()} (per layer: {per_layer}), ICS cosine {ratios['ics_cos'].text()}"))

@@ -54,8 +54,7 @@ PROFILES = {
                      a2_seeds=3, a7_seeds=2, a7_eval_every=25, n_resamples=1000),
     "quick": Settings(base=config_lib.override(Config(), ["train.steps=1000", "train.eval_every=250"]), a1_seeds=32,
                       a2_seeds=16, a7_seeds=8, a7_eval_every=25),
-    "full": Settings(),  # the MNIST-1D reference run: 6000 steps
-}
+    "full": Settings()}  # the MNIST-1D reference run: 6000 steps
 
 
 def _final(result: sweep.SweepResult, suffix: str = "") -> dict[str, np.ndarray]:
@@ -96,8 +95,7 @@ def _a7(go, cfg: Config) -> dict:
 
 
 def run(s: Settings, out_dir: Path) -> None:
-    """Trains A1, A2 and A7 (each sweep cached in its folder) and stores what they measure in a1/a2/a7.npz
-    (`store.cached`, keyed by the part's full config and how it is measured)."""
+    """Trains A1, A2 and A7 (each sweep resumable in its folder); what they measure: a1/a2/a7.npz (`store.cached`)."""
     out_dir, ds = Path(out_dir), data_lib.load(s.base.data)
     go = lambda cfg, folder, **hooks: sweep.run(  # noqa: E731
         cfg, out_dir=out_dir / folder, dataset=ds, progress=False, **hooks)
@@ -122,9 +120,9 @@ FAR = Rule("ρ = final churn(perturbed twin, reference) / churn(other seed, refe
                     "midway the perturbation alone makes most of a new seed's disagreement: chance predominates")
 
 
-def a1_verdict(churn: stats.CI, measurement: str = "") -> Verdict:
-    """A1 from the CI of the mean pairwise churn (`CHURN`)."""
-    return CHURN.verdict("A1", churn, measurement=measurement, figure="a1_churn_vs_error.png",
+def a1_verdict(churn: stats.CI, measurement: str = "", n: int | None = None) -> Verdict:
+    """A1 from the CI of the mean pairwise churn (`CHURN`) over `n` finite seeds (their pairs resampled)."""
+    return CHURN.verdict("A1", churn, measurement=measurement, n=n, figure="a1_churn_vs_error.png",
                          unit="fraction of test examples")
 
 
@@ -136,20 +134,22 @@ def a2_combine(d: dict[str, str]) -> str:
             else "contradicted" if len(matters) == 1 else "depends")
 
 
-def a2_verdict(ratio_cis: dict[str, stats.CI], measurement: str = "", value: stats.CI | None = None) -> Verdict:
-    """A2 from each single source's spread-ratio CI (`MATTERS` per source, combined by `a2_combine`)."""
-    return judge("A2", [Part(source, MATTERS, ci) for source, ci in ratio_cis.items()], a2_combine,
+def a2_verdict(ratio_cis: dict[str, stats.CI], measurement: str = "", value: stats.CI | None = None,
+               n: dict[str, int] | None = None) -> Verdict:
+    """A2 from each source's spread-ratio CI (`MATTERS`, over `n[source]` seeds: its smaller arm), by `a2_combine`."""
+    return judge("A2", [Part(src, MATTERS, ci, n=(n or {}).get(src)) for src, ci in ratio_cis.items()], a2_combine,
                  how=" ".join(a2_combine.__doc__.split()), measurement=measurement, value=value,
                  figure="a2_spread.png", unit="ratio of stds")[0]
 
 
-def a7_verdict(ulp: stats.CI, hand: stats.CI, control_identical: bool, measurement: str = "") -> Verdict:
+def a7_verdict(ulp: stats.CI, hand: stats.CI, control_identical: bool, measurement: str = "",
+               n: int | None = None) -> Verdict:
     """both far → supported, both near → contradicted, one of each → depends, else inconclusive; inconclusive
     too if the unperturbed control is not bitwise identical to its reference"""
     combine = lambda d: across(list(d.values())) if control_identical else "inconclusive"  # noqa: E731
-    return judge("A7", [Part("one-ulp", FAR, ulp), Part("hand-vs-autodiff", FAR, hand)], combine, value=ulp,
-                 how=" ".join(a7_verdict.__doc__.split()), measurement=measurement, figure="a7_divergence.png",
-                 unit="ratio of churns")[0]
+    parts = [Part("one-ulp", FAR, ulp, n=n), Part("hand-vs-autodiff", FAR, hand, n=n)]  # n: reference seeds
+    return judge("A7", parts, combine, value=ulp, how=" ".join(a7_verdict.__doc__.split()),
+                 measurement=measurement, figure="a7_divergence.png", unit="ratio of churns")[0]
 
 
 def _bars(ax, cis: dict[str, stats.CI], ylabel: str, title: str) -> np.ndarray:
@@ -191,9 +191,9 @@ def _judge_a1(a1: dict, b: int, out_dir: Path) -> Verdict:
     fig.legend(fontsize=8, ncol=2, loc="outside lower center")
     plots.save(fig, out_dir / "a1_churn_vs_error.png")
     ci = partial(stats.bootstrap_ci, acc, n_resamples=b)
-    return a1_verdict(churn, f"mean pairwise test churn, {acc.size} seeds; test acc {ci().text(3)}, std "
-                             f"{ci(statistic=STD).text(2)}; ensemble of all: mean softmax "
-                             f"{a1['ensemble_softmax'][0, -1]:.3f}, majority vote {a1['ensemble_vote'][0, -1]:.3f}")
+    return a1_verdict(churn, n=acc.size, measurement=f"mean pairwise test churn, {acc.size} seeds; test acc "
+                      f"{ci().text(3)}, std {ci(statistic=STD).text(2)}; ensemble of all: mean softmax "
+                      f"{a1['ensemble_softmax'][0, -1]:.3f}, majority vote {a1['ensemble_vote'][0, -1]:.3f}")
 
 
 def _judge_a2(a2: dict, s: dict, out_dir: Path) -> Verdict:
@@ -202,6 +202,7 @@ def _judge_a2(a2: dict, s: dict, out_dir: Path) -> Verdict:
     acc = {src: a2[f"test_acc_{src}"] for src in A2_SOURCES}
     preds = {src: a2[f"predictions_{src}"][~a2[f"diverged_{src}"]] for src in A2_SOURCES}
     ratios = {src: spread.std_ratio_ci(acc[src], acc["all"], n_resamples=b) for src in singles}
+    seeds = {src: int(min(np.isfinite(acc[src]).sum(), np.isfinite(acc["all"]).sum())) for src in singles}
     churns = {src: spread.churn_ratio_ci(preds[src], preds["all"], n_resamples=b) for src in singles}
     fig, (ax, bx) = plots.subplots(1, 2, figsize=(11, 4.2))
     est = _bars(ax, {src: stats.bootstrap_ci(acc[src], statistic=STD, n_resamples=b) for src in A2_SOURCES},
@@ -214,7 +215,7 @@ def _judge_a2(a2: dict, s: dict, out_dir: Path) -> Verdict:
     weakest = min(ratios, key=lambda src: np.nan_to_num(ratios[src].estimate, nan=np.inf))
     text = "; ".join(f"{src} {ratios[src].text(2)} (churn {churns[src].text(2)} × all's)" for src in singles)
     return a2_verdict(ratios, f"test-acc std, one source varied ÷ all three, {s['a2_seeds']} seeds each: {text}; "
-                              f"value: the smallest ({weakest})", value=ratios[weakest])
+                              f"value: the smallest ({weakest})", value=ratios[weakest], n=seeds)
 
 
 def _judge_a7(a7: dict, b: int, out_dir: Path) -> Verdict:
@@ -233,12 +234,12 @@ def _judge_a7(a7: dict, b: int, out_dir: Path) -> Verdict:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = {f"{m}_{p}": stats.bootstrap_ci(final[f"{m}_{p}"] / final[f"{m}_seed"], n_resamples=b)
              for m in ("churn", "dist") for p in ("ulp", "hand")}
-    control = not (np.any(a7["dist_copy"]) or np.any(a7["churn_copy"]))
-    text = {key: ci.text(2) for key, ci in r.items()}
+        n = min(int(np.isfinite(final[f"churn_{p}"] / final["churn_seed"]).sum()) for p in ("ulp", "hand"))
+    control, text = not (np.any(a7["dist_copy"]) or np.any(a7["churn_copy"])), {k: c.text(2) for k, c in r.items()}
     return a7_verdict(r["churn_ulp"], r["churn_hand"], control, f"final churn of the one-ulp twin ÷ a different seed's"
                       f" (copy 0, seed 1), {len(final['dist_seed'])} seeds × {a7['steps'][-1]} steps; hand twin "
                       f"{text['churn_hand']}; distance ratios ulp {text['dist_ulp']}, hand {text['dist_hand']}; ulp "
-                      f"twins rounded away: {int(np.sum(final['dist_ulp'] == 0))}; control identical: {control}")
+                      f"twins rounded away: {int(np.sum(final['dist_ulp'] == 0))}; control identical: {control}", n)
 
 
 def report(out_dir: Path) -> list[Verdict]:

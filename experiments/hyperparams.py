@@ -146,14 +146,14 @@ def m8_one(mechanism: str, faster: str) -> str:
 
 
 def m7(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
-    """M7 per optimizer: "slow" (paired excess final train loss of the smallest lr over the tuned lr) and
-    "unstable" (failure rate at the largest lr) across, then the optimizers across; figure lr_sweep.png."""
+    """M7 per optimizer: its "slow" and "unstable" parts (`rules`) across, then the optimizers across; lr_sweep.png."""
     rule, lrs, parts = rules(s), lr_grid(s), []
     fig, axes = plots.subplots(1, 3, figsize=(15, 4.8))
     for i, (name, r) in enumerate(results.items()):
         loss, acc, div, failed, best = finals(r, num_classes)
-        slow, unstable = stats.bootstrap_ci(loss[0] - loss[best]), stats.fraction_ci(failed[-1])
-        parts += [Part(f"{name} slow", rule["slow"], slow), Part(f"{name} unstable", rule["unstable"], unstable)]
+        slow, unstable = stats.bootstrap_ci(loss[0] - loss[best]), stats.fraction_ci(failed[-1])  # (Wilson: all seeds)
+        parts += [Part(f"{name} slow", rule["slow"], slow, n=int(np.isfinite(loss[0] - loss[best]).sum())),
+                  Part(f"{name} unstable", rule["unstable"], unstable, n=failed.shape[1])]
         for ax, values in zip(axes, (loss, acc)):
             plots.seed_band(ax, lrs, np.where(div, np.nan, values).T, label=name, color=f"C{i}")
             ax.axvline(lrs[best], color=f"C{i}", ls=":", lw=0.8)
@@ -177,8 +177,7 @@ def m7(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out
 
 
 def m8(s: Settings, tuned: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
-    """M8 per optimizer vs the baseline, on held-out seeds at lrs tuned for speed (`m8_sweep`): its mechanism (paired,
-    `MECHANISM`) and P(fewer steps to the target; never: censored, last) by `m8_one`; across. optimizers.png."""
+    """M8 per optimizer vs the baseline (held-out seeds, lr tuned for speed: `m8_sweep`) by `m8_one`; across."""
     goal, rule, x = s.target_fraction * math.log(num_classes), rules(s), next(iter(tuned.values())).history["step"][0]
     reached = {n: first_crossing(x, r.history["train_loss"], goal) for n, r in tuned.items()}
     steps = {n: np.nan_to_num(t, posinf=10.0 * x[-1] + 1) for n, t in reached.items()}  # censored: after all others
@@ -197,10 +196,12 @@ def m8(s: Settings, tuned: dict[str, sweep.SweepResult], num_classes: int, out_d
                  f"sign flips and step spread of the next {s.replay_steps} updates", fontsize=9)
     plots.save(fig, out_dir / "optimizers.png")
     others, base = [n for n in tuned if n != s.baseline], s.baseline
-    parts = [p for n in others for p in (
-        Part(f"{n} {MECHANISM[n]}", rule[MECHANISM[n]], stats.paired_bootstrap_ci(
-            value[base, MECHANISM[n]], value[n, MECHANISM[n]], n_resamples=s.n_resamples)),
-        Part(f"{n} faster", rule["faster"], stats.probability_of_improvement_ci(-steps[n], -steps[base])))]
+    pair = {o: (value[base, MECHANISM[o]], value[o, MECHANISM[o]]) for o in others}  # (seeds,) each, paired by seed
+    parts = [p for o in others for p in (
+        Part(f"{o} {MECHANISM[o]}", rule[MECHANISM[o]], stats.paired_bootstrap_ci(*pair[o], n_resamples=s.n_resamples),
+             n=int(np.isfinite(np.subtract(*pair[o])).sum())),
+        Part(f"{o} faster", rule["faster"], stats.probability_of_improvement_ci(-steps[o], -steps[base]),
+             n=min(steps[o].size, steps[base].size)))]  # censored steps are finite: every seed counts
     weakest = max(parts[::2], key=lambda p: p.p_value()[0])  # the mechanism nearest to flipping
     return judge("M8", parts, lambda d: across([m8_one(d[f"{n} {MECHANISM[n]}"], d[f"{n} faster"]) for n in others]),
                  how="per optimizer `m8_one` (its mechanism, then speed), then the optimizers across",
@@ -213,8 +214,7 @@ def m8(s: Settings, tuned: dict[str, sweep.SweepResult], num_classes: int, out_d
 
 
 def a3(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out_dir: Path) -> Verdict:
-    """A3 per optimizer: lr share − seed share of the final test accuracy's variance (a diverged run at chance)
-    on the lrs within `a3_window_decades` of the tuned lr; the optimizers across. Figure variance_shares.png."""
+    """A3 per optimizer: lr share − seed share of test-acc variance near the tuned lr (`window_indices`); across."""
     shares = {}
     for name, r in results.items():
         _, acc, div, _, best = finals(r, num_classes)
@@ -231,7 +231,7 @@ def a3(s: Settings, results: dict[str, sweep.SweepResult], num_classes: int, out
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle("A3: what explains the spread of accuracy, the lr or the seed? (95% CI, seeds resampled)", fontsize=9)
     plots.save(fig, out_dir / "variance_shares.png")
-    parts = [Part(n, rules(s)["lr over seed"], sh[0]["lr_minus_seed"]) for n, sh in shares.items()]
+    parts = [Part(o, rules(s)["lr over seed"], sh[0]["lr_minus_seed"], n=s.base.seeds.n) for o, sh in shares.items()]
     return judge("A3", parts, lambda d: across(list(d.values())), how="the optimizers across",
                  value=min((p.ci for p in parts), key=lambda ci: ci.estimate), figure="variance_shares.png",
                  measurement=f"share of final test-accuracy variance explained by lr minus by seed, lrs within "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -120,13 +120,16 @@ ACTIVE = Rule("the active fraction of a hidden layer of a ReLU net", ACTIVE_BAND
 
 
 def m4_verdict(collapse_error: float, linear_vs_logreg: list[stats.CI], relu_vs_linear: list[stats.CI],
-               depths: Sequence[int] | None = None, measurement: str = "", value: stats.CI | None = None) -> Verdict:
-    """M4 from the worst collapse error and one accuracy-difference CI per depth (the combination: `how` below)."""
-    depths = list(depths or range(1, len(linear_vs_logreg) + 1))
+               depths: Sequence[int] | None = None, measurement: str = "", value: stats.CI | None = None,
+               seeds: Mapping[str, int] | None = None) -> Verdict:
+    """M4 from the worst collapse error (exact, no seeds) and one accuracy-difference CI per depth, over
+    `seeds[part name]` paired seeds (the combination: `how` below)."""
+    depths, n = list(depths or range(1, len(linear_vs_logreg) + 1)), seeds or {}
     err = float(collapse_error) if np.isfinite(collapse_error) else np.finfo(np.float64).max  # NaN: no collapse
     parts = [Part("collapse", COLLAPSE, stats.CI(err, err, err))]
-    parts += [Part(f"same@{d}", SAME, ci) for d, ci in zip(depths, linear_vs_logreg)]
-    parts += [Part(f"relu@{d}", RELU_BETTER, ci, can_contradict=False) for d, ci in zip(depths, relu_vs_linear)]
+    parts += [Part(f"same@{d}", SAME, ci, n=n.get(f"same@{d}")) for d, ci in zip(depths, linear_vs_logreg)]
+    parts += [Part(f"relu@{d}", RELU_BETTER, ci, n=n.get(f"relu@{d}"), can_contradict=False)
+              for d, ci in zip(depths, relu_vs_linear)]
 
     def combine(d):  # a relu@ part cannot be contradicted: only same@ parts make "depends"
         if d["collapse"] != "supported":
@@ -140,10 +143,11 @@ def m4_verdict(collapse_error: float, linear_vs_logreg: list[stats.CI], relu_vs_
 
 
 def m5_verdict(init_cis: list[stats.CI], trained_cis: list[stats.CI], measurement: str = "",
-               value: stats.CI | None = None) -> Verdict:
-    """M5 from the per-layer active-fraction CIs at init and after training (the combination: `how` below)."""
-    parts = [Part(f"{stage} {i}", ACTIVE, ci) for stage, cis in zip(STAGES, (init_cis, trained_cis))
-             for i, ci in enumerate(cis)]
+               value: stats.CI | None = None, seeds: Mapping[str, int] | None = None) -> Verdict:
+    """M5 from the per-layer active-fraction CIs at init and after training, over `seeds[part name]` finite
+    seeds (the combination: `how` below)."""
+    parts = [Part(f"{stage} {i}", ACTIVE, ci, n=(seeds or {}).get(f"{stage} {i}"))
+             for stage, cis in zip(STAGES, (init_cis, trained_cis)) for i, ci in enumerate(cis)]
 
     def combine(d):
         def status(stage):
@@ -209,14 +213,18 @@ def report(out_dir: Path) -> list[Verdict]:
     r |= {k: v.item() for k, v in r.items() if v.ndim == 0}  # the setting's facts
     depths, relus = [int(d) for d in r["depths"]], [f"relu-{d}" for d in r["depths"]]
     acc = lambda name: r[f"{name}/test_acc"]  # (seeds,)
-    cis = {f"test_acc/{n}": stats.bootstrap_ci(acc(n)) for n in r["models"]}
+    both = lambda a, b: int(np.isfinite(acc(a) - acc(b)).sum())  # seeds finite in both: a paired CI's n
+    cis, seeds = {f"test_acc/{n}": stats.bootstrap_ci(acc(n)) for n in r["models"]}, {}
     for d in depths:  # paired by seed: the same minibatch order
+        seeds |= {f"same@{d}": both(f"linear-{d}", "logreg"), f"relu@{d}": both(f"relu-{d}", f"linear-{d}")}
         cis |= {f"linear_minus_logreg/{d}": stats.paired_bootstrap_ci(acc(f"linear-{d}"), acc("logreg")),
                 f"relu_minus_linear/{d}": stats.paired_bootstrap_ci(acc(f"relu-{d}"), acc(f"linear-{d}")),
                 f"p_linear_beats_logreg/{d}": stats.probability_of_improvement_ci(acc(f"linear-{d}"), acc("logreg")),
                 f"collapsed_acc/linear-{d}": stats.bootstrap_ci(r[f"linear-{d}/collapsed_acc"])}
     cis |= {f"{kind}_{stage}/{n}/layer {j + 1}": stats.bootstrap_ci(v) for kind in ("active", "dead")
             for stage in STAGES for n in relus for j, v in enumerate(r[f"{n}/{kind}_{stage}"].T)}
+    layers = {s: [v for n in relus for v in r[f"{n}/active_{s}"].T] for s in STAGES}  # M5's parts, (seeds,) each
+    seeds |= {f"{s} {i}": int(np.isfinite(v).sum()) for s in STAGES for i, v in enumerate(layers[s])}
     pooled = lambda s: np.hstack([r[f"{n}/active_{s}"] for n in relus]).mean(1)  # (seeds,): over every ReLU layer
     cis |= {f"active_{s}_pooled": stats.bootstrap_ci(pooled(s)) for s in STAGES}
     err = max(float(np.max(r[f"linear-{d}/collapse_error"])) for d in depths)
@@ -236,5 +244,5 @@ def report(out_dir: Path) -> list[Verdict]:
     m5 = (f"fraction of ReLU units active on a test example after training, mean over layers of {', '.join(relus)} "
           f"(per layer {say('active_trained/')}); at init {cis['active_init_pooled'].text()} (per layer "
           f"{say('active_init/')}); dead units after training ≤ {max(c.estimate for c in pick('dead_trained/')):.3f}")
-    return [m4_verdict(err, same, pick("relu_minus_linear/"), depths, m4, same[worst]),
-            m5_verdict(pick("active_init/"), pick("active_trained/"), m5, cis["active_trained_pooled"])]
+    return [m4_verdict(err, same, pick("relu_minus_linear/"), depths, m4, same[worst], seeds),
+            m5_verdict(pick("active_init/"), pick("active_trained/"), m5, cis["active_trained_pooled"], seeds)]

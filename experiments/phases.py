@@ -1,11 +1,10 @@
 """Training phases (fast learning → fine tuning → overfitting) and the untrained net.
 
-Claims (experiments/claims.toml): M10, fast learning (epochs 1–50), fine tuning (50–500, gradients shrink),
-overfitting (500+); M6, random initial weights are pure chaos. Trained: one sweep of seeds, minibatch SGD on a
-MNIST-1D subset small enough to overfit, evaluated once an epoch. Per seed, on log-smoothed curves
-(`netalchemy.curves`): the end of fast learning and the overfitting onset. An epoch's length depends on the
-dataset, so M10 is judged on their ratio (the article's 500 / 50 = 10). M6: the sweep's untrained nets, and
-the same draws with another output-layer gain.
+Claims (experiments/claims.toml): M10, fast learning (epochs 1–50), fine tuning (50–500, gradients shrink), overfitting
+(500+); M6, random initial weights are pure chaos. Trained: one sweep of seeds, minibatch SGD on a MNIST-1D subset small
+enough to overfit, evaluated once an epoch. Per seed, on log-smoothed curves (`netalchemy.curves`): the end of fast
+learning and the overfitting onset. An epoch's length depends on the dataset, so M10 is judged on their ratio (the
+article's 500 / 50 = 10). M6: the sweep's untrained nets, and the same draws with another output-layer gain.
 """
 
 from __future__ import annotations
@@ -132,9 +131,10 @@ RATIO = Rule(  # min_n: a CI over 1–2 seeds decides nothing
     min_n=3)
 
 
-def m10_verdict(fraction: stats.CI, ratio: stats.CI, *, n_ratio: int | None = None, measurement: str = "") -> Verdict:
-    """M10 from the fraction of seeds showing the phases and the CI of onset ÷ fast end over `n_ratio` seeds."""
-    parts = [Part("most seeds", MOST_SEEDS, fraction), Part("ratio", RATIO, ratio, n=n_ratio)]
+def m10_verdict(fraction: stats.CI, ratio: stats.CI, *, n_ratio: int | None = None, n: int | None = None,
+                measurement: str = "") -> Verdict:
+    """M10 from the fraction of the `n` seeds showing the phases and the CI of onset ÷ fast end over `n_ratio` seeds."""
+    parts = [Part("most seeds", MOST_SEEDS, fraction, n=n), Part("ratio", RATIO, ratio, n=n_ratio)]
 
     def combine(d):  # the phases decide; their timing only between supported, depends and inconclusive
         if d["most seeds"] != "supported":
@@ -146,8 +146,8 @@ def m10_verdict(fraction: stats.CI, ratio: stats.CI, *, n_ratio: int | None = No
 
 
 def m6_verdict(loss: stats.CI, accuracy: stats.CI, num_classes: int, *, convention: str = "the sweep's own init",
-               measurement: str = "") -> Verdict:
-    """M6 from the initial test loss and accuracy CIs; "depends": at chance, yet confidently non-uniform (chaos)."""
+               measurement: str = "", n: int | None = None) -> Verdict:
+    """M6 from the initial test loss and accuracy CIs (`n` seeds); "depends": at chance yet confidently non-uniform."""
     chance, ln_c = 1.0 / num_classes, math.log(num_classes)
     uniform = Rule(f"the initial test loss ({convention})", (ln_c * (1 - LOSS_TOLERANCE), ln_c * (1 + LOSS_TOLERANCE)),
                    "inside", f"ln C × (1 ± {LOSS_TOLERANCE:g}): the loss of a uniform prediction, give or take",
@@ -160,7 +160,7 @@ def m6_verdict(loss: stats.CI, accuracy: stats.CI, num_classes: int, *, conventi
             return d["chance"]
         above = d["uniform"] == "contradicted" and loss.low > uniform.edges[1]
         return "supported" if d["uniform"] == "supported" else "depends" if above else "inconclusive"
-    return judge("M6", [Part("uniform", uniform, loss), Part("chance", at_chance, accuracy)], combine,
+    return judge("M6", [Part("uniform", uniform, loss, n=n), Part("chance", at_chance, accuracy, n=n)], combine,
                  how="supported iff both parts are; depends iff chance is supported and the loss lies wholly above "
                  "the uniform band; contradicted iff chance is contradicted; else inconclusive",
                  measurement=measurement, figure="init.png", unit="nats")[0]
@@ -221,7 +221,7 @@ def m6_judged(nets: dict[float, dict[str, stats.CI]], r: dict) -> Verdict:
     name = lambda g: f"output layer gain {g:g}, " + (  # noqa: E731
         f"the sweep's own {r['init']} init" if g == own else "same draws")
     verdict = lambda g, text="": m6_verdict(nets[g]["loss"], nets[g]["acc"], c, convention=name(g),  # noqa: E731
-                                            measurement=text)
+                                            measurement=text, n=int(np.isfinite(r[f"out_gain_{g:g}/loss"]).sum()))
     numbers = "; ".join(f"[{name(g)}] " + ", ".join(f"{k} {v.text()}" for k, v in nets[g].items()) for g in nets)
     contrast = "".join(f". Under output gain {g:g} M6 would be {verdict(g).verdict}" for g in others)
     return verdict(own, f"initial test loss vs ln {c} = {math.log(c):.3f}, accuracy vs {1 / c:.2f}: {numbers}"
@@ -247,4 +247,4 @@ def report(out_dir: Path) -> list[Verdict]:
     m10 = (f"{n} seeds, {r['n_train']} train examples: fractions of seeds {listed(frac)}; geometric means "
            f"{listed(geo)} (boundaries: epochs). {GRADIENTS_NOT_JUDGED}")
     ratio, n_ratio = geo["onset_over_fast_end"], int(np.isfinite(det["onset_over_fast_end"]).sum())
-    return [m10_verdict(frac["phases"], ratio, n_ratio=n_ratio, measurement=m10), m6_judged(nets, r)]
+    return [m10_verdict(frac["phases"], ratio, n_ratio=n_ratio, n=n, measurement=m10), m6_judged(nets, r)]

@@ -289,7 +289,7 @@ STYLE = (
     "figure{margin:1.5em 0}figure img{max-width:100%;height:auto;display:block}"
     "figcaption{font-size:90%;color:#444;margin-top:.3em}"
     "code{overflow-wrap:anywhere}p,li{overflow-wrap:break-word}"
-    ".verdict,td.num{white-space:nowrap}"
+    ".verdict,td.num{white-space:nowrap}td.num .seeds{display:block;white-space:normal}"  # the seeds note may wrap
     # A phone: each ledger row becomes a card, one "column: value" line per cell, nothing cut off.
     "@media (max-width:640px){body{padding:.6em}table.ledger thead{display:none}"
     "table.ledger,table.ledger tbody,table.ledger tr,table.ledger td{display:block}"
@@ -323,6 +323,17 @@ def _verdict_class(word: str) -> str:
     return "verdict-" + word.replace(" ", "-")
 
 
+def _seeds_apart(inline: Token) -> None:
+    """A "flips at" cell's seeds note ("0.48; ≈45 seeds would decide") on a line of its own, free to wrap."""
+    for j, child in enumerate(inline.children or []):
+        if child.type == "text" and "; ≈" in child.content:
+            head, tail = child.content.split("; ≈", 1)
+            inline.children[j:j + 1] = [Token("text", "", 0, content=head), Token(
+                "html_inline", "", 0, content='<span class="seeds">'), Token("text", "", 0, content="≈" + tail)]
+            inline.children.append(Token("html_inline", "", 0, content="</span>"))
+            return
+
+
 def render_html(markdown: str, folder: Path, *, title: str = "netalchemy audit") -> str:
     """The report's markdown as one self-contained HTML page.
 
@@ -349,6 +360,7 @@ def render_html(markdown: str, folder: Path, *, title: str = "netalchemy audit")
             tok.attrSet("data-label", label)  # shown beside the value when a narrow screen stacks the cells
             if label in NUMERIC_COLUMNS:
                 tok.attrSet("class", "num")
+                _seeds_apart(tokens[i + 1])
             column += 1
         if tok.type in ("td_open", "th_open") and (m := _VERDICT_IN_CELL.match(tokens[i + 1].content)):
             tok.attrSet("class", f"verdict {_verdict_class(m.group(1))}")

@@ -156,7 +156,8 @@ def run_experiment(name: str, *, profile: str = "quick", overrides: Sequence[str
 
 
 def format_verdicts(verdicts: Sequence[Verdict]) -> str:
-    """A plain-text table of verdicts, each with its flip point where a threshold decides."""
+    """A plain-text table of verdicts, each with its flip point where a threshold decides and, for an inconclusive
+    one, roughly how many seeds would decide it (`Verdict.seeds_needed`)."""
     def fmt(x: Optional[float]) -> str:
         return "—" if x is None else f"{x:.4g}"
 
@@ -164,7 +165,9 @@ def format_verdicts(verdicts: Sequence[Verdict]) -> str:
     for v in verdicts:
         ci = "—" if v.ci_low is None else f"[{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
         where = f" of {v.flip_of}" if v.flip_of else ""
-        verdict = v.verdict if v.flip_point is None else f"{v.verdict} (flips at {v.flip_point:.3g}{where})"
+        notes = ([] if v.flip_point is None else [f"flips at {v.flip_point:.3g}{where}"]) + (
+            [f"≈{v.seeds_needed} seeds would decide"] if v.seeds_needed else [])
+        verdict = v.verdict + (f" ({'; '.join(notes)})" if notes else "")
         rows.append((v.claim, fmt(v.value) + (f" {v.unit}" if v.unit else ""), ci, verdict, v.measurement))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]

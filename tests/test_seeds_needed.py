@@ -138,3 +138,67 @@ def test_the_ledger_and_report_show_the_need(tmp_path):
     claims = {"M10": type("Claim", (), {"statement": "s", "experiment": "phases"})()}
     section = audit._section("phases", tmp_path, record, tmp_path, False, claims)
     assert "- Flips at: inconclusive; flips at 0.45; ≈64 seeds would decide" in section
+
+
+def test_the_command_line_table_shows_the_need():
+    straddles = ABOVE.verdict("M10", ci(0.55, 0.45, 0.7), measurement="m", n=16)  # 16 · (0.10 / 0.05)² = 64
+    unknown_n = ABOVE.verdict("M11", ci(0.55, 0.45, 0.7), measurement="m")
+    decided = ABOVE.verdict("M12", ci(0.7, 0.6, 0.8), measurement="m", n=16)
+    judged = _judge([Part("b", ABOVE, ci(0.6, 0.52, 0.7), n=16), Part("a", ABOVE, ci(0.55, 0.45, 0.7), n=16)])[0]
+    rows = experiment.format_verdicts([straddles, unknown_n, decided, judged]).splitlines()
+    assert "inconclusive (flips at 0.45; ≈64 seeds would decide)" in rows[2]
+    assert "inconclusive (flips at 0.45)" in rows[3] and "seeds" not in rows[3]
+    assert "supported (flips at 0.6)" in rows[4] and "seeds" not in rows[4]
+    assert "inconclusive (flips at 0.45 of a; ≈84 seeds would decide)" in rows[5]  # Holm's α/2: as in the judge test
+
+
+def test_the_html_ledger_puts_the_need_on_a_line_of_its_own(tmp_path):
+    record = {"verdicts": [dataclasses.asdict(v) for v in (
+        ABOVE.verdict("M10", ci(0.55, 0.45, 0.7), measurement="m", n=16),
+        ABOVE.verdict("M11", ci(0.7, 0.6, 0.8), measurement="m", n=16))], "settings": {"seeds": 16}, "seconds": 1.0}
+    page = audit.render_html(audit.compact_ledger(audit.ledger([("phases", tmp_path, record)])), tmp_path)
+    assert ('<td data-label="flips at" class="num">0.45<span class="seeds">≈64 seeds would decide</span></td>'
+            in page)  # the flip point stays whole, the note goes below it and may wrap
+    assert '<td data-label="flips at" class="num">0.6</td>' in page  # a decided verdict: unchanged
+    assert "td.num .seeds{display:block;white-space:normal}" in audit.STYLE
+    phone = audit.STYLE[audit.STYLE.index("@media (max-width:640px)"):]
+    assert "table.ledger td{display:block}" in phone and "white-space:normal" in phone  # cards still wrap
+
+
+def _straddling(rule: Rule, n: int) -> tuple[stats.CI, int]:
+    """A CI of `rule`'s statistic whose low end lies 0.2 (its half-width) below the threshold and whose estimate lies
+    0.1 above it: n · (0.2 / 0.1)² = 4n seeds would decide it."""
+    t = float(rule.threshold if rule.holds != "inside" else rule.threshold[0])
+    return ci(t + 0.1, t - 0.1, t + 0.3), 4 * n
+
+
+def test_each_experiment_passes_its_seeds():
+    """The experiments' verdict functions thread n to their seed-level parts (issue 11 item 6): with n an inconclusive
+    verdict names its need (a one-part rule: exactly the rule's), without n it has none."""
+    from experiments import batch_size, batchnorm, chance, linearity, phases
+
+    churn, need = _straddling(chance.CHURN, 16)
+    assert chance.a1_verdict(churn, n=16).seeds_needed == need == 64
+    assert chance.a1_verdict(churn).seeds_needed is None
+    ratio = ci(1.2, 0.9, 1.5)  # M12, threshold 1: h = 0.3, d = 0.2 → 8 · 1.5² = 18
+    assert batchnorm.m12_verdict(ratio, 1.0, n=8).seeds_needed == 18
+    assert batchnorm.m12_verdict(ratio, 1.0).seeds_needed is None
+    clear_above, clear_below = ci(2.0, 1.8, 2.2), ci(0.5, 0.4, 0.6)
+    cases = [  # (verdict with n, without n, the part that needs the most seeds)
+        (lambda n: batch_size.m9_verdict(clear_above, ci(0.01, -0.01, 0.03), fit_tolerance=0.05, n=n), "regularise"),
+        (lambda n: batchnorm.a4_verdict(ci(0.9, 0.7, 1.1), ci(0.95, 0.9, 1.0), clear_below, n=(n, n, n)), "loss range"),
+        (lambda n: chance.a2_verdict({"init": _straddling(chance.MATTERS, 1)[0], "data": clear_above,
+                                      "dropout": clear_above}, n=n and {"init": n, "data": n, "dropout": n}), "init"),
+        (lambda n: chance.a7_verdict(_straddling(chance.FAR, 1)[0], clear_above, True, n=n), "one-ulp"),
+        (lambda n: linearity.m4_verdict(1e-6, [ci(0.0, -0.03, 0.01)], [clear_above], depths=[2],
+                                        seeds=n and {"same@2": n, "relu@2": n}), "same@2"),
+        (lambda n: linearity.m5_verdict([ci(0.5, 0.45, 0.55)], [ci(0.4, 0.3, 0.5)],
+                                        seeds=n and {"init 0": n, "trained 0": n}), "trained 0"),
+        (lambda n: phases.m10_verdict(ci(0.55, 0.4, 0.7), ci(10, 8, 12), n_ratio=16, n=n), "most seeds"),
+        (lambda n: phases.m6_verdict(ci(2.3, 2.2, 2.4), ci(0.1, 0.03, 0.12), 10, n=n), "chance"),
+    ]
+    for verdict, part in cases:
+        with_n, without = verdict(16), verdict(None)
+        assert with_n.verdict == without.verdict == "inconclusive", part
+        assert with_n.seeds_needed > 16 and with_n.flip_text.endswith(f"seeds would decide ({part})"), part
+        assert without.seeds_needed is None and "seeds would decide" not in without.flip_text, part
