@@ -1,22 +1,20 @@
 """Verdict rules as objects: a statistic, its threshold(s), the side on which a claim holds, and why.
 
-A :class:`Rule` decides a verdict from a confidence interval, writes its own text for the
-report (:meth:`Rule.describe`, so no rule is typed twice), and reports its **flip point**:
-the threshold value at which its verdict would change; an inconclusive one, roughly how many
-seeds would decide it (:meth:`Rule.seeds_needed`). A claim with several parts is judged by
-:func:`judge`: Holm's step-down correction (Holm 1979) over the parts' one-sided tests at a
-family-wise error rate :data:`ALPHA`, then a stated logical combination (:func:`all_hold`,
-:func:`across`) of the corrected part decisions.
+A :class:`Rule` decides a verdict from a confidence interval, writes its own text for the report
+(:meth:`Rule.describe`, so no rule is typed twice), and reports its **flip point**: the threshold value
+at which its verdict would change; an inconclusive one, roughly how many seeds would decide it
+(:meth:`Rule.seeds_needed`). A claim with several parts is judged by :func:`judge`: Holm's step-down
+correction (Holm 1979) over the parts' one-sided tests at a family-wise error rate :data:`ALPHA`, then
+a stated logical combination (:func:`all_hold`, :func:`across`) of the corrected part decisions.
 
 Conventions
 -----------
-- A CI is anything with ``estimate``, ``low`` and ``high`` (``stats.CI``); ``None`` or NaN in
-  any of them means "no finite runs" and decides nothing ("inconclusive"). An end may be
-  infinite; the ledger row then shows no interval (JSON has no infinity).
-- One-sided p-values come from the CI itself (:func:`one_sided_p`): a normal approximation
-  anchored on each side of the estimate at the CI's own level, so a single part's test at
-  ``ALPHA`` says exactly what its 95% CI says, whatever method made the interval (BCa
-  bootstrap, Wilson score, t).
+- A CI is anything with ``estimate``, ``low`` and ``high`` (``stats.CI``); ``None`` or NaN in any of
+  them means "no finite runs" and decides nothing ("inconclusive"). An end may be infinite; the
+  ledger row then shows no interval (JSON has no infinity).
+- One-sided p-values come from the CI itself (:func:`one_sided_p`): a normal approximation anchored
+  on each side of the estimate at the CI's own level, so a single part's test at ``ALPHA`` says
+  exactly what its 95% CI says, whatever method made the interval (BCa bootstrap, Wilson, t).
 - Comparisons are strict: a CI that ends exactly on a threshold is inconclusive, unless the
   rule says ``ties_fail`` (then ending on the failing threshold fails).
 
@@ -38,6 +36,7 @@ from netalchemy.stats import finite_or_none
 __all__ = ["ALPHA", "Part", "Rule", "across", "all_hold", "holm", "judge", "one_sided_p"]
 
 ALPHA = 0.025  # one-sided family-wise error rate: for one part, "the 95% two-sided CI lies beyond"
+SEEDS_CAP = 100  # a need over 100× the seeds run is no plan: the estimate sits at the threshold
 SIDES = ("above", "below", "inside")
 Threshold = Union[float, tuple[float, float]]
 
@@ -208,7 +207,8 @@ class Rule:
         behind the CI, h its half-width on that side, d = |estimate − threshold| and the standard error
         ∝ 1/√n: ceil(n · (h / d)²), at least n + 1 and ``min_n``. A rough planning figure, not a promise
         (the estimate itself moves). None when decided, when ``n`` is unknown, when the estimate lies on
-        a threshold (d = 0) or between it and ``fails_at``, or when only a blocked contradiction would decide."""
+        a threshold (d = 0) or so near it that over ``SEEDS_CAP`` × n seeds would be needed, between it and
+        ``fails_at``, or when only a blocked contradiction would decide."""
         if self.decide(ci, n=n, settled=settled) != "inconclusive":
             return None
         return self._seeds(ci, n, can_fail=settled or not self.contradict_only_if)[0]
@@ -233,6 +233,8 @@ class Rule:
         if not math.isfinite(ratio) or (ratio < 1 and n >= self.min_n):
             return None, ""
         need = self.min_n if ratio < 1 else max(math.ceil(n * ratio**2 - 1e-9), n + 1, self.min_n)
+        if need > SEEDS_CAP * n:
+            return None, f"over {SEEDS_CAP}× these {n} seeds would decide: the estimate sits at the threshold"
         return need, f"≈{need} seeds would decide"
 
     # ----------------------------------------------------------------------- describing
@@ -263,10 +265,9 @@ class Rule:
     def verdict(self, claim: str, ci: Any, *, measurement: str, n: Optional[int] = None, settled: bool = True,
                 figure: Optional[str] = None, unit: Optional[str] = None) -> Verdict:
         """The ledger row for ``claim`` judged by this rule alone."""
-        values = _interval(ci)
+        low, high = (None, None) if (values := _interval(ci)) is None else map(finite_or_none, values[1:])
         return Verdict(
-            claim, measurement, finite_or_none(getattr(ci, "estimate", None)),
-            None if values is None else finite_or_none(values[1]), None if values is None else finite_or_none(values[2]),
+            claim, measurement, finite_or_none(getattr(ci, "estimate", None)), low, high,
             self.decide(ci, n=n, settled=settled), self.describe(), figure,
             self.unit if unit is None else unit, flip_point=self.flip_point(ci),
             flip_text=self.flip_text(ci, n=n, settled=settled),

@@ -202,3 +202,12 @@ def test_each_experiment_passes_its_seeds():
         assert with_n.verdict == without.verdict == "inconclusive", part
         assert with_n.seeds_needed > 16 and with_n.flip_text.endswith(f"seeds would decide ({part})"), part
         assert without.seeds_needed is None and "seeds would decide" not in without.flip_text, part
+
+
+def test_an_estimate_within_rounding_of_its_threshold_gets_no_figure():
+    # linearity's tiny M4 once read "≈2488528115028 seeds would decide": an estimate 1e-8 from its edge.
+    near = ci(0.50000001, 0.45, 0.55)
+    assert ABOVE.seeds_needed(near, 16) is None
+    assert "over 100× these 16 seeds would decide: the estimate sits at the threshold" in ABOVE.flip_text(near, n=16)
+    just = ci(0.51, 0.41, 0.61)  # 16 · (0.10 / 0.01)² = 1600 = 100 × 16: still a figure
+    assert ABOVE.seeds_needed(just, 16) == 1600
