@@ -90,8 +90,8 @@ class Settings:
 
 
 PROFILES = {
-    "tiny": Settings(architectures=("none", "8-8"), batch_sizes=(1, 5), seeds=1, max_configs=6,
-                     train_steps=3, fd_coords=6),
+    "tiny": Settings(architectures=("8-8",), batch_norm=(True,), dropout=(0.5,), l1=(1e-3,), l2=(1e-2,),
+                     batch_sizes=(5,), seeds=1, train_steps=3, fd_coords=6),  # one row, every layer kind
     "quick": Settings(max_configs=12, fd_coords=8),
     "full": Settings(seeds=3),
 }

@@ -1,9 +1,9 @@
 """The audit end to end: one tiny audit (run once for the module), its report and ledger.
 
-The audit runs only gradcheck and batchnorm, which keeps the suite quick: every experiment's
-figures are checked (tests/figure_checks.py) in its own tiny end-to-end test, tests/test_exp_*.py;
-here, those of the audited experiments (gradcheck has no other tiny run). The report's HTML is
-parsed (html.parser) and every ledger row must have as many cells as its header.
+The audit runs only gradcheck (its tiny profile is one grid row), which keeps the suite quick:
+every experiment's figures are checked (tests/figure_checks.py) in its own tiny end-to-end test,
+tests/test_exp_*.py; here, those of the audited experiment. The report's HTML is parsed
+(html.parser) and every ledger row must have as many cells as its header.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from figure_checks import assert_clean, checking_figures, label_overlaps, legend
 from netalchemy import audit, claims, plots
 from test_report import Page  # the report tests' HTML parser (tests/ is on sys.path)
 
-TINY = ("gradcheck", "batchnorm")
+TINY = ("gradcheck",)
 
 
 def test_the_figure_checks_can_fail(tmp_path):

@@ -1,5 +1,5 @@
 """Gradient check experiment: its rules, and a small end-to-end run (trained through the engine,
-one cache, the figure checked). The tiny profile runs end to end in test_cli and test_audit;
+one cache, the figure checked). The tiny profile (one grid row) runs end to end in test_cli and test_audit;
 the finite-difference machinery is tested in test_gradcheck_numerics."""
 
 import dataclasses

@@ -12,7 +12,7 @@ from netalchemy import store, sweep
 from sweep_helpers import same
 
 # memorization's tiny profile, made long enough to be killed between two checkpoints.
-LONGER = ["base.model.hidden=16", "base.train.steps=400", "base.train.eval_every=10", "base.train.chunk_steps=10"]
+LONGER = ["base.model.hidden=16", "base.train.steps=200", "base.train.eval_every=10", "base.train.chunk_steps=10"]
 
 
 def _command(out):
@@ -44,4 +44,4 @@ def test_an_experiment_killed_mid_training_resumes_bit_identical(tmp_path):
     verdicts = [store.read_json(next(root.rglob("verdicts.json")))["verdicts"] for root in (cut, tmp_path / "ref")]
     assert verdicts[0] == verdicts[1]
     assert not list(cut.rglob("checkpoints/chunk-*/[0-9]*"))  # resumed chunks cleaned up their checkpoints
-    assert np.all(resumed[next(iter(resumed))].history["step"][:, -1] == 400)
+    assert np.all(resumed[next(iter(resumed))].history["step"][:, -1] == 200)

@@ -65,14 +65,14 @@ def test_an_experiment_runs_on_fashion_mnist_files(tmp_path, monkeypatch):
     monkeypatch.setitem(experiment.DATASETS, "fashion_mnist",  # prepared into the test's own data_dir
                         (*experiment.DATASETS["fashion_mnist"], f"data.data_dir={tmp_path / 'tfds'}"))
     clear_cache()
-    out_dir, verdicts = experiment.run_experiment("stages", profile="tiny", root=tmp_path / "runs",
+    out_dir, verdicts = experiment.run_experiment("memorization", profile="tiny", root=tmp_path / "runs",
                                                   dataset="fashion_mnist")
     clear_cache()
     record = store.read_json(out_dir / "verdicts.json")
-    assert out_dir == tmp_path / "runs" / "stages" / "tiny-fashion_mnist"
+    assert out_dir == tmp_path / "runs" / "memorization" / "tiny-fashion_mnist"
     assert record["dataset"] == "fashion_mnist" and verdicts
     assert all(d.name == "fashion_mnist" for d in _data_configs(
-        experiment.on_dataset(experiment.resolve_settings("stages", "tiny"), "fashion_mnist")))
+        experiment.on_dataset(experiment.resolve_settings("memorization", "tiny"), "fashion_mnist")))
 
 
 def _audit(root, profile, dataset, verdicts):
