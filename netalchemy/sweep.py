@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -45,7 +46,7 @@ from netalchemy import config as config_lib
 from netalchemy import data as data_lib
 from netalchemy import mlp, store, train
 from netalchemy.checkpoints import Checkpoints, flat, to_host, unflat
-from netalchemy.config import RANDOMNESS_STREAMS, Config
+from netalchemy.config import RANDOMNESS_STREAMS, Config, DataConfig, SeedsConfig
 from netalchemy.memory import available_memory, bytes_per_run, check_memory, result_bytes_per_run, runs_per_chunk
 from netalchemy.sweep_folder import (METRICS, RETRAINING, SweepResult, claim, describe_hook, expected_arrays,
                                      final_state, finish, format_summary, is_writer, load, measure_spec, read_checked,
@@ -100,6 +101,13 @@ def _init_params(seeds, *, cfg, in_features: int, num_classes: int):
 
 
 # ----------------------------------------------------------------------------- compiled pieces
+
+
+def program_config(cfg: Config) -> Config:
+    """`cfg` as the compiled programs get it: `data` and `seeds`, which they never read (the data
+    arrive as arrays, the seeds as keys), at their defaults, so that sweeps differing only there
+    (label noise, a dataset of the same shape, other seeds) run one compiled program."""
+    return replace(cfg, data=DataConfig(), seeds=SeedsConfig())
 
 
 @partial(jax.jit, static_argnames=("cfg", "axes", "in_features", "num_classes"))
@@ -220,7 +228,8 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
     axes = stream_axes(cfg)
     streams = shard_runs(run_streams(cfg, seeds_p), mesh, axes)
     lr_arr = shard_runs(jnp.asarray(lrs_p, cfg.model.dtype), mesh)
-    states = init_states(streams, lr_arr, cfg=cfg, axes=axes, in_features=in_features, num_classes=num_classes)
+    program = program_config(cfg)
+    states = init_states(streams, lr_arr, cfg=program, axes=axes, in_features=in_features, num_classes=num_classes)
     if hooks["perturb"] is not None:
         runs = first_run + np.minimum(np.arange(len(seeds_p)), n_real - 1)  # padding repeats the last run
         states = perturb_states(states, shard_runs(jnp.asarray(runs, jnp.int32), mesh), cfg=cfg,
@@ -242,7 +251,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         states = shard_runs(unflat(tree["state"], states), mesh)
         history = tree["history"]
     else:
-        first = to_host(evaluate_states(states, data, cfg=cfg))
+        first = to_host(evaluate_states(states, data, cfg=program))
         for m in METRICS:
             history[m][:, 0] = np.asarray(getattr(first, m), np.float64)
         if measure is not None:
@@ -254,7 +263,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         end = min(done + per_checkpoint, len(lengths))
         pending = []
         for i in range(done, end):  # queued: the device runs ahead while the host reads results
-            states, metrics = train_chunk(states, streams, data, lr_arr, cfg=cfg, axes=axes, intervals=1,
+            states, metrics = train_chunk(states, streams, data, lr_arr, cfg=program, axes=axes, intervals=1,
                                           length=lengths[i])
             measures = {} if measure is None else measure_states(states, streams, data, cfg=cfg, axes=axes,
                                                                  measure=measure)
@@ -271,7 +280,7 @@ def _train_chunk_of_runs(cfg: Config, data: train.Data, seeds, lrs, *, folder: P
         if done < len(lengths):  # the finished chunk is written next, as chunk-NNNN.npz
             ckpt.save(done, {"state": flat(states), "history": history})
     ckpt.close()
-    predictions = np.asarray(to_host(predict_states(states, data.x_test, cfg=cfg)))
+    predictions = np.asarray(to_host(predict_states(states, data.x_test, cfg=program)))
     final = to_host(states)
     return {**{f"history/{m}": v[:n_real] for m, v in history.items()},
             "test_predictions": predictions[:n_real],
