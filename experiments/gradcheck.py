@@ -17,7 +17,9 @@ sweep of `seeds` seeds through the engine (`sweep.run`, float64): plain SGD at `
 training set (every step sees fresh examples). The check at initialization reads the same
 runs' initial params (`sweep.initial_params`). The check batch (1 to 32 examples) and its
 dropout key come from the grid row's seed. results.json is a `store.cached` value keyed by
-the full settings; each sweep caches itself in sweeps/<config hash>.
+the full settings; each sweep caches itself in sweeps/<config hash>, each model's checks in
+checks/<config hash>.json, after which its compiled programs are dropped (the full grid compiles
+~1 500 programs; kept, their code mappings exceed Linux's 65 530 per process and LLVM aborts).
 """
 
 from __future__ import annotations
@@ -172,13 +174,25 @@ def check_row(s: Settings, c: dict, points: dict[str, tuple]) -> list[dict]:
     return records
 
 
+def check_model(s: Settings, model: tuple, rows: list[dict], out_dir: Path) -> list[dict]:
+    """Trains one model of the grid (one sweep) and checks its rows: cached, then its programs dropped."""
+    def compute() -> list[dict]:
+        with jax.enable_x64(True):
+            points = trained_points(s, model, out_dir)
+            return [r for c in rows for r in check_row(s, c, points)]
+
+    name = f"{config_hash(training_config(s, model))}.json"
+    records = store.cached(name, {"settings": dataclasses.asdict(s), "rows": rows}, compute, folder=out_dir / "checks")
+    jax.clear_caches()
+    return records
+
+
 def run(s: Settings, out_dir: Path) -> None:
-    """Trains every model of the grid (one sweep each), checks every row; writes results.json."""
+    """Checks every model of the grid (`check_model`); writes results.json."""
     def compute() -> dict:
         started, rows = time.perf_counter(), grid(s)
-        with jax.enable_x64(True):
-            points = {m: trained_points(s, m, out_dir) for m in dict.fromkeys(map(model_of, rows))}
-            records = [r for c in rows for r in check_row(s, c, points[model_of(c)])]
+        records = [r for m in dict.fromkeys(map(model_of, rows))
+                   for r in check_model(s, m, [c for c in rows if model_of(c) == m], out_dir)]
         return {"records": records, "seconds": time.perf_counter() - started, "n_configs": len(rows)}
 
     store.cached("results.json", s, compute, folder=out_dir)
@@ -187,42 +201,11 @@ def run(s: Settings, out_dir: Path) -> None:
 # ----------------------------------------------------------------------------- report and rules
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """Worst errors per parameter position ("L1.w", ..., "out.b", "dL/dz_out") over the grid."""
-    rows = []
-    for name in sorted({r["param"] for r in records}, key=lambda n: (n[0] != "L", n)):
-        rs = [r for r in records if r["param"] == name]
-        worst = lambda k: max((r[k] for r in rs if r.get(k) is not None), default=None)
-        keys = ("hand_vs_autodiff_f64", "hand_vs_autodiff_f32", "hand_vs_fd", "autodiff_vs_fd", "hand_vs_fd_at_kinks")
-        rows.append(dict(param=name, checks=len(rs), **{k: worst(k) for k in keys},
-                         fd_coords=sum(r.get("fd_coords", 0) for r in rs),
-                         kink_coords=sum(r.get("kink_coords", 0) for r in rs)))
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    cols = [("param", "param"), ("checks", "checks"), ("hand_vs_autodiff_f64", "hand~auto f64"),
-            ("hand_vs_autodiff_f32", "hand~auto f32"), ("hand_vs_fd", "hand~FD"),
-            ("autodiff_vs_fd", "auto~FD"), ("kink_coords", "kinks/FD coords"),
-            ("hand_vs_fd_at_kinks", "hand~FD at kinks")]
-    fmt = lambda v: "—" if v is None else (f"{v:.2e}" if isinstance(v, float) else str(v))
-    table = [[h for _, h in cols]]
-    for r in rows:
-        cells = [fmt(r[k]) for k, _ in cols]
-        cells[6] = f"{r['kink_coords']}/{r['fd_coords']}" if r["fd_coords"] else "—"
-        table.append(cells)
-    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
-             for row in table]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
 def report(out_dir: Path) -> list[Verdict]:
     """Prints the error table, writes table.txt and a figure, returns verdicts for M1–M3."""
     results = store.read_json(out_dir / "results.json")["value"]  # the store.cached record
-    records, rows = results["records"], summarize(results["records"])
-    table = format_table(rows)
+    records, rows = results["records"], gn.worst_per_param(results["records"])
+    table = gn.format_errors(rows)
     (out_dir / "table.txt").write_text(table + "\n")
     print(f"largest relative error per parameter over {results['n_configs']} configurations × 2 stages\n{table}")
     plots.gradcheck_errors(rows, out_dir / "errors.png",

@@ -214,3 +214,39 @@ def gradient_errors(params: mlp.Params, state: mlp.State, x: Array, y: Array, co
     records.append(dict(param="dL/dz_out", hand_vs_autodiff_f64=array_error(delta, auto_delta, ZERO_FLOOR["float64"]),
                         hand_vs_fd=float(rel_error(delta, fd_delta, floor).max())))
     return records
+
+
+# ----------------------------------------------------------------------------- over many checks
+
+
+def worst_per_param(records: list[dict]) -> list[dict]:
+    """The worst of each error of `gradient_errors` records per parameter position ("L1.w", ...,
+    "out.b", "dL/dz_out") over many checks, with the FD and kink coordinates summed."""
+    rows = []
+    for name in sorted({r["param"] for r in records}, key=lambda n: (n[0] != "L", n)):
+        rs = [r for r in records if r["param"] == name]
+        worst = lambda k: max((r[k] for r in rs if r.get(k) is not None), default=None)
+        keys = ("hand_vs_autodiff_f64", "hand_vs_autodiff_f32", "hand_vs_fd", "autodiff_vs_fd", "hand_vs_fd_at_kinks")
+        rows.append(dict(param=name, checks=len(rs), **{k: worst(k) for k in keys},
+                         fd_coords=sum(r.get("fd_coords", 0) for r in rs),
+                         kink_coords=sum(r.get("kink_coords", 0) for r in rs)))
+    return rows
+
+
+def format_errors(rows: list[dict]) -> str:
+    """`worst_per_param` rows as a plain-text table (what `netalchemy run gradcheck` prints)."""
+    cols = [("param", "param"), ("checks", "checks"), ("hand_vs_autodiff_f64", "hand~auto f64"),
+            ("hand_vs_autodiff_f32", "hand~auto f32"), ("hand_vs_fd", "hand~FD"),
+            ("autodiff_vs_fd", "auto~FD"), ("kink_coords", "kinks/FD coords"),
+            ("hand_vs_fd_at_kinks", "hand~FD at kinks")]
+    fmt = lambda v: "—" if v is None else (f"{v:.2e}" if isinstance(v, float) else str(v))
+    table = [[h for _, h in cols]]
+    for r in rows:
+        cells = [fmt(r[k]) for k, _ in cols]
+        cells[6] = f"{r['kink_coords']}/{r['fd_coords']}" if r["fd_coords"] else "—"
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
+             for row in table]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -90,3 +90,16 @@ def test_the_results_are_cached_by_the_full_settings(small, monkeypatch):
     assert len(checked) == 2 and reused == [True]  # the sweep, whose config did not change, is reused
     fd_coords = lambda value: max(r.get("fd_coords", 0) for r in value["records"])  # per array and check
     assert (fd_coords(before), fd_coords(after)) == (6, 3)
+
+
+def test_a_run_cut_after_a_models_checks_resumes_from_them_and_drops_its_programs(small, monkeypatch):
+    out, _, _ = small
+    gradcheck.run(SMALL, out)  # SMALL's results and checks again, whatever a test before stored
+    before = store.read_json(out / "results.json")["value"]["records"]
+    (out / "results.json").unlink()  # as if the process died before writing it (the full grid: LLVM out of maps)
+    assert len(list((out / "checks").glob("*.json"))) == 1  # the one model's checks were stored
+    cleared = []
+    monkeypatch.setattr(gradcheck, "check_row", lambda *a: pytest.fail("a stored model's rows were rechecked"))
+    monkeypatch.setattr(gradcheck.jax, "clear_caches", lambda: cleared.append(1))
+    gradcheck.run(SMALL, out)
+    assert store.read_json(out / "results.json")["value"]["records"] == before and cleared == [1]
