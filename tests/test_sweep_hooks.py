@@ -53,9 +53,9 @@ def test_a_measurement_lands_beside_the_metrics_at_every_evaluation(mnist1d):
 def test_a_measurement_never_changes_what_is_trained(mnist1d):
     """The hook runs in a program of its own: the runs are bit-identical to a sweep without it
     (compiled into the training program, it moved them in the last bits)."""
-    heavy = sweep.run(tiny("train.steps=200", "train.eval_every=20"), dataset=mnist1d, progress=False,
-                      measure=norms)
-    plain = sweep.run(tiny("train.steps=200", "train.eval_every=20"), dataset=mnist1d, progress=False)
+    long = tiny("train.steps=200")  # the tiny sweep's programs (intervals of 10 steps), run for 200 steps
+    heavy = sweep.run(long, dataset=mnist1d, progress=False, measure=norms)
+    plain = sweep.run(long, dataset=mnist1d, progress=False)
     assert same(heavy, plain)
 
 
