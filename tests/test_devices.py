@@ -8,6 +8,8 @@ import pytest
 
 from netalchemy import devices, sweep
 
+pytestmark = pytest.mark.exact_bits  # bits compared across differently compiled programs (Makefile)
+
 
 def python(code: str, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", devices.ENV)}

@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from netalchemy import config as C
+
+pytestmark = pytest.mark.exact_bits  # bits compared across differently compiled programs (Makefile)
 
 OVERRIDES = ["model.hidden=16", "train.steps=60", "train.eval_every=10", "train.chunk_steps=20",
              "train.batch_size=25", "seeds.n=5"]

@@ -10,6 +10,8 @@ from netalchemy.data import load
 
 from sweep_helpers import tiny
 
+pytestmark = pytest.mark.exact_bits  # bits compared across differently compiled programs (Makefile)
+
 
 @pytest.fixture(scope="module")
 def result():

@@ -16,6 +16,8 @@ from netalchemy.data import load
 
 from sweep_helpers import TINY, interrupt_after_first_checkpoint, same, tiny
 
+pytestmark = pytest.mark.exact_bits  # bits compared across differently compiled programs (Makefile)
+
 
 @pytest.fixture(scope="module")
 def mnist1d():
