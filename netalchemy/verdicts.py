@@ -346,7 +346,7 @@ def _seeds_of(parts: Sequence[Part], decisions: Mapping[str, str], alpha: float)
     """The largest :meth:`Rule.seeds_needed` over the Holm-inconclusive parts whose n is known, named; each
     part's half-widths widened to Holm's strictest level α/k (enough whatever its rank). A part no number
     of seeds decides is named instead."""
-    z = norm.ppf(1 - alpha / len(parts))
+    z = norm.ppf(1 - alpha / max(len(parts), 1))  # no parts: nothing to decide, no figure
     needs = [(*p.rule._seeds(p.ci, p.n, can_fail=p.can_contradict and (p.settled or not p.rule.contradict_only_if),
                               scale=z / norm.ppf(0.5 + p.rule.confidence / 2)), p.name)
              for p in parts if decisions[p.name] == "inconclusive" and p.n is not None]

@@ -211,3 +211,8 @@ def test_an_estimate_within_rounding_of_its_threshold_gets_no_figure():
     assert "over 100× these 16 seeds would decide: the estimate sits at the threshold" in ABOVE.flip_text(near, n=16)
     just = ci(0.51, 0.41, 0.61)  # 16 · (0.10 / 0.01)² = 1600 = 100 × 16: still a figure
     assert ABOVE.seeds_needed(just, 16) == 1600
+
+
+def test_a_claim_with_no_parts_is_inconclusive_with_no_figure():
+    v, decisions = verdicts.judge("M13", [], lambda d: "inconclusive", how="no variant ran", measurement="m")
+    assert v.verdict == "inconclusive" and v.seeds_needed is None and decisions == {}
