@@ -64,7 +64,7 @@ def _check_dataset(dataset: str) -> None:
 
 
 DATASET_HELP = ("the data every run config of the experiment trains on: " + " | ".join(experiment.DATASETS)
-                + " (default: mnist1d; fashion_mnist: 28x28, 4 000 training images; article: T-shirt vs shirt "
+                + " (default: mnist1d; fashion_mnist: 7x7, 4 000 training images; article: T-shirt vs shirt "
                   "at 64x64)")
 
 
