@@ -12,6 +12,7 @@ import importlib
 import os
 import struct
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -171,6 +172,19 @@ def test_load_end_to_end_from_idx_files(tmp_path):
                                / std, atol=1e-5)
     assert os.path.isfile(tmp_path / "fashion_mnist" / "1.0.0" / "dataset_info.json")
     assert not any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist1d"])
+def test_loading_leaves_no_temporary_folder_behind(tmp_path, monkeypatch, name):
+    """TFDS's bucket lookup made (and kept) an empty tmp…tfds folder per unprepared builder."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    if name == "fashion_mnist":
+        write_fashion(tmp_path / "fashion_mnist")
+    data = load(DataConfig(name=name, image_size=7, data_dir=str(tmp_path)))
+    assert data.x_train.shape[0] > 0
+    assert os.listdir(temp) == []
 
 
 def test_resized_images_match_jax_image_resize(tmp_path):

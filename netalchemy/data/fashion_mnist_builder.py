@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 
 from netalchemy.data import idx
 from netalchemy.data.errors import DataError
+from netalchemy.data.local_info import LocalDatasetInfo
 
 NAME = "fashion_mnist"
 SIZE = 28
@@ -116,7 +117,7 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "The four IDX files as uint8 tensors: 60000 train, 10000 test."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="Fashion-MNIST: 28x28 grayscale photographs of clothing, 10 classes.",
             features=tfds.features.FeaturesDict({

@@ -36,6 +36,8 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from netalchemy.data.local_info import LocalDatasetInfo
+
 NUM_CLASSES = 10
 LENGTH = 40
 
@@ -72,7 +74,7 @@ class Mnist1d(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "mnist1d defaults (seed 42): 4000 train, 1000 test, length 40."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self,
             description="MNIST-1D: a small 1-D stand-in for MNIST, generated offline.",
             features=tfds.features.FeaturesDict({
