@@ -38,8 +38,9 @@ EXPERIMENTS = ("gradcheck", "chance", "hyperparams", "batch_size", "phases", "li
 # Fashion-MNIST (Xiao et al. 2017): real photographs, 10 classes, resized to 7x7 = 49 inputs, the size of
 # MNIST-1D's 40, so that the dataset column changes what the data is and not the network's cost (28x28 = 784
 # inputs costs 5.2x MNIST-1D's CPU time per step, 7x7 1.4x: measured, README); a fixed 4 000-image training
-# subset (MNIST-1D's size) and all 10 000 test images. Profiles keep their seeds and steps on every dataset,
-# so a verdict that changes between datasets at one profile is the data's doing (`stability`).
+# subset (MNIST-1D's size; an experiment's own smaller subset stays) and all 10 000 test images. Profiles keep
+# their seeds and steps on every dataset, so a verdict that changes between datasets at one profile is the
+# data's doing (`stability`).
 # "article": the article preset's data (T-shirt vs shirt, 64x64 = 4 096 inputs, two classes), same subset.
 DATASETS: dict[str, tuple[str, ...]] = {
     "mnist1d": (),
@@ -97,7 +98,8 @@ def resolve_settings(name: str, profile: str, overrides: Sequence[str] = ()) -> 
 
 def on_dataset(settings: Any, dataset: str) -> Any:
     """`settings` with the `DATASETS[dataset]` data overrides applied to every run config inside it
-    (fields, nested dataclasses, tuples of them)."""
+    (fields, nested dataclasses, tuples of them). A run config that trains on a subset of its own
+    (`data.train_size` > 0: regularization's small set, memorization's, phases') keeps it."""
     if dataset not in DATASETS:
         raise ExperimentError(f"unknown dataset {dataset!r}{config_lib.did_you_mean(dataset, list(DATASETS))}; "
                               f"choose from {', '.join(DATASETS)}")
@@ -105,11 +107,15 @@ def on_dataset(settings: Any, dataset: str) -> Any:
     if not assignments:
         return settings
 
+    def data_assignments(data: DataConfig) -> list[str]:
+        """The dataset's `data.*` overrides, less `train_size` where the experiment chose its own subset."""
+        return [a for a in assignments if not (a.startswith("data.train_size=") and data.train_size)]
+
     def walk(node: Any) -> Any:
         if isinstance(node, Config):
-            return config_lib.override(node, assignments)
+            return config_lib.override(node, data_assignments(node.data))
         if isinstance(node, DataConfig):
-            return config_lib.override(node, [a[len("data."):] for a in assignments])
+            return config_lib.override(node, [a[len("data."):] for a in data_assignments(node)])
         if isinstance(node, tuple):
             return tuple(walk(x) for x in node)
         if is_dataclass(node) and not isinstance(node, type):
