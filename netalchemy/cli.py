@@ -63,9 +63,8 @@ def _check_dataset(dataset: str) -> None:
                          f"{config_lib.did_you_mean(dataset, list(experiment.DATASETS))}")
 
 
-DATASET_HELP = ("the data every run config of the experiment trains on: " + " | ".join(experiment.DATASETS)
-                + " (default: mnist1d; fashion_mnist: 7x7, 4 000 training images; article: T-shirt vs shirt "
-                  "at 64x64)")
+DATASET_HELP = ("the data every run config of the experiment trains on (default: mnist1d): "
+                + "; ".join(experiment.describe_dataset(name) for name in experiment.DATASETS))
 
 
 def _check_profile(profile: str) -> None:

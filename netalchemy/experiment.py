@@ -49,6 +49,19 @@ DATASETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def describe_dataset(name: str) -> str:
+    """`DATASETS[name]` in words, from its overrides, e.g. "fashion_mnist: 7x7, 4000 training images"."""
+    data = config_lib.override(Config(), DATASETS[name]).data
+    if not DATASETS[name]:
+        return f"{name}: the default data ({data.name})"
+    words = [f"{data.image_size}x{data.image_size}"]
+    if data.classes:
+        words.insert(0, f"{data.name} classes {data.classes}")
+    if data.train_size:
+        words.append(f"{data.train_size} training images")
+    return f"{name}: " + ", ".join(words)
+
+
 def dataset_free(name: str) -> Optional[str]:
     """Why experiment `name` does not depend on the dataset (its module's `DATASET_FREE`), or None."""
     return getattr(load_module(name), "DATASET_FREE", None)

@@ -54,6 +54,14 @@ def test_an_unknown_dataset_is_a_one_line_error_with_a_suggestion():
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "did you mean 'fashion_mnist'" in r.stderr
 
 
+def test_the_help_describes_each_dataset_from_its_overrides():
+    assert experiment.describe_dataset("fashion_mnist") == "fashion_mnist: 7x7, 4000 training images"
+    assert experiment.describe_dataset("article") == "article: fashion_mnist classes 0,6, 64x64, 4000 training images"
+    from netalchemy import cli
+
+    assert all(experiment.describe_dataset(name) in cli.DATASET_HELP for name in experiment.DATASETS)
+
+
 def test_folders_name_the_dataset(tmp_path):
     assert audit.audit_dir(tmp_path, "quick") == tmp_path / "audit" / "quick"
     assert audit.audit_dir(tmp_path, "full", "fashion_mnist") == tmp_path / "audit" / "full-fashion_mnist"

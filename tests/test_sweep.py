@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from netalchemy import config as C
-from netalchemy import sweep, train
+from netalchemy import store, sweep, sweep_folder, train
 from netalchemy.data import load
 
 from sweep_helpers import TINY, interrupt_after_first_checkpoint, same, tiny
@@ -167,3 +167,23 @@ def test_shuffled_batches_cover_each_epoch_once_for_large_and_small_sets(n, batc
         idx = np.concatenate([np.asarray(train.batch_indices(key, epoch * per_epoch + t, n=n, batch_size=batch,
                                                              sampling="shuffle")) for t in range(per_epoch)])
         assert len(set(idx.tolist())) == per_epoch * batch and idx.min() >= 0 and idx.max() < n
+
+
+def test_another_config_is_refused_with_the_settings_that_differ(mnist1d, tmp_path):
+    sweep.run(tiny(), out_dir=tmp_path, dataset=mnist1d, progress=False)
+    with pytest.raises(store.StoreError) as refused:
+        sweep.run(tiny("optim.lr=0.1", "train.batch_size=50"), out_dir=tmp_path, dataset=mnist1d, progress=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    stored_lr = store.read_json(tmp_path / "config.json")["config"]["optim"]["lr"]
+    assert f"config.optim.lr: stored {stored_lr}, now 0.1" in message
+    assert "config.train.batch_size: stored" in message and "now 50" in message
+    assert "delete that folder to retrain it there" in message
+
+
+def test_config_difference_names_missing_settings_and_counts_the_rest():
+    stored = {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": 1, "f": 1}
+    wanted = {"a": {"b": 2, "c": [1, 2]}, "d": 2, "e": 2, "g": 1}
+    assert sweep_folder.config_difference(stored, wanted) == (
+        "a.b: stored 1, now 2; d: stored 1, now 2; e: stored 1, now 2; 2 more")
+    assert sweep_folder.config_difference({"x": 1}, {}) == "x: stored 1, now nothing"
