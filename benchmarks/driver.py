@@ -215,6 +215,7 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
         "cells": cells,
     }
     results["ratios"] = R.ratio_rows(results)
+    results["levers"] = R.lever_rows(results)
     results["targets"] = R.target_rows(results)
     results["audits"] = audit_times.collect(audits)
     results["wall_s"] = time.perf_counter() - started

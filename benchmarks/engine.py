@@ -10,7 +10,9 @@
                 `sweep.run` instead queues one call per interval) and one for a shorter last
                 interval, metrics fetched to the host after each call; no init, checkpoints
                 or files (states are re-initialised, untimed, before each timed call because
-                the program donates them).
+                the program donates them). Its lever ways change the program as
+                `settings.VARIANTS` says (one data order, evaluation at the ends only, matmul
+                precision).
 
 Both run on the CPU devices the `netalchemy` command sets up (one per core, runs sharded
 over them); `engine_cpu_devices` overrides.
@@ -18,6 +20,7 @@ over them); `engine_cpu_devices` overrides.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -27,7 +30,7 @@ import numpy as np
 
 from netalchemy import devices
 
-from .settings import WORKLOADS, engine_config
+from .settings import WORKLOADS, engine_config, variants
 from .worker import Runner
 
 
@@ -87,8 +90,13 @@ def program_runner(spec: dict, data: dict) -> Runner:
     from netalchemy import sweep, train
 
     w = WORKLOADS[spec["workload"]]
-    n = spec["seeds"]
-    cfg = engine_config(w, n, steps=spec["steps"], eval_every=spec["eval_every"])
+    n, changes = spec["seeds"], variants(spec)
+    cfg = engine_config(w, n, steps=spec["steps"], eval_every=spec["steps"] if "eval_once" in changes
+                        else spec["eval_every"])
+    if "shared_data" in changes:
+        cfg = dataclasses.replace(cfg, seeds=dataclasses.replace(cfg.seeds, vary=("init", "dropout")))
+    if "highest" in changes:
+        jax.config.update("jax_default_matmul_precision", "highest")
     mesh = sweep.device_mesh(n)
     seeds = np.arange(n + (-n) % mesh.size)  # padded to a multiple of the devices, as sweep.run does
     axes = sweep.stream_axes(cfg)
@@ -117,4 +125,4 @@ def program_runner(spec: dict, data: dict) -> Runner:
             jax.device_get(metrics)
         jax.block_until_ready(states)
 
-    return Runner(run, prepare, lambda: {"eval_every": cfg.train.eval_every})
+    return Runner(run, prepare, lambda: {"eval_every": cfg.train.eval_every, "seeds_vary": list(cfg.seeds.vary)})

@@ -1,7 +1,9 @@
 """The plain-JAX peer and JAX's matmul rate.
 
   jax_ref   plain JAX, nothing else: an MLP as a list of (w, b), optax.adam, minibatches by
-            uniform random indices, `lax.scan` over steps, `vmap` over seeds, one jit.
+            uniform random indices, `lax.scan` over steps, `vmap` over seeds, one jit. Its lever
+            ways take the step apart (`settings.VARIANTS`): SGD instead of Adam, one fixed
+            minibatch instead of a gather, or both (the step's dots and little else).
   matmul    one n×n float32 `a @ b`, jit-compiled.
 """
 
@@ -12,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .settings import WORKLOADS
+from .settings import WORKLOADS, variants
 from .worker import Runner
 
 
@@ -21,7 +23,9 @@ def jax_ref_runner(spec: dict, data: dict) -> Runner:
     w = WORKLOADS[spec["workload"]]
     steps, n_seeds, batch = spec["steps"], spec["seeds"], w.batch
     x, y = jnp.asarray(data["x_train"]), jnp.asarray(data["y_train"])
-    tx = optax.adam(w.lr)
+    changes = variants(spec)
+    tx = optax.sgd(w.lr) if "sgd" in changes else optax.adam(w.lr)
+    fixed = "fixed_batch" in changes
 
     def init(key):
         keys = jax.random.split(key, len(w.widths) - 1)
@@ -39,8 +43,12 @@ def jax_ref_runner(spec: dict, data: dict) -> Runner:
     def one_seed(params, opt_state, key, x, y):
         def step(carry, k):
             params, opt_state = carry
-            idx = jax.random.randint(k, (batch,), 0, x.shape[0])
-            loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+            if fixed:  # the first minibatch, every step (the key still goes unused through the scan)
+                xb, yb = x[:batch], y[:batch]
+            else:
+                idx = jax.random.randint(k, (batch,), 0, x.shape[0])
+                xb, yb = x[idx], y[idx]
+            loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 

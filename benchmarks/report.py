@@ -120,6 +120,23 @@ def audit_lines(results: dict, *, markdown: bool) -> list[str]:
     return [title, "", lines[0], "-" * len(lines[0]), *lines[1:]]
 
 
+LEVER_HEADER = ("workload", "seeds", "lever", "÷ its base", "base", "what it changes")
+
+
+def lever_lines(results: dict, *, markdown: bool) -> list[str]:
+    """The "Levers" table: each lever way's seed-steps/s ÷ its base way's; [] when none was measured."""
+    rows = [(r["workload"], str(r["seeds"]), r["lever"], _fmt(r["ratio"], ".3f"), r["base"], r["change"])
+            for r in results.get("levers", [])]
+    if not rows:
+        return []
+    title = "Levers: each lever way's seed-steps/s ÷ its base way's, in the same interleaved run (> 1: faster)"
+    if markdown:
+        return [title, "", *md_table(LEVER_HEADER, rows)]
+    widths = [max(len(r[i]) for r in (LEVER_HEADER, *rows)) for i in range(len(LEVER_HEADER) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in (LEVER_HEADER, *rows)]
+    return [title, "", lines[0], "-" * len(lines[0]), *lines[1:]]
+
+
 def format_table(results: dict) -> str:
     """The benchmark as plain text: throughput per cell, ratios, targets (goal, measured, met), notes."""
     lines = _header(results) + [""] + _cell_lines(results)
@@ -136,6 +153,8 @@ def format_table(results: dict) -> str:
     for t in results["targets"]:
         lines.append(f"  {t['target']:76s} {t['goal']:>6s} {_fmt(t['value'], '.3g'):>8s}  {t['status']:12s} "
                      f"{t['where'] or t['note']}".rstrip())
+    levers = lever_lines(results, markdown=False)
+    lines += ["", *levers] if levers else []
     audits = audit_lines(results, markdown=False)
     lines += ["", *audits] if audits else []
     lines += ["", "median s: one timed call (median over the repeats); 1st call+: first call minus the median "
@@ -173,6 +192,8 @@ def format_markdown(results: dict) -> str:
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['goal']} | {_fmt(t['value'], '.3g')} | {t['status']} | "
                      f"{t['where'] or t['note']} |")
+    levers = lever_lines(results, markdown=True)
+    lines += ["", *levers] if levers else []
     audits = audit_lines(results, markdown=True)
     lines += ["", *audits] if audits else []
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import operator
 import statistics
 from typing import NamedTuple, Optional, Sequence
 
-from .settings import PEERS, WAYS, WORKLOADS, flops_per_step
+from .settings import LEVERS, PEERS, VARIANTS, WAYS, WORKLOADS, flops_per_step
 
 
 def median(values: Sequence[float]) -> Optional[float]:
@@ -63,6 +63,21 @@ def ratio_rows(results: dict) -> list[dict]:
             rows.append({"workload": workload, "seeds": seeds, "engine_seed_steps_per_s": engine,
                          "engine_matmul_fraction": cell.get("matmul_fraction") if cell else None,
                          "vs": {p: _ratio(engine, rate_at(results, workload, p, seeds)) for p in PEERS}})
+    return rows
+
+
+def lever_rows(results: dict) -> list[dict]:
+    """Each measured lever way ÷ its base way (`Way.base`) in seed-steps/s, per (workload, seeds),
+    with what the lever changes: above 1 the change is faster; measured in the same interleaved run."""
+    rows = []
+    for cell in results["cells"]:
+        way = WAYS[cell["way"]]
+        if cell["way"] not in LEVERS or not cell.get("seed_steps_per_s"):
+            continue
+        base = rate_at(results, cell["workload"], way.base, cell["seeds"])
+        change = "; ".join(VARIANTS[v] for v in way.variant.split(",") if v) or f"XLA_FLAGS {way.xla_flags}"
+        rows.append({"workload": cell["workload"], "seeds": cell["seeds"], "lever": cell["way"], "base": way.base,
+                     "ratio": _ratio(cell["seed_steps_per_s"], base), "change": change})
     return rows
 
 

@@ -55,6 +55,19 @@ class Way(NamedTuple):
     modules: tuple[str, ...]  # imported by the worker before it is ready (not timed)
     builder: str  # "module:function" in this package that builds its runner in the worker
     xla_flags: str = ""  # XLA_FLAGS added in its worker: a lever measured against the same program without
+    variant: str = ""  # comma-separated changes its builder makes to the program (see VARIANTS)
+    base: str = ""  # a lever: the way it is measured against, the same program without the change
+
+
+# A lever way's program changes (issue 13), each measured against its base way in the same run:
+VARIANTS = {
+    "shared_data": "every seed draws the same minibatches (seeds.vary without 'data'): the first layer's "
+                   "input is shared, so its matmul is one (batch, in) x (in, seeds*width) product",
+    "eval_once": "evaluates only at the start and the end of a call (eval_every = steps), not every interval",
+    "highest": "jax_default_matmul_precision='highest' (float32 dots asked for full precision explicitly)",
+    "sgd": "plain SGD update instead of Adam: no first and second moments to read and write",
+    "fixed_batch": "one fixed minibatch every step: no gather from the training set",
+}
 
 
 # XLA's CPU dot libraries (issue 13): JAX 0.10.2 routes dots through YNNPACK by default;
@@ -72,17 +85,37 @@ WAYS = {
     "torch_compile": Way("torch.compile", "torch", False, ("torch",), "peers_torch:compiled_runner"),
     "torch_func": Way("torch.func ensemble", "torch", True, ("torch", "torch.func"), "peers_torch:ensemble_runner"),
     "engine_chunk_onednn": Way("engine program, oneDNN dots", "jax", True, ("netalchemy.sweep",),
-                               "engine:program_runner", ONEDNN),
+                               "engine:program_runner", ONEDNN, base="engine_chunk"),
     "engine_chunk_xnn": Way("engine program, XNNPACK dots", "jax", True, ("netalchemy.sweep",),
-                            "engine:program_runner", XNN),
+                            "engine:program_runner", XNN, base="engine_chunk"),
     "engine_chunk_no_ynn": Way("engine program, XLA's own dots", "jax", True, ("netalchemy.sweep",),
-                               "engine:program_runner", NO_YNN),
+                               "engine:program_runner", NO_YNN, base="engine_chunk"),
+    "engine_chunk_shared_data": Way("engine program, one minibatch order for all seeds", "jax", True,
+                                    ("netalchemy.sweep",), "engine:program_runner", variant="shared_data",
+                                    base="engine_chunk"),
+    "engine_chunk_eval_once": Way("engine program, evaluated at the ends of a call only", "jax", True,
+                                  ("netalchemy.sweep",), "engine:program_runner", variant="eval_once",
+                                  base="engine_chunk"),
+    "engine_chunk_highest": Way("engine program, matmul precision 'highest'", "jax", True, ("netalchemy.sweep",),
+                                "engine:program_runner", variant="highest", base="engine_chunk"),
+    "jax_ref_sgd": Way("plain JAX, SGD update", "jax", True, ("jax", "optax"), "peers_jax:jax_ref_runner",
+                       variant="sgd", base="jax_ref"),
+    "jax_ref_fixed_batch": Way("plain JAX, one fixed minibatch", "jax", True, ("jax", "optax"),
+                               "peers_jax:jax_ref_runner", variant="fixed_batch", base="jax_ref"),
+    "jax_ref_dots": Way("plain JAX, SGD on one fixed minibatch (the step's dots and little else)", "jax", True,
+                        ("jax", "optax"), "peers_jax:jax_ref_runner", variant="sgd,fixed_batch", base="jax_ref"),
 }
-LEVERS = tuple(w for w, way in WAYS.items() if way.xla_flags)  # measured on request: ways=engine_chunk,...
+LEVERS = tuple(w for w, way in WAYS.items() if way.base)  # measured on request: ways=engine_chunk,...
 MATMUL_BUILDERS = {"jax": "peers_jax:matmul_runner", "torch": "peers_torch:matmul_runner"}
 PEERS = ("engine_chunk", "jax_ref", "flax_nnx", "torch_eager", "torch_compile", "torch_func")
 TORCH_MISSING = ("PyTorch is not installed: skipping torch_eager, torch_compile and torch_func "
                  "(pip install 'netalchemy[bench]' to compare with PyTorch)")
+
+
+def variants(spec: dict) -> frozenset[str]:
+    """The program changes (`VARIANTS`) of the way a worker spec names (none for a plain way)."""
+    way = WAYS.get(spec.get("way", ""))
+    return frozenset(v for v in (way.variant.split(",") if way else ()) if v)
 
 
 def torch_available() -> bool:

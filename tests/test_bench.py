@@ -155,6 +155,7 @@ def _synthetic_results(rates: dict) -> dict:
                "cells": cells, "provenance": {}, "wall_s": 1.0}
     results["ratios"] = R.ratio_rows(results)
     results["targets"] = R.target_rows(results)
+    results["levers"] = R.lever_rows(results)
     return results
 
 
@@ -369,14 +370,15 @@ def test_the_engine_program_runner_trains_without_recompiling(monkeypatch):
         runner.run()
         counts.append(sweep.train_chunk._cache_size())
     assert counts[1] - counts[0] <= 1 and counts[2] == counts[1]  # one program (or a cached one), then reused
-    assert runner.info() == {"eval_every": 10}
+    assert runner.info() == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"]}
 
 
 def test_lever_ways_run_the_engine_program_with_their_xla_flags_only_on_request():
     from benchmarks import driver
 
-    assert set(S.LEVERS) == {"engine_chunk_onednn", "engine_chunk_xnn", "engine_chunk_no_ynn"}
-    assert all(S.WAYS[w].builder == S.WAYS["engine_chunk"].builder for w in S.LEVERS)
+    assert {"engine_chunk_onednn", "engine_chunk_xnn", "engine_chunk_no_ynn"} <= set(S.LEVERS)
+    assert all(S.WAYS[w].builder == S.WAYS[S.WAYS[w].base].builder for w in S.LEVERS)  # the same program, changed
+    assert all(bool(S.WAYS[w].xla_flags) != bool(S.WAYS[w].variant) for w in S.LEVERS)  # one kind of change each
     assert "--xla_cpu_use_onednn=true" in S.WAYS["engine_chunk_onednn"].xla_flags
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PATH": "/bin"}
     assert driver.with_flags(env, "") is env
@@ -400,3 +402,65 @@ def test_each_levers_flags_are_accepted_by_this_jaxlib(way):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=driver.with_flags(dict(os.environ), S.WAYS[way].xla_flags))
     assert r.returncode == 0 and r.stdout.strip() == "8.0", r.stderr[-500:]
+
+
+def test_a_lever_way_names_its_program_changes():
+    assert S.variants({"way": "jax_ref_dots"}) == {"sgd", "fixed_batch"}
+    assert S.variants({"way": "engine_chunk"}) == frozenset() and S.variants({}) == frozenset()
+    assert all(set(S.variants({"way": w})) <= set(S.VARIANTS) for w in S.LEVERS)
+
+
+def test_lever_ratios_come_from_the_cells_of_the_same_run():
+    results = _synthetic_results({("W2", "jax_ref", 1): 50.0, ("W2", "jax_ref_sgd", 1): 60.0,
+                                  ("W2", "engine_chunk", 1): 40.0, ("W2", "engine_chunk_onednn", 1): 30.0,
+                                  ("W1", "engine_chunk_shared_data", 32): 900.0})  # its base not measured
+    rows = {(r["lever"], r["seeds"]): r for r in results["levers"]}
+    assert rows[("jax_ref_sgd", 1)]["ratio"] == pytest.approx(1.2)
+    assert rows[("jax_ref_sgd", 1)]["base"] == "jax_ref" and "SGD" in rows[("jax_ref_sgd", 1)]["change"]
+    assert rows[("engine_chunk_onednn", 1)]["ratio"] == pytest.approx(0.75)
+    assert rows[("engine_chunk_onednn", 1)]["change"] == f"XLA_FLAGS {S.ONEDNN}"
+    assert rows[("engine_chunk_shared_data", 32)]["ratio"] is None
+    table = bench.format_table(results)
+    assert re.search(r"^W2\s+1\s+jax_ref_sgd\s+1\.200\s+jax_ref\s+plain SGD", table.split("Levers")[1], re.M)
+    md = report.format_markdown({**results, "settings": {"repeats": 3}})
+    assert "| W2 | 1 | engine_chunk_onednn | 0.750 | engine_chunk |" in md
+    assert "| W1 | 32 | engine_chunk_shared_data | — | engine_chunk |" in md
+    assert "Levers" not in bench.format_table(_synthetic_results({("W2", "jax_ref", 1): 50.0}))
+
+
+def _w1_data(n_train=300):
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.standard_normal((n_train, 40), dtype=np.float32),
+            "y_train": rng.integers(0, 10, n_train).astype(np.int32),
+            "x_test": rng.standard_normal((50, 40), dtype=np.float32), "y_test": rng.integers(0, 10, 50).astype(np.int32)}
+
+
+def test_engine_program_levers_change_the_config_they_say(monkeypatch):
+    from benchmarks import engine
+
+    monkeypatch.setattr(engine, "_use_devices", lambda spec: None)  # JAX already runs in this process
+    spec = {"workload": "W1", "seeds": 2, "steps": 20, "eval_every": 10, "engine_cpu_devices": 0}
+    base = engine.program_runner({**spec, "way": "engine_chunk"}, _w1_data()).info()
+    assert base == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"]}
+    assert engine.program_runner({**spec, "way": "engine_chunk_eval_once"}, _w1_data()).info()["eval_every"] == 20
+    shared = engine.program_runner({**spec, "way": "engine_chunk_shared_data"}, _w1_data())
+    assert shared.info()["seeds_vary"] == ["init", "dropout"]
+    shared.prepare()
+    shared.run()
+
+
+def test_plain_jax_levers_take_the_step_apart():
+    """With one fixed minibatch, the data keys no longer matter; with SGD the result differs from Adam's."""
+    from benchmarks import peers_jax
+
+    spec = {"workload": "W1", "seeds": 2, "steps": 5}
+    out = {w: jax.device_get(peers_jax.jax_ref_runner({**spec, "way": w}, _w1_data()).run())
+           for w in ("jax_ref", "jax_ref_sgd", "jax_ref_fixed_batch", "jax_ref_dots")}
+    fixed_other_data = jax.device_get(peers_jax.jax_ref_runner({**spec, "way": "jax_ref_fixed_batch"},
+                                                               {**_w1_data(), "x_train": np.concatenate(
+                                                                   [_w1_data()["x_train"][:128],
+                                                                    np.zeros((172, 40), np.float32)])}).run())
+    np.testing.assert_array_equal(out["jax_ref_fixed_batch"][1], fixed_other_data[1])  # only x[:batch] is read
+    assert not np.array_equal(out["jax_ref"][1], out["jax_ref_fixed_batch"][1])
+    assert not np.array_equal(out["jax_ref"][1], out["jax_ref_sgd"][1])
+    assert all(np.isfinite(o[1]).all() for o in out.values())
