@@ -84,6 +84,13 @@ def _cell_lines(results: dict) -> list[str]:
 AUDIT_HEADER = ("audit", "experiments complete", "sum of times (min)", "slowest (min)", "commit(s)", "devices", "notes")
 
 
+def _text_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Plain-text columns padded to their widest cell, a rule under the header; the last column unpadded."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in (header, *rows)]
+    return [lines[0], "-" * len(lines[0]), *lines[1:]]
+
+
 def _counts(counts: dict) -> str:
     return ", ".join(k if len(counts) == 1 else f"{k} ×{n}" for k, n in counts.items()) or "—"
 
@@ -113,11 +120,7 @@ def audit_lines(results: dict, *, markdown: bool) -> list[str]:
     if not audits["rows"]:
         return [title, "", f"No quick or full audit is stored under {audits['folder']}: {HOW}."]
     rows = [audit_cells(r) for r in audits["rows"]]
-    if markdown:
-        return [title, "", *md_table(AUDIT_HEADER, rows)]
-    widths = [max(len(r[i]) for r in (AUDIT_HEADER, *rows)) for i in range(len(AUDIT_HEADER) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in (AUDIT_HEADER, *rows)]
-    return [title, "", lines[0], "-" * len(lines[0]), *lines[1:]]
+    return [title, "", *(md_table(AUDIT_HEADER, rows) if markdown else _text_table(AUDIT_HEADER, rows))]
 
 
 LEVER_HEADER = ("workload", "seeds", "lever", "÷ its base", "base", "what it changes")
@@ -130,11 +133,7 @@ def lever_lines(results: dict, *, markdown: bool) -> list[str]:
     if not rows:
         return []
     title = "Levers: each lever way's seed-steps/s ÷ its base way's, in the same interleaved run (> 1: faster)"
-    if markdown:
-        return [title, "", *md_table(LEVER_HEADER, rows)]
-    widths = [max(len(r[i]) for r in (LEVER_HEADER, *rows)) for i in range(len(LEVER_HEADER) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in (LEVER_HEADER, *rows)]
-    return [title, "", lines[0], "-" * len(lines[0]), *lines[1:]]
+    return [title, "", *(md_table(LEVER_HEADER, rows) if markdown else _text_table(LEVER_HEADER, rows))]
 
 
 def format_table(results: dict) -> str:
