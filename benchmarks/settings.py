@@ -75,6 +75,9 @@ VARIANTS = {
 ONEDNN = "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot"
 NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
 XNN = f"{NO_YNN} --xla_cpu_experimental_xnn_fusion_type=dot"
+# XLA's CPU multi-output fusion: sibling loops that read the same operand become one loop, e.g.
+# Adam's two moment updates, which otherwise read each gradient twice.
+MULTI_OUTPUT = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 
 WAYS = {
     "engine": Way("netalchemy sweep.run", "jax", True, ("netalchemy.sweep",), "engine:sweep_runner"),
@@ -90,6 +93,10 @@ WAYS = {
                             "engine:program_runner", XNN, base="engine_chunk"),
     "engine_chunk_no_ynn": Way("engine program, XLA's own dots", "jax", True, ("netalchemy.sweep",),
                                "engine:program_runner", NO_YNN, base="engine_chunk"),
+    "engine_chunk_mof": Way("engine program, multi-output fusion", "jax", True, ("netalchemy.sweep",),
+                            "engine:program_runner", MULTI_OUTPUT, base="engine_chunk"),
+    "jax_ref_mof": Way("plain JAX, multi-output fusion", "jax", True, ("jax", "optax"), "peers_jax:jax_ref_runner",
+                       MULTI_OUTPUT, base="jax_ref"),
     "engine_chunk_shared_data": Way("engine program, one minibatch order for all seeds", "jax", True,
                                     ("netalchemy.sweep",), "engine:program_runner", variant="shared_data",
                                     base="engine_chunk"),

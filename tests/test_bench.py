@@ -389,7 +389,7 @@ def test_lever_ways_run_the_engine_program_with_their_xla_flags_only_on_request(
     assert [c["way"] for c in cells] == ["engine_chunk", "engine_chunk_onednn"]
 
 
-@pytest.mark.parametrize("way", ["engine_chunk_onednn", "engine_chunk_xnn", "engine_chunk_no_ynn"])
+@pytest.mark.parametrize("way", [w for w in S.LEVERS if S.WAYS[w].xla_flags])
 def test_each_levers_flags_are_accepted_by_this_jaxlib(way):
     """XLA aborts on an unknown flag: a lever whose flag this jaxlib lacks fails here, not mid-benchmark."""
     import os
@@ -402,6 +402,28 @@ def test_each_levers_flags_are_accepted_by_this_jaxlib(way):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=driver.with_flags(dict(os.environ), S.WAYS[way].xla_flags))
     assert r.returncode == 0 and r.stdout.strip() == "8.0", r.stderr[-500:]
+
+
+def test_multi_output_fusion_makes_adams_two_moment_updates_one_loop():
+    """The lever's flag is not silently ignored: two loops reading one gradient compile to one with it."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks import driver
+
+    code = ("import re, jax, jax.numpy as jnp\n"
+            "f = jax.jit(lambda g, m, v: (0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g * g))\n"
+            "x = jnp.ones((512, 512))\n"
+            "text = f.lower(x, x, x).compile().as_text()\n"
+            "print(len(re.findall(r'= \\(f32\\[512,512\\]\\{1,0\\}, f32\\[512,512\\]\\{1,0\\}\\) fusion\\(', text)),"
+            " text.count(' fusion('))")
+    runs = {flags: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                  env=driver.with_flags(dict(os.environ), flags))
+            for flags in ("", S.MULTI_OUTPUT)}
+    assert all(r.returncode == 0 for r in runs.values()), [r.stderr[-300:] for r in runs.values()]
+    assert runs[""].stdout.split() == ["0", "2"]  # two loops, each reading g
+    assert runs[S.MULTI_OUTPUT].stdout.split() == ["1", "1"]  # one loop writing both moments
 
 
 def test_a_lever_way_names_its_program_changes():
