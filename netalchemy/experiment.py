@@ -51,9 +51,9 @@ DATASETS: dict[str, tuple[str, ...]] = {
 
 def describe_dataset(name: str) -> str:
     """`DATASETS[name]` in words, from its overrides, e.g. "fashion_mnist: 7x7, 4000 training images"."""
-    data = config_lib.override(Config(), DATASETS[name]).data
     if not DATASETS[name]:
-        return f"{name}: the default data ({data.name})"
+        return f"{name}: the run configs' own data settings"
+    data = config_lib.override(Config(), DATASETS[name]).data
     words = [f"{data.image_size}x{data.image_size}"]
     if data.classes:
         words.insert(0, f"{data.name} classes {data.classes}")
