@@ -180,6 +180,35 @@ def read_npz(path: Path, keys: Optional[Sequence[str]] = None) -> dict[str, np.n
         raise _unreadable(path, e) from None
 
 
+_MISSING = object()  # a setting one of the two records lacks
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested JSON mapping as {"config.optim.lr": 0.01, ...}; lists stay whole values."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def json_difference(stored: Any, wanted: Any, *, limit: int = 3) -> str:
+    """The leaves that differ between two JSON records (e.g. a results folder's config.json and the
+    config asked for), in words: "config.data.train_size: stored 4000, now 500" (at most `limit`
+    named, then a count)."""
+    old, new = _leaves(stored), _leaves(wanted)
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING))
+    words = [f"{k}: stored {_word(old.get(k, _MISSING))}, now {_word(new.get(k, _MISSING))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        words.append(f"{len(keys) - limit} more")
+    return "; ".join(words) or "its record differs"
+
+
+def _word(value: Any) -> str:
+    return "nothing" if value is _MISSING else json.dumps(value)
+
+
 def settings_key(settings: Any) -> str:
     """sha256 (hex) of the canonical JSON of `settings` (dataclasses, mappings, arrays, numbers)."""
     if dataclasses.is_dataclass(settings) and not isinstance(settings, type):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
@@ -224,34 +223,6 @@ def _wipe(out_dir: Path) -> None:
         shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
-_MISSING = object()  # a setting one of the two records lacks
-
-
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested JSON mapping as {"config.optim.lr": 0.01, ...}; lists stay whole values."""
-    if not isinstance(data, dict):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def config_difference(stored: Any, wanted: Any, *, limit: int = 3) -> str:
-    """The settings that differ between two folder records, in words, e.g.
-    "config.data.train_size: stored 4000, now 500" (at most `limit` named, then a count)."""
-    old, new = _leaves(stored), _leaves(wanted)
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING))
-    words = [f"{k}: stored {_word(old.get(k, _MISSING))}, now {_word(new.get(k, _MISSING))}" for k in keys[:limit]]
-    if len(keys) > limit:
-        words.append(f"{len(keys) - limit} more")
-    return "; ".join(words) or "its record differs"
-
-
-def _word(value: Any) -> str:
-    return "nothing" if value is _MISSING else json.dumps(value)
-
-
 def _previous_devices(out_dir: Path, n_runs: int) -> Optional[int]:
     """How many devices the folder's partial results were computed on (None if it holds none)."""
     started = any((out_dir / "chunks").glob("chunk-*.npz")) or any((out_dir / "checkpoints").glob("chunk-*/[0-9]*"))
@@ -288,7 +259,7 @@ def _prepare_dir(out_dir: Path, record: dict, *, force: bool, mesh_devices: int,
     if existing.exists():
         stored, wanted = store.read_json(existing), store.as_json_data(record)
         if stored != wanted:
-            raise store.StoreError(f"{out_dir} holds a sweep with a different config ({config_difference(stored, wanted)}); "
+            raise store.StoreError(f"{out_dir} holds a sweep with a different config ({store.json_difference(stored, wanted)}); "
                                    f"use another output folder, or delete that folder to retrain it there")
         if force:
             store.write_json(out_dir / RETRAINING, {"started": now()})

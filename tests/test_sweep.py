@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from netalchemy import config as C
-from netalchemy import store, sweep, sweep_folder, train
+from netalchemy import store, sweep, train
 from netalchemy.data import load
 
 from sweep_helpers import TINY, interrupt_after_first_checkpoint, same, tiny
@@ -181,9 +181,9 @@ def test_another_config_is_refused_with_the_settings_that_differ(mnist1d, tmp_pa
     assert "delete that folder to retrain it there" in message
 
 
-def test_config_difference_names_missing_settings_and_counts_the_rest():
+def test_json_difference_names_missing_settings_and_counts_the_rest():
     stored = {"a": {"b": 1, "c": [1, 2]}, "d": 1, "e": 1, "f": 1}
     wanted = {"a": {"b": 2, "c": [1, 2]}, "d": 2, "e": 2, "g": 1}
-    assert sweep_folder.config_difference(stored, wanted) == (
+    assert store.json_difference(stored, wanted) == (
         "a.b: stored 1, now 2; d: stored 1, now 2; e: stored 1, now 2; 2 more")
-    assert sweep_folder.config_difference({"x": 1}, {}) == "x: stored 1, now nothing"
+    assert store.json_difference({"x": 1}, {}) == "x: stored 1, now nothing"
