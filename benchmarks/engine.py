@@ -12,7 +12,7 @@
                 or files (states are re-initialised, untimed, before each timed call because
                 the program donates them). Its lever ways change the program as
                 `settings.VARIANTS` says (one data order, evaluation at the ends only, matmul
-                precision).
+                precision, the hand-derived backward pass).
 
 Both run on the CPU devices the `netalchemy` command sets up (one per core, runs sharded
 over them); `engine_cpu_devices` overrides.
@@ -95,6 +95,8 @@ def program_runner(spec: dict, data: dict) -> Runner:
                         else spec["eval_every"])
     if "shared_data" in changes:
         cfg = dataclasses.replace(cfg, seeds=dataclasses.replace(cfg.seeds, vary=("init", "dropout")))
+    if "hand_grad" in changes:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad="hand"))
     if "highest" in changes:
         jax.config.update("jax_default_matmul_precision", "highest")
     mesh = sweep.device_mesh(n)
