@@ -127,4 +127,6 @@ def program_runner(spec: dict, data: dict) -> Runner:
             jax.device_get(metrics)
         jax.block_until_ready(states)
 
-    return Runner(run, prepare, lambda: {"eval_every": cfg.train.eval_every, "seeds_vary": list(cfg.seeds.vary)})
+    program = {"eval_every": cfg.train.eval_every, "seeds_vary": list(cfg.seeds.vary), "grad": cfg.train.grad,
+               "matmul_precision": str(jax.config.jax_default_matmul_precision)}
+    return Runner(run, prepare, lambda: program)

@@ -58,7 +58,8 @@ def jax_ref_runner(spec: dict, data: dict) -> Runner:
     train_all = jax.jit(jax.vmap(one_seed, in_axes=(0, 0, 0, None, None)))
     params, opt_state = jax.jit(jax.vmap(init))(jax.random.split(jax.random.key(0), n_seeds))
     keys = jax.random.split(jax.random.key(1), n_seeds)
-    return Runner(lambda: jax.block_until_ready(train_all(params, opt_state, keys, x, y)))
+    program = {"optimizer": "sgd" if "sgd" in changes else "adam", "fixed_batch": fixed}
+    return Runner(lambda: jax.block_until_ready(train_all(params, opt_state, keys, x, y)), info=lambda: program)
 
 
 def matmul_runner(spec: dict, data: dict) -> Runner:

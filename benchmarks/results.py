@@ -76,6 +76,9 @@ def lever_rows(results: dict) -> list[dict]:
             continue
         base = rate_at(results, cell["workload"], way.base, cell["seeds"])
         change = "; ".join(VARIANTS[v] for v in way.variant.split(",") if v) or f"XLA_FLAGS {way.xla_flags}"
+        base_cell = find_cell(results, cell["workload"], way.base, cell["seeds"])
+        if not way.xla_flags and base_cell and cell.get("info") == base_cell.get("info"):  # a null lever here
+            change = f"nothing at this call length (its program is its base's: the ratio is noise); {change}"
         rows.append({"workload": cell["workload"], "seeds": cell["seeds"], "lever": cell["way"], "base": way.base,
                      "ratio": _ratio(cell["seed_steps_per_s"], base), "change": change})
     return rows

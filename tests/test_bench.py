@@ -145,7 +145,7 @@ def _synthetic_results(rates: dict) -> dict:
                 "peak_rss_bytes": 2**29, "rss_after_import_bytes": 2**28, "engine_estimate_bytes": 2**20,
                 "eval_flop_share": 0.1 if way == "engine" else 0.0,
                 "info": {"compilations_after_first_call": 0, "eval_every": 100, "run_chunks": 1} if way == "engine"
-                else {}}
+                else {"eval_every": 100, "program": way}}  # every way a program of its own
         R.derive(cell, machine_gflops=100.0)
         cells.append(cell)
     results = {"workloads": {n: {"widths": list(w.widths), "batch": w.batch, "lr": w.lr, "data": w.data,
@@ -370,7 +370,8 @@ def test_the_engine_program_runner_trains_without_recompiling(monkeypatch):
         runner.run()
         counts.append(sweep.train_chunk._cache_size())
     assert counts[1] - counts[0] <= 1 and counts[2] == counts[1]  # one program (or a cached one), then reused
-    assert runner.info() == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"]}
+    assert runner.info() == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"], "grad": "autodiff",
+                             "matmul_precision": "None"}
 
 
 def test_lever_ways_run_the_engine_program_with_their_xla_flags_only_on_request():
@@ -448,6 +449,11 @@ def test_lever_ratios_come_from_the_cells_of_the_same_run():
     assert "| W2 | 1 | engine_chunk_onednn | 0.750 | engine_chunk |" in md
     assert "| W1 | 32 | engine_chunk_shared_data | — | engine_chunk |" in md
     assert "Levers" not in bench.format_table(_synthetic_results({("W2", "jax_ref", 1): 50.0}))
+    same = _synthetic_results({("W2", "engine_chunk", 1): 40.0, ("W2", "engine_chunk_eval_once", 1): 42.0})
+    for cell in same["cells"]:
+        cell["info"] = {"eval_every": 100, "seeds_vary": ["init"], "grad": "autodiff", "matmul_precision": "None"}
+    (row,) = R.lever_rows(same)
+    assert row["ratio"] == pytest.approx(1.05) and row["change"].startswith("nothing at this call length")
 
 
 def _w1_data(n_train=300):
@@ -463,8 +469,13 @@ def test_engine_program_levers_change_the_config_they_say(monkeypatch):
     monkeypatch.setattr(engine, "_use_devices", lambda spec: None)  # JAX already runs in this process
     spec = {"workload": "W1", "seeds": 2, "steps": 20, "eval_every": 10, "engine_cpu_devices": 0}
     base = engine.program_runner({**spec, "way": "engine_chunk"}, _w1_data()).info()
-    assert base == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"]}
+    assert base == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"], "grad": "autodiff",
+                    "matmul_precision": "None"}
     assert engine.program_runner({**spec, "way": "engine_chunk_eval_once"}, _w1_data()).info()["eval_every"] == 20
+    assert engine.program_runner({**spec, "way": "engine_chunk_hand_grad"}, _w1_data()).info()["grad"] == "hand"
+    # a 10-step call evaluates once either way: eval_once runs its base's program, and says so
+    assert engine.program_runner({**spec, "steps": 10, "way": "engine_chunk_eval_once"}, _w1_data()).info() == \
+        engine.program_runner({**spec, "steps": 10, "way": "engine_chunk"}, _w1_data()).info()
     shared = engine.program_runner({**spec, "way": "engine_chunk_shared_data"}, _w1_data())
     assert shared.info()["seeds_vary"] == ["init", "dropout"]
     shared.prepare()
