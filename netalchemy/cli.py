@@ -5,7 +5,7 @@
   netalchemy show RUN_DIR [--csv DIR]                                    a sweep's summary (and CSV)
   netalchemy run NAME [--profile P] [--dataset D] [--out DIR] [k=v ...]  run one experiment
   netalchemy audit [--profile quick|full] [--dataset D] [--out DIR]      every experiment, one report
-  netalchemy stability [--out DIR]                                       verdicts across stored audits
+  netalchemy stability [--out DIR] [--keep]                              verdicts across stored and kept audits
   netalchemy bench [--profile P] [--out DIR] [key=value ...]             throughput against peers
   netalchemy list                                                        experiments and their claims
   netalchemy --version
@@ -232,22 +232,34 @@ def _add_audit(sub) -> None:
 
 def _add_stability(sub) -> None:
     p = sub.add_parser("stability", help="each claim's verdict across the stored audits",
-                       description="Read every audit stored under OUT/audit (quick and full, on each dataset), "
+                       description="Read every audit stored under OUT/audit (quick and full, on each dataset) and "
+                                   "the ledgers kept in the repository (experiments/ledgers, one folder per audit), "
                                    "print the claim x audit table of verdicts with a stability mark per claim "
-                                   "(stable, profile-sensitive, dataset-sensitive) and each change explained "
-                                   "from the numbers, and write it to OUT/audit/stability.md.")
+                                   "(stable, profile-sensitive, dataset-sensitive), each change explained "
+                                   "from the numbers and the commits each audit came from, and write it to "
+                                   "OUT/audit/stability.md.")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
+    p.add_argument("--ledgers", type=Path, default=None,
+                   help="folder of kept ledgers (default: the repository's experiments/ledgers)")
+    p.add_argument("--keep", action="store_true",
+                   help="first copy every quick and full audit record under OUT/audit into the ledgers folder, "
+                        "so that it outlives the run folder")
     p.set_defaults(func=cmd_stability)
 
 
 def cmd_stability(args) -> int:
     from netalchemy import stability
 
-    lines = stability.table(args.out, list(claims_lib.load()))
+    ledgers = stability.LEDGERS if args.ledgers is None else args.ledgers
+    if args.keep:
+        for path in stability.keep(args.out, ledgers):
+            print(f"kept: {path}")
+    lines = stability.table(args.out, list(claims_lib.load()), ledgers)
     if not lines:
-        raise UsageError(f"fewer than two quick or full audits under {args.out / 'audit'}; run e.g. "
+        raise UsageError(f"fewer than two quick or full audits under {args.out / 'audit'} or in {ledgers}; run e.g. "
                          "`netalchemy audit` and `netalchemy audit --dataset fashion_mnist` first")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + ["", "Where each audit's verdicts come from:", ""]
+                     + stability.sources(args.out, ledgers)) + "\n"
     store.write_text(args.out / "audit" / "stability.md", text)
     print(text, end="")
     print(f"\nwritten: {args.out / 'audit' / 'stability.md'}")

@@ -1,7 +1,11 @@
 """Same question, different answers: each claim's verdict across audit profiles and datasets.
 
 Every audit stored under `runs/audit/` (one folder per profile and dataset, see
-`audit.audit_dir`) is read back; a claim is marked
+`audit.audit_dir`) is read back, together with the ledgers kept in the repository
+(`experiments/ledgers/<audit>/<experiment>.json`: each experiment's verdicts.json as its run wrote it,
+provenance included, so that audits run on different days and machines — a full audit takes hours —
+can be compared long after their run folders are gone; a run folder's record replaces a kept one of the
+same audit and experiment). A claim is marked
 
 - **stable**: the same verdict in every audit that measured it;
 - **profile-sensitive**: on some dataset its verdict changes with the profile (seeds, steps);
@@ -19,31 +23,82 @@ from itertools import combinations
 from pathlib import Path
 from typing import Mapping, Optional
 
+import experiments
 from netalchemy import experiment, store
 from netalchemy.md import md_table
 
 PROFILES = ("quick", "full")  # evidence profiles, in order of size
 DATASET_NAMES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST", "article": "article pair"}
+LEDGERS = Path(experiments.__file__).parent / "ledgers"  # the kept records, one folder per audit
 
 Column = tuple[str, str]  # (dataset, profile)
 
 
-def collect(root: Path) -> dict[Column, dict[str, Mapping]]:
-    """(dataset, profile) -> claim -> its stored verdict, for every audit folder under `root`/audit.
+def _column(path: Path, audit_name: str) -> Optional[tuple[Column, str, Mapping]]:
+    """(column, experiment, record) of one verdicts record; None for a smoke-test profile or a record
+    that sits in another audit's folder. Raises `store.StoreError` (one line) for a damaged file."""
+    record = store.read_json(path)
+    try:
+        column = (record.get("dataset", "mnist1d"), record["profile"])
+        name = record.get("experiment") or path.stem
+        {v["claim"]: v["verdict"] for v in record["verdicts"]}
+    except (AttributeError, KeyError, TypeError):
+        raise store.StoreError(f"damaged file {path}: not an experiment's verdicts") from None
+    if column[1] not in PROFILES or audit_name != _audit_name(*column):
+        return None
+    return column, name, record
 
-    Raises `store.StoreError` (one line) for a damaged verdicts.json.
+
+def records(root: Path, ledgers: Optional[Path] = None) -> dict[tuple[Column, str], tuple[Path, Mapping]]:
+    """(column, experiment) -> (its file, its verdicts record), from the kept `ledgers` folder (if any)
+    and then every audit folder under `root`/audit, whose records replace kept ones."""
+    found: dict[tuple[Column, str], tuple[Path, Mapping]] = {}
+    kept = sorted(Path(ledgers).glob("*/*.json")) if ledgers is not None else []
+    for path, audit_name in [(p, p.parent.name) for p in kept] + [
+            (p, p.parts[-4]) for p in sorted(Path(root, "audit").glob("*/*/*/verdicts.json"))]:
+        got = _column(path, audit_name)
+        if got:
+            found[got[:2]] = (path, got[2])
+    return found
+
+
+def collect(root: Path, ledgers: Optional[Path] = None) -> dict[Column, dict[str, Mapping]]:
+    """(dataset, profile) -> claim -> its verdict, for every audit under `root`/audit and in `ledgers`.
+
+    Raises `store.StoreError` (one line) for a damaged verdicts file.
     """
     out: dict[Column, dict[str, Mapping]] = {}
-    for path in sorted(Path(root, "audit").glob("*/*/*/verdicts.json")):
-        record = store.read_json(path)
-        try:
-            column = (record.get("dataset", "mnist1d"), record["profile"])
-            verdicts = {v["claim"]: v for v in record["verdicts"]}
-        except (AttributeError, KeyError, TypeError):
-            raise store.StoreError(f"damaged file {path}: not an experiment's verdicts") from None
-        if column[1] in PROFILES and path.parts[-4] == _audit_name(*column):
-            out.setdefault(column, {}).update(verdicts)
+    for (column, _), (_, record) in records(root, ledgers).items():
+        out.setdefault(column, {}).update({v["claim"]: v for v in record["verdicts"]})
     return out
+
+
+def keep(root: Path, ledgers: Path = LEDGERS) -> list[Path]:
+    """Copies every quick and full audit record under `root`/audit into `ledgers`/<audit>/<experiment>.json
+    (replacing the kept one); returns the files written."""
+    written = []
+    for (column, name), (path, record) in records(root).items():
+        target = Path(ledgers, _audit_name(*column), f"{name}.json")
+        store.write_json(target, record)
+        written.append(target)
+    return written
+
+
+def sources(root: Path, ledgers: Optional[Path] = None) -> list[str]:
+    """One line per audit column: where its records come from and the commits that computed them."""
+    by_column: dict[Column, list[tuple[Path, Mapping]]] = {}
+    for (column, _), got in records(root, ledgers).items():
+        by_column.setdefault(column, []).append(got)
+    lines = []
+    for column in columns(by_column):
+        folders = sorted({str(path.parent if path.name != "verdicts.json" else path.parents[2])
+                          for path, _ in by_column[column]})
+        commits = sorted({str((record.get("provenance") or {}).get("git_commit") or "unknown")[:7]
+                          for _, record in by_column[column]})
+        n = len(by_column[column])
+        lines.append(f"- {label(column)}: {n} experiment{'s' if n > 1 else ''} from {', '.join(folders)}; "
+                     f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}")
+    return lines
 
 
 def _audit_name(dataset: str, profile: str) -> str:
@@ -93,10 +148,10 @@ def mark(by_column: Mapping[Column, Mapping]) -> tuple[str, list[str]]:
     return " and ".join(sorted(kinds)), lines
 
 
-def table(root: Path, claim_ids: Optional[list[str]] = None) -> list[str]:
+def table(root: Path, claim_ids: Optional[list[str]] = None, ledgers: Optional[Path] = None) -> list[str]:
     """The cross-table (claim × audit, then the mark) and the explanations, as markdown lines;
-    [] when fewer than two audits are stored."""
-    found = collect(root)
+    [] when fewer than two audits are stored (under `root`/audit or kept in `ledgers`)."""
+    found = collect(root, ledgers)
     cols = columns(found)
     if len(cols) < 2:
         return []

@@ -96,6 +96,13 @@ def _audit(root, profile, dataset, verdicts):
                                                              for c, (v, x, lo, hi) in verdicts.items()]})
 
 
+def _stability_cli(root, *args, ledgers=None):
+    """`netalchemy stability` on `root`, with an empty ledgers folder unless one is given (the repository's
+    own kept ledgers would otherwise join every test's audits)."""
+    return subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(root),
+                           "--ledgers", str(ledgers or root / "no-ledgers"), *args], capture_output=True, text=True)
+
+
 def test_marks_and_explanations_from_stored_audits(tmp_path):
     ok = ("supported", 0.7, 0.6, 0.8)
     _audit(tmp_path, "quick", "mnist1d", {"A1": ok, "A2": ok, "A7": ok, "M1": ok})
@@ -117,20 +124,17 @@ def test_marks_and_explanations_from_stored_audits(tmp_path):
     assert stability.mark({("mnist1d", "quick"): found[("mnist1d", "quick")]["A1"]}) == ("one audit only", [])
     assert "Marks: stable 2, profile-sensitive 1, dataset-sensitive 1, not measured 1." in text
     # The command prints it and writes stability.md; a damaged file is one line.
-    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = _stability_cli(tmp_path)
     assert r.returncode == 0 and "| A2 | supported | contradicted | supported | profile-sensitive |" in r.stdout
     assert (tmp_path / "audit" / "stability.md").read_text().startswith("| claim | MNIST-1D quick |")
     (tmp_path / "audit" / "full" / "chance" / "full" / "verdicts.json").write_text("{not json")
-    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = _stability_cli(tmp_path)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "verdicts.json" in r.stderr
 
 
 def test_fewer_than_two_audits_is_a_one_line_error(tmp_path):
     assert stability.table(tmp_path) == []
-    r = subprocess.run([sys.executable, "-m", "netalchemy.cli", "stability", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = _stability_cli(tmp_path)
     assert r.returncode == 2 and "fewer than two" in r.stderr and r.stderr.count("\n") == 1
 
 
@@ -143,3 +147,41 @@ def test_an_audit_on_another_dataset_skips_dataset_free_experiments_and_says_why
             "so no dataset enters; see the MNIST-1D audit.") in report
     rows = {r["claim"]: r for r in audit.ledger([], skipped={"gradcheck": "why"})}
     assert rows["M1"]["verdict"] == audit.NOT_MEASURED and rows["M1"]["measurement"] == "why"
+
+
+def test_kept_ledgers_join_the_table_and_a_run_folder_replaces_its_kept_record(tmp_path):
+    ok, no = ("supported", 0.7, 0.6, 0.8), ("contradicted", 0.3, 0.2, 0.4)
+    runs, ledgers = tmp_path / "runs", tmp_path / "ledgers"
+    _audit(runs, "full", "fashion_mnist", {"A1": no})
+    r = _stability_cli(runs, "--keep", ledgers=ledgers)  # one audit only: kept, then refused in one line
+    kept = ledgers / "full-fashion_mnist" / "chance.json"
+    assert r.returncode == 2 and f"kept: {kept}" in r.stdout and r.stderr.count("\n") == 1
+    assert store.read_json(kept)["verdicts"][0]["verdict"] == "contradicted"
+    # The run folder is gone (a new machine); another audit is run: the kept ledger still counts.
+    runs2 = tmp_path / "runs2"
+    _audit(runs2, "quick", "fashion_mnist", {"A1": ok})
+    text = "\n".join(stability.table(runs2, ["A1"], ledgers))
+    assert "| A1 | supported | contradicted | profile-sensitive |" in text
+    assert stability.sources(runs2, ledgers) == [
+        f"- Fashion-MNIST quick: 1 experiment from {runs2 / 'audit' / 'quick-fashion_mnist'}; commit unknown",
+        f"- Fashion-MNIST full: 1 experiment from {ledgers / 'full-fashion_mnist'}; commit unknown"]
+    # The same audit and experiment in a run folder replaces the kept record.
+    _audit(runs2, "full", "fashion_mnist", {"A1": ok})
+    assert stability.collect(runs2, ledgers)[("fashion_mnist", "full")]["A1"]["verdict"] == "supported"
+    r = _stability_cli(runs2, ledgers=ledgers)
+    assert r.returncode == 0 and "| A1 | supported | supported | stable |" in r.stdout
+    assert "Where each audit's verdicts come from:" in r.stdout
+    # A record kept in the wrong audit's folder is not counted there; a damaged one is one line.
+    store.write_json(ledgers / "quick" / "chance.json", store.read_json(kept))
+    assert ("mnist1d", "quick") not in stability.collect(runs2, ledgers)
+    kept.write_text('{"profile": "full"}')
+    r = _stability_cli(runs2, ledgers=ledgers)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "chance.json" in r.stderr
+
+
+def test_the_repository_ledgers_are_readable_audit_records():
+    """Every kept ledger parses as an experiment's verdicts, in the folder of its own audit."""
+    for path in sorted(stability.LEDGERS.glob("*/*.json")):
+        record = store.read_json(path)
+        assert path.parent.name == stability._audit_name(record["dataset"], record["profile"]), path
+        assert path.stem == record["experiment"] and record["verdicts"] and record["provenance"]["git_commit"]
