@@ -7,6 +7,8 @@ quick and full audit found is read back into one row: experiments complete, the 
 recorded times, the slowest, the commits and devices they were recorded on. An experiment
 stored before the audit's last command started (report.md's "Time" and "Written" lines, or
 another commit than report.md's) was reused by that command: its time is an earlier command's.
+An experiment whose run folder is gone is read from the ledgers the repository keeps
+(`stability.LEDGERS`, `netalchemy stability --keep`), and the row says which came from there.
 """
 
 from __future__ import annotations
@@ -64,19 +66,25 @@ def last_command(folder: Path) -> Optional[dict[str, Any]]:
     return {"seconds": seconds, "start": written - datetime.timedelta(seconds=seconds), "commit": commit}
 
 
-def audit_row(folder: Path, profile: str, dataset: str) -> dict[str, Any]:
-    """One stored audit: experiments complete / missing / damaged, times, commits, devices, reuse."""
+def audit_row(folder: Path, profile: str, dataset: str, kept: Optional[Path] = None) -> dict[str, Any]:
+    """One stored audit: experiments complete / missing / damaged, times, commits, devices, reuse.
+
+    `kept`: the audit's folder of kept ledgers (<experiment>.json), read for experiments `folder` lacks.
+    """
     names = expected(dataset)
-    records, damaged = {}, {}
+    records, damaged, from_kept = {}, {}, []
     for name in names:
         path = folder / name / folder.name / "verdicts.json"
+        if not path.exists() and kept is not None and (kept / f"{name}.json").exists():
+            path = kept / f"{name}.json"
+            from_kept.append(name)
         if path.exists():
             try:
                 records[name] = read_record(path)
             except store.StoreError as e:
                 damaged[name] = str(e)
     command = last_command(folder)
-    reused = [n for n, r in records.items() if command and (
+    reused = [n for n, r in records.items() if command and n not in from_kept and (
         r["created"] < command["start"] or command["commit"] not in (None, r["commit"]))]
     slowest = max(records, key=lambda n: records[n]["seconds"], default=None)
     return {
@@ -87,23 +95,26 @@ def audit_row(folder: Path, profile: str, dataset: str) -> dict[str, Any]:
         "slowest": slowest, "slowest_s": records[slowest]["seconds"] if slowest else None,
         "commits": dict(Counter(r["commit"] for r in records.values())),
         "devices": dict(Counter(r["devices"] for r in records.values())),
-        "reused": reused, "command_s": command["seconds"] if command else None,
+        "reused": reused, "kept": from_kept, "command_s": command["seconds"] if command else None,
         "command_commit": command["commit"] if command else None,
     }
 
 
-def collect(folder: Path) -> dict[str, Any]:
-    """Every quick and full audit stored under `folder` (default runs/audit), as JSON-able rows.
+def collect(folder: Path, ledgers: Optional[Path] = None) -> dict[str, Any]:
+    """Every quick and full audit stored under `folder` (default runs/audit) or kept in `ledgers`
+    (`stability.LEDGERS`: one folder per audit), as JSON-able rows.
 
     Returns:
-      {"folder": str, "rows": [audit_row, ...]}, datasets in `experiment.DATASETS` order, then
-      quick before full; no rows when none is stored (`HOW` says how to store one).
+      {"folder": str, "ledgers": str or None, "rows": [audit_row, ...]}, datasets in
+      `experiment.DATASETS` order, then quick before full; no rows when none is stored (`HOW` says
+      how to store one).
     """
     folder = Path(folder)
     rows = []
     for dataset in experiment.DATASETS:
         for profile in stability.PROFILES:
-            path = folder / audit.audit_dir(Path(), profile, dataset).name
-            if path.is_dir():
-                rows.append(audit_row(path, profile, dataset))
-    return {"folder": str(folder), "rows": rows}
+            name = audit.audit_dir(Path(), profile, dataset).name
+            kept = Path(ledgers, name) if ledgers is not None else None
+            if (folder / name).is_dir() or (kept is not None and kept.is_dir()):
+                rows.append(audit_row(folder / name, profile, dataset, kept))
+    return {"folder": str(folder), "ledgers": None if ledgers is None else str(ledgers), "rows": rows}

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from netalchemy import store
+from netalchemy import stability, store
 
 from . import audit_times
 from . import results as R
@@ -162,7 +162,8 @@ class _Matmuls:
 
 
 def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
-                  log: Callable[[str], None] = print, audits: Path = Path("runs/audit")) -> dict:
+                  log: Callable[[str], None] = print, audits: Path = Path("runs/audit"),
+                  ledgers: Optional[Path] = stability.LEDGERS) -> dict:
     """Runs the whole benchmark; returns the results (and writes them into `out_dir` if given).
 
     Args:
@@ -171,6 +172,7 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
       log: progress lines (default print).
       audits: the folder of the stored audits whose wall time is reported (`audit_times`;
         `netalchemy audit --out DIR` stores them in DIR/audit).
+      ledgers: the kept audit ledgers read where a run folder is gone (`stability.LEDGERS`; None: none).
 
     Returns:
       A JSON-able dict: settings, provenance, workloads (with FLOPs per step), matmul rates,
@@ -217,7 +219,7 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
     results["ratios"] = R.ratio_rows(results)
     results["levers"] = R.lever_rows(results)
     results["targets"] = R.target_rows(results)
-    results["audits"] = audit_times.collect(audits)
+    results["audits"] = audit_times.collect(audits, ledgers)
     results["wall_s"] = time.perf_counter() - started
     if out_dir is not None:
         write_results(results, out_dir)

@@ -102,8 +102,11 @@ def audit_cells(row: dict) -> tuple[str, ...]:
     done += f"; {', '.join(row['not_rerun'])} dataset-free, not rerun" if row["not_rerun"] else ""
     notes = ["mixed commits"] if len(row["commits"]) > 1 else []
     notes += [f"reused from an earlier command: {', '.join(row['reused'])}"] if row["reused"] else []
-    notes.append("no report.md (unfinished)" if row["command_s"] is None
-                 else f"last command {row['command_s'] / 60:.1f} min")
+    kept = row.get("kept") or []
+    notes += [f"from the kept ledgers: {', '.join(kept)}"] if kept else []
+    if len(kept) < len(row["complete"]):  # some came from a run folder, whose report.md tells the command's time
+        notes.append("no report.md (unfinished)" if row["command_s"] is None
+                     else f"last command {row['command_s'] / 60:.1f} min")
     notes += [f"{name} unreadable ({message})" for name, message in row["damaged"].items()]
     slowest = f"{row['slowest']} {row['slowest_s'] / 60:.1f}" if row["slowest"] else "—"
     return (row["label"], done, f"{row['total_s'] / 60:.1f}", slowest, _counts(row["commits"]),
@@ -115,7 +118,8 @@ def audit_lines(results: dict, *, markdown: bool) -> list[str]:
     audits = results.get("audits")
     if audits is None:
         return []
-    title = (f"Audit wall time: each quick and full audit under {audits['folder']}, from the compute time "
+    where = audits["folder"] + (f" or kept in {audits['ledgers']}" if audits.get("ledgers") else "")
+    title = (f"Audit wall time: each quick and full audit under {where}, from the compute time "
              "each experiment recorded in its verdicts.json")
     if not audits["rows"]:
         return [title, "", f"No quick or full audit is stored under {audits['folder']}: {HOW}."]

@@ -1,6 +1,6 @@
 """The dots of one training step, timed one at a time against the machine's square-matmul rate.
 
-    python -m benchmarks.step_dots [--workload W2] [--repeats 30] [--size 2048]
+    python -m benchmarks.step_dots [--workload W2] [--seeds 1] [--repeats 30] [--size 2048]
 
 A step of an MLP with widths (a0, a1, ..., aL) on a batch of B does, per layer i (fan_in a, fan_out b):
 forward (B, a) @ (a, b); weight gradient x^T delta, (a, B) @ (B, b), contracting the batch; and, for
@@ -12,6 +12,14 @@ its operands are in cache, as they are in a step (the forward pass has just read
 fraction of the n x n rate, then the step's dot ceiling: the step's FLOPs ÷ the summed dot times, as a
 fraction of the n x n rate. A training step cannot run faster than its dots, so this ceiling is what
 bounds `% of the matmul rate` on this machine before any optimizer, gather or evaluation cost.
+
+With `--seeds N` > 1 each dot is the batched dot that `jax.vmap` over N runs emits (a leading run
+dimension on both operands, `dot_general` batch dimensions), its operands sharded over the CPU devices
+the `netalchemy` command sets up (one per core), as the engine shards its runs; the ceiling is then
+also given in seed-steps/s, the unit of `netalchemy bench`'s tables, to set beside the engine's and
+the peers' throughput. `--torch` times PyTorch's kernels for the same dots, interleaved: the peers'
+ceiling. Last, an Adam update of the runs' params is timed alone (memory-bound: 7 passes over them), with
+the machine's streaming rate over as many bytes, and the step's ceiling is given with each.
 """
 
 from __future__ import annotations
@@ -50,58 +58,213 @@ def step_dots(widths: Sequence[int], batch: int) -> list[Dot]:
     return dots
 
 
-def _timer(lhs_shape, rhs_shape, contract):
+def _runs_sharding(runs: int):
+    """A leading run axis split over the CPU devices (one device when they do not divide `runs`)."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.devices()
+    shards = len(devices) if runs % len(devices) == 0 else 1
+    return NamedSharding(Mesh(np.array(devices[:shards]), ("runs",)), PartitionSpec("runs"))
+
+
+def jax_dot(dot: Dot, runs: int = 1):
+    """`dot` as a jitted `lax.dot_general` on random float32 operands, batched over `runs` runs (a leading
+    run dimension on both, sharded over the devices) when `runs` > 1. Returns (function, lhs, rhs)."""
     import jax
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x, y = (jax.device_put(rng.standard_normal(s, dtype=np.float32)) for s in (lhs_shape, rhs_shape))
-    dims = (((contract[0],), (contract[1],)), ((), ()))
-    dot = jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims))
-    dot(x, y).block_until_ready()  # compile
+    c = dot.contract
+    if runs == 1:
+        x, y = (jax.device_put(rng.standard_normal(s, dtype=np.float32)) for s in (dot.lhs, dot.rhs))
+        dims = (((c[0],), (c[1],)), ((), ()))
+    else:
+        sharding = _runs_sharding(runs)
+        x, y = (jax.device_put(rng.standard_normal((runs, *s), dtype=np.float32), sharding)
+                for s in (dot.lhs, dot.rhs))
+        dims = (((c[0] + 1,), (c[1] + 1,)), ((0,), (0,)))
+    return jax.jit(lambda x, y: jax.lax.dot_general(x, y, dims)), x, y
 
-    def call() -> float:  # warm: a first call brings the operands back into cache, the second is timed
-        dot(x, y).block_until_ready()
+
+def torch_dot(dot: Dot, runs: int = 1):
+    """The same dot in PyTorch, the peers' kernel for it: `torch.matmul` of transposed views, batched over
+    `runs` when > 1. Returns (function, lhs, rhs)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    lead = (runs,) if runs > 1 else ()
+    x, y = (torch.randn(*lead, *s, generator=gen) for s in (dot.lhs, dot.rhs))
+    flip = (dot.contract[0] == 0, dot.contract[1] == 1)  # to (..., m, k) @ (..., k, n)
+    return (lambda x, y: torch.matmul(x.transpose(-1, -2) if flip[0] else x,
+                                      y.transpose(-1, -2) if flip[1] else y)), x, y
+
+
+def adam_update(widths: Sequence[int], runs: int = 1):
+    """One Adam update (`optax.adam`, as the benchmark's engine config uses) of an MLP's weights and biases
+    for `runs` runs stacked on a leading axis (sharded over the devices when it divides), jitted with the
+    params and moments donated, as in the engine's step. Returns (function, grads, state, params)."""
+    import jax
+    import numpy as np
+    import optax
+
+    rng = np.random.default_rng(0)
+    sharding = _runs_sharding(runs)
+    shapes = [s for a, b in zip(widths[:-1], widths[1:]) for s in ((runs, a, b), (runs, b))]
+    params, grads = ([jax.device_put(rng.standard_normal(s, dtype=np.float32), sharding) for s in shapes]
+                     for _ in range(2))
+    tx = optax.adam(1e-3)
+    state = jax.jit(tx.init)(params)
+
+    def update(grads, state, params):
+        updates, state = tx.update(grads, state, params)
+        return state, optax.apply_updates(params, updates)
+
+    return jax.jit(update, donate_argnums=(1, 2)), grads, state, params
+
+
+def adam_bytes(widths: Sequence[int], runs: int = 1) -> int:
+    """Bytes an Adam update must move at least: read grads, both moments and params, write both moments
+    and params (7 float32 passes over every weight and bias of `runs` runs)."""
+    return 7 * 4 * runs * sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def _stream_timer(nbytes: int):
+    """A function timing one warm in-place scale of a float32 array, reading and writing `nbytes` in all:
+    the machine's streaming rate, which bounds any optimizer update."""
+    import jax
+    import jax.numpy as jnp
+
+    box = {"x": jnp.ones(max(1, nbytes // 8), jnp.float32)}
+    scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
+
+    def step():
+        box["x"] = scale(box["x"])
+        box["x"].block_until_ready()
+
+    step()  # compile
+
+    def call() -> float:
+        step()
         start = time.perf_counter()
-        dot(x, y).block_until_ready()
+        step()
         return time.perf_counter() - start
 
     return call
 
 
+def _update_timer(widths: Sequence[int], runs: int):
+    """A function timing one warm Adam update (see `adam_update`)."""
+    import jax
+
+    fn, grads, state, params = adam_update(widths, runs)
+    box = {"state": state, "params": params}
+
+    def step():
+        box["state"], box["params"] = fn(grads, box["state"], box["params"])
+        jax.block_until_ready(box["params"])
+
+    step()  # compile
+
+    def call() -> float:
+        step()
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    return call
+
+
+def _timer(dot: Dot, runs: int, library: str):
+    """A function timing one warm call of the dot: a first call brings the operands back into cache (as in
+    a step, where the forward pass has just read them), the second is timed."""
+    fn, x, y = (jax_dot if library == "jax" else torch_dot)(dot, runs)
+    done = (lambda out: out.block_until_ready()) if library == "jax" else (lambda out: out)
+    done(fn(x, y))  # compile
+
+    def call() -> float:
+        done(fn(x, y))
+        start = time.perf_counter()
+        done(fn(x, y))
+        return time.perf_counter() - start
+
+    return call
+
+
+def _report(label: str, dots: Sequence[Dot], median: dict, rate: float, seeds: int, widths, batch: int, size: int):
+    print(f"{label}:")
+    print(f"  {'dot':<22} {'lhs':>11} {'rhs':>11} {'GFLOP':>7} {'ms':>7} {'GFLOP/s':>8} {'÷ rate':>7}")
+    for d in dots:
+        gflops = seeds * d.flops / median[d] / 1e9
+        print(f"  {d.name:<22} {'x'.join(map(str, d.lhs)):>11} {'x'.join(map(str, d.rhs)):>11} "
+              f"{seeds * d.flops / 1e9:>7.3f} {median[d] * 1e3:>7.3f} {gflops:>8.1f} {gflops / rate:>7.1%}")
+    total = sum(median[d] for d in dots)
+    step = seeds * flops_per_step(widths, batch)
+    ceiling = step / total / 1e9
+    print(f"  step's dots: {step / 1e9:.3f} GFLOP in {total * 1e3:.2f} ms = {ceiling:.1f} GFLOP/s = "
+          f"{ceiling / rate:.1%} of the {size}² rate (the step's ceiling; {matmul_flops(size) / 1e9:.1f} GFLOP "
+          f"per square matmul) = {seeds / total:,.0f} seed-steps/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="W2", choices=sorted(WORKLOADS))
+    parser.add_argument("--seeds", type=int, default=1, help="runs per dot, batched as jax.vmap emits them")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--size", type=int, default=2048, help="side of the square matmul that sets the rate")
+    parser.add_argument("--torch", action="store_true",
+                        help="also time each dot in PyTorch (interleaved), the peers' kernels for the same shapes")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.seeds > 1:
+        from netalchemy import devices
+
+        devices.use_cpu_cores()  # one JAX device per core, before JAX starts, as the engine runs
     w = WORKLOADS[args.workload]
     dots = step_dots(w.widths, w.batch)
+    assert sum(d.flops for d in dots) == flops_per_step(w.widths, w.batch)
     square = Dot(f"{args.size}² matmul", (args.size, args.size), (args.size, args.size), (1, 0))
-    timers = {d: _timer(d.lhs, d.rhs, d.contract) for d in (square, *dots)}
-    times = {d: [] for d in timers}
+    timers = {(lib, d): _timer(d, 1 if d is square else args.seeds, lib)
+              for lib in (("jax", "torch") if args.torch else ("jax",)) for d in (square, *dots)}
+    timers[("jax", "adam")] = _update_timer(w.widths, args.seeds)
+    timers[("jax", "stream")] = _stream_timer(adam_bytes(w.widths, args.seeds))
+    times = {key: [] for key in timers}
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
     for _ in range(args.repeats):  # interleaved: load on the machine falls on all alike
-        for d, call in timers.items():
-            times[d].append(call())
+        for key, call in timers.items():
+            times[key].append(call())
     utilisation = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
-    median = {d: statistics.median(t) for d, t in times.items()}
-    rate = square.flops / median[square] / 1e9
-    print(f"{args.workload} {'-'.join(map(str, w.widths))}, batch {w.batch}: median of {args.repeats} interleaved "
-          f"calls per dot; {args.size}² matmul {rate:.1f} GFLOP/s; CPU utilisation {utilisation:.0%} of "
-          f"{os.cpu_count()} cores")
-    print(f"{'dot':<22} {'lhs':>11} {'rhs':>11} {'GFLOP':>7} {'ms':>7} {'GFLOP/s':>8} {'÷ rate':>7}")
-    for d in dots:
-        gflops = d.flops / median[d] / 1e9
-        print(f"{d.name:<22} {'x'.join(map(str, d.lhs)):>11} {'x'.join(map(str, d.rhs)):>11} {d.flops / 1e9:>7.3f} "
-              f"{median[d] * 1e3:>7.3f} {gflops:>8.1f} {gflops / rate:>7.1%}")
-    total = sum(median[d] for d in dots)
-    assert sum(d.flops for d in dots) == flops_per_step(w.widths, w.batch)
-    ceiling = flops_per_step(w.widths, w.batch) / total / 1e9
-    print(f"step's dots: {flops_per_step(w.widths, w.batch) / 1e9:.3f} GFLOP in {total * 1e3:.2f} ms = "
-          f"{ceiling:.1f} GFLOP/s = {ceiling / rate:.1%} of the {args.size}² rate (the step's ceiling; "
-          f"{matmul_flops(args.size) / 1e9:.1f} GFLOP per square matmul)")
+    median = {key: statistics.median(t) for key, t in times.items()}
+    rate = square.flops / median[("jax", square)] / 1e9
+    import jax
+
+    runs = f", {args.seeds} runs per dot over {len(jax.devices())} devices" if args.seeds > 1 else ""
+    print(f"{args.workload} {'-'.join(map(str, w.widths))}, batch {w.batch}{runs}: median of {args.repeats} "
+          f"interleaved calls per dot; {args.size}² matmul {rate:.1f} GFLOP/s (JAX); CPU utilisation "
+          f"{utilisation:.0%} of {os.cpu_count()} cores")
+    for lib in ("jax", "torch") if args.torch else ("jax",):
+        if lib == "torch":
+            import torch
+
+            label = (f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads (its {args.size}² matmul "
+                     f"{square.flops / median[('torch', square)] / 1e9:.1f} GFLOP/s; ÷ rate is against JAX's)")
+        else:
+            label = f"JAX {jax.__version__}"
+        _report(label, dots, {d: median[(lib, d)] for d in dots}, rate, args.seeds, w.widths, w.batch, args.size)
+    update, dots_time = median[("jax", "adam")], sum(median[("jax", d)] for d in dots)
+    nbytes = adam_bytes(w.widths, args.seeds)
+    step = args.seeds * flops_per_step(w.widths, w.batch)
+    stream = median[("jax", "stream")]
+    print(f"Adam update alone (optax.adam, params and moments donated): {update * 1e3:.2f} ms, moving at least "
+          f"{nbytes / 1e6:.1f} MB = {nbytes / update / 1e9:.1f} GB/s, {stream / update:.0%} of the machine's "
+          f"streaming rate ({nbytes / stream / 1e9:.1f} GB/s: an in-place scale moving as many bytes)")
+    for what, seconds in (("its optimizer", update), ("an ideal fused optimizer, 7 passes at the streaming rate",
+                                                      stream)):
+        print(f"  dots + {what}: {step / (dots_time + seconds) / 1e9 / rate:.1%} of the {args.size}² rate = "
+              f"{args.seeds / (dots_time + seconds):,.0f} seed-steps/s (the step's ceiling)")
 
 
 if __name__ == "__main__":

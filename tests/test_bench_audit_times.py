@@ -116,3 +116,28 @@ def test_the_drivers_report_writes_the_table_into_summary_table_and_bench_json(a
     assert "| MNIST-1D quick | 10 of 10 | 27.5 |" in summary and "| Fashion-MNIST quick | 1 of 9;" in summary
     assert "Audit wall time" in table and "MNIST-1D quick" in table
     assert json.loads(paths["json"].read_text())["audits"]["rows"][0]["total_s"] == 1650
+
+
+def test_an_audit_whose_run_folder_is_gone_is_read_from_the_kept_ledgers(audits, tmp_path):
+    """A full audit kept in the repository's ledgers (`netalchemy stability --keep`) but not under runs:
+    its row comes from the kept records and says so; a run folder's record wins over a kept one."""
+    ledgers = tmp_path / "ledgers"
+    for name, seconds in (("chance", 600.0), ("hyperparams", 300.0)):
+        store.write_json(ledgers / "full-fashion_mnist" / f"{name}.json", store.read_json(
+            _store(tmp_path / "elsewhere", "full-fashion_mnist", name, seconds)))
+    store.write_json(ledgers / "quick-fashion_mnist" / "chance.json", store.read_json(
+        _store(tmp_path / "elsewhere", "quick-fashion_mnist", "chance", 999.0)))
+    found = A.collect(audits, ledgers)
+    assert found["ledgers"] == str(ledgers)
+    labels = [r["label"] for r in found["rows"]]
+    assert labels == ["MNIST-1D quick", "Fashion-MNIST quick", "Fashion-MNIST full"]
+    quick, full = found["rows"][1], found["rows"][2]
+    assert quick["total_s"] == 120 and quick["kept"] == []  # the run folder's chance, not the kept 999 s
+    assert full["complete"] == ["chance", "hyperparams"] and full["kept"] == ["chance", "hyperparams"]
+    assert full["total_s"] == 900 and full["reused"] == []
+    lines = report.audit_lines({"audits": found}, markdown=True)
+    assert f"or kept in {ledgers}" in lines[0]
+    row = next(line for line in lines if line.startswith("| Fashion-MNIST full |"))
+    assert "| 15.0 | chance 10.0 |" in row and "from the kept ledgers: chance, hyperparams" in row
+    assert "no report.md" not in row  # no run folder: nothing unfinished to report
+    assert [r["label"] for r in A.collect(audits)["rows"]] == ["MNIST-1D quick", "Fashion-MNIST quick"]

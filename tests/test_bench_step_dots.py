@@ -11,7 +11,7 @@ from netalchemy import bench
 
 bench.load()
 from benchmarks.settings import WORKLOADS, flops_per_step  # noqa: E402
-from benchmarks.step_dots import step_dots  # noqa: E402
+from benchmarks.step_dots import Dot, jax_dot, step_dots, torch_dot  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
@@ -42,3 +42,46 @@ def test_the_dots_are_the_ones_jax_grad_emits():
     canon = lambda dots: sorted(tuple(sorted([(l, c[0]), (r, c[1])])) for l, r, c in dots)  # noqa: E731
     assert canon(emitted) == canon(ours)
     assert np.isclose(sum(d.flops for d in step_dots(widths, batch)), 2 * batch * (3 * (30 + 20 + 12) - 30))
+
+
+@pytest.mark.parametrize("contract", [(1, 0), (0, 0), (1, 1)])
+@pytest.mark.parametrize("runs", [1, 3])
+def test_the_timed_dots_compute_the_product_they_are_named_for(contract, runs):
+    """JAX's (batched over runs) and PyTorch's kernels give numpy's product, so both time the same work."""
+    m, k, n = 5, 4, 3
+    lhs = (m, k) if contract[0] == 1 else (k, m)
+    rhs = (k, n) if contract[1] == 0 else (n, k)
+    dot = Dot("d", lhs, rhs, contract)
+    fn, x, y = jax_dot(dot, runs)
+    x, y, got = np.asarray(x), np.asarray(y), np.asarray(fn(x, y))
+    a = x if contract[0] == 1 else np.swapaxes(x, -1, -2)
+    b = y if contract[1] == 0 else np.swapaxes(y, -1, -2)
+    assert got.shape == ((runs,) if runs > 1 else ()) + (m, n)
+    np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
+    assert 2 * m * k * n == dot.flops
+    torch = pytest.importorskip("torch")
+    fn, x, y = torch_dot(dot, runs)
+    a = x.numpy() if contract[0] == 1 else np.swapaxes(x.numpy(), -1, -2)
+    b = y.numpy() if contract[1] == 0 else np.swapaxes(y.numpy(), -1, -2)
+    np.testing.assert_allclose(fn(x, y).numpy(), a @ b, rtol=1e-5, atol=1e-5)
+    assert torch.is_tensor(fn(x, y))
+
+
+def test_the_timed_adam_update_is_optax_adam_on_each_run():
+    """The stacked update equals optax.adam applied to each run alone; its byte count is 7 passes."""
+    import optax
+
+    from benchmarks.step_dots import adam_bytes, adam_update
+
+    widths, runs = (3, 4, 2), 2
+    fn, grads, state, params = adam_update(widths, runs)
+    before = [np.asarray(p) for p in params]
+    g = [np.asarray(x) for x in grads]
+    _, after = fn(grads, state, params)
+    tx = optax.adam(1e-3)
+    for r in range(runs):
+        p_r, g_r = [p[r] for p in before], [x[r] for x in g]
+        updates, _ = tx.update(g_r, tx.init(p_r), p_r)
+        for got, want in zip(after, optax.apply_updates(p_r, updates)):
+            np.testing.assert_allclose(np.asarray(got)[r], want, rtol=1e-6, atol=1e-7)
+    assert adam_bytes(widths, runs) == 7 * 4 * runs * (3 * 4 + 4 + 4 * 2 + 2)
