@@ -12,7 +12,7 @@
                 or files (states are re-initialised, untimed, before each timed call because
                 the program donates them). Its lever ways change the program as
                 `settings.VARIANTS` says (one data order, evaluation at the ends only, matmul
-                precision, the hand-derived backward pass).
+                precision, the hand-derived backward pass, the gradient norm logged).
 
 Both run on the CPU devices the `netalchemy` command sets up (one per core, runs sharded
 over them); `engine_cpu_devices` overrides.
@@ -97,6 +97,8 @@ def program_runner(spec: dict, data: dict) -> Runner:
         cfg = dataclasses.replace(cfg, seeds=dataclasses.replace(cfg.seeds, vary=("init", "dropout")))
     if "hand_grad" in changes:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad="hand"))
+    if "grad_norm" in changes:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_norm=True))
     if "highest" in changes:
         jax.config.update("jax_default_matmul_precision", "highest")
     mesh = sweep.device_mesh(n)
@@ -128,5 +130,6 @@ def program_runner(spec: dict, data: dict) -> Runner:
         jax.block_until_ready(states)
 
     program = {"eval_every": cfg.train.eval_every, "seeds_vary": list(cfg.seeds.vary), "grad": cfg.train.grad,
+               "grad_norm": cfg.train.grad_norm,
                "matmul_precision": str(jax.config.jax_default_matmul_precision)}
     return Runner(run, prepare, lambda: program)

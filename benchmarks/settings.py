@@ -69,6 +69,7 @@ VARIANTS = {
     "highest": "jax_default_matmul_precision='highest' (float32 dots asked for full precision explicitly)",
     "sgd": "plain SGD update instead of Adam: no first and second moments to read and write",
     "fixed_batch": "one fixed minibatch every step: no gather from the training set",
+    "grad_norm": "train.grad_norm=true: the gradient norm logged every step, one more pass over the gradients",
 }
 
 
@@ -107,6 +108,8 @@ WAYS = {
                                   base="engine_chunk"),
     "engine_chunk_hand_grad": Way("engine program, hand-derived backward pass", "jax", True, ("netalchemy.sweep",),
                                   "engine:program_runner", variant="hand_grad", base="engine_chunk"),
+    "engine_chunk_grad_norm": Way("engine program, gradient norm logged", "jax", True, ("netalchemy.sweep",),
+                                  "engine:program_runner", variant="grad_norm", base="engine_chunk"),
     "engine_chunk_highest": Way("engine program, matmul precision 'highest'", "jax", True, ("netalchemy.sweep",),
                                 "engine:program_runner", variant="highest", base="engine_chunk"),
     "jax_ref_sgd": Way("plain JAX, SGD update", "jax", True, ("jax", "optax"), "peers_jax:jax_ref_runner",

@@ -147,6 +147,9 @@ class TrainConfig:
     l1: float = 0.0
     l2: float = 0.0
     grad: str = "autodiff"  # "autodiff" (jax.grad) or "hand" (netalchemy.backprop)
+    # Log each step's gradient norm (mean per interval)? It reads every gradient once more: measured
+    # 1.13x faster without it on the 4096-input network, 1.08x at 256 MNIST-1D seeds; off, it logs NaN.
+    grad_norm: bool = False
     chunk_steps: int = 1000  # steps between checkpoints
     memory_budget_gb: float = 4.0  # seeds are run in chunks that fit this budget
 

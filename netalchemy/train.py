@@ -67,7 +67,7 @@ class Metrics(NamedTuple):
     test_loss: Array
     test_acc: Array
     batch_loss: Array  # mean minibatch objective over the interval (training mode)
-    grad_norm: Array  # mean global norm of the minibatch gradient over the interval
+    grad_norm: Array  # mean global norm of the minibatch gradient over the interval (NaN: not logged)
     param_norm: Array  # global norm of the params
     diverged: Array  # bool
 
@@ -124,7 +124,9 @@ def train_step(state: TrainState, streams: Streams, data: Data, lr: Array, *, cf
     updates, opt_state = optimizer(cfg, lr).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = TrainState(state.step + 1, params, aux.state, opt_state, state.diverged_at)
-    return new, (aux.loss, optax.tree.norm(grads))
+    # The norm reads every gradient once more (see TrainConfig.grad_norm): logged only when asked for.
+    gnorm = optax.tree.norm(grads) if t.grad_norm else jnp.full((), jnp.nan, aux.loss.dtype)
+    return new, (aux.loss, gnorm)
 
 
 def evaluate_split(params, bn_state, x: Array, y: Array, *, cfg: Config, max_batch: int = 8192):

@@ -371,7 +371,7 @@ def test_the_engine_program_runner_trains_without_recompiling(monkeypatch):
         counts.append(sweep.train_chunk._cache_size())
     assert counts[1] - counts[0] <= 1 and counts[2] == counts[1]  # one program (or a cached one), then reused
     assert runner.info() == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"], "grad": "autodiff",
-                             "matmul_precision": "None"}
+                             "grad_norm": False, "matmul_precision": "None"}
 
 
 def test_lever_ways_run_the_engine_program_with_their_xla_flags_only_on_request():
@@ -470,7 +470,8 @@ def test_engine_program_levers_change_the_config_they_say(monkeypatch):
     spec = {"workload": "W1", "seeds": 2, "steps": 20, "eval_every": 10, "engine_cpu_devices": 0}
     base = engine.program_runner({**spec, "way": "engine_chunk"}, _w1_data()).info()
     assert base == {"eval_every": 10, "seeds_vary": ["init", "data", "dropout"], "grad": "autodiff",
-                    "matmul_precision": "None"}
+                    "grad_norm": False, "matmul_precision": "None"}
+    assert engine.program_runner({**spec, "way": "engine_chunk_grad_norm"}, _w1_data()).info()["grad_norm"] is True
     assert engine.program_runner({**spec, "way": "engine_chunk_eval_once"}, _w1_data()).info()["eval_every"] == 20
     assert engine.program_runner({**spec, "way": "engine_chunk_hand_grad"}, _w1_data()).info()["grad"] == "hand"
     # a 10-step call evaluates once either way: eval_once runs its base's program, and says so

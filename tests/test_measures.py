@@ -177,7 +177,7 @@ def test_the_smoothness_hook_sees_the_state_and_minibatch_of_the_next_step(mnist
     """Evaluating after every step, the hook's L(θ_t) and ‖g‖ on step t's minibatch are the engine's own
     batch loss and gradient norm of step t (the next interval's): same state, same batch."""
     cfg = override(Config(), ["model.hidden=[8]", "model.batch_norm=true", "train.steps=3", "train.eval_every=1",
-                              "train.batch_size=25", "seeds.n=2", "optim.name=sgd"])
+                              "train.batch_size=25", "seeds.n=2", "optim.name=sgd", "train.grad_norm=true"])
     r = sweep.run(cfg, dataset=mnist1d, progress=False, measure=measures.Smoothness((0.1, 1.0), 0.1))
     assert r.measures["beta"].shape == (2, 4) and r.measures["ics_rel"].shape == (2, 4, 1)
     np.testing.assert_allclose(r.measures["loss"][:, :-1], r.history["batch_loss"][:, 1:], rtol=1e-5)

@@ -117,6 +117,15 @@ def test_shared_streams_are_shared(mnist1d):
     assert len(set(init_only.history["test_loss"][:, -1].tolist())) == 3
 
 
+def test_without_the_gradient_norm_training_is_bit_identical_and_the_norm_is_nan(mnist1d):
+    logged = sweep.run(tiny("train.grad_norm=true"), dataset=mnist1d, progress=False)
+    unlogged = sweep.run(tiny(), dataset=mnist1d, progress=False)  # the default: not logged
+    for name in ("test_loss", "train_loss", "train_acc", "batch_loss", "param_norm"):
+        np.testing.assert_array_equal(logged.history[name], unlogged.history[name])
+    assert np.isfinite(logged.history["grad_norm"][:, 1:]).all()
+    assert np.isnan(unlogged.history["grad_norm"][:, 1:]).all()
+
+
 def test_hand_gradients_train_like_autodiff(mnist1d):
     auto = sweep.run(tiny("model.batch_norm=true", "train.l2=1e-4"), dataset=mnist1d, progress=False)
     hand = sweep.run(tiny("model.batch_norm=true", "train.l2=1e-4", "train.grad=hand"), dataset=mnist1d, progress=False)
