@@ -102,11 +102,12 @@ class Target(NamedTuple):
     way: str
     peer: str
     goal: Optional[tuple[str, float]]
+    min_steps: int = 0  # the goal is judged only on timed calls at least this long
 
 
 # Goals of issue 13 (items 1 and 2); the others are references without a goal. The issue states
-# "engine within 10% of its program" over a 2 000-step run: a row's `where` gives the steps per
-# timed call, shorter in the quick profile, where evaluation and files weigh relatively more.
+# "engine within 10% of its program" over a 2 000-step run: on shorter calls (the quick profile's),
+# where a call's fixed costs weigh more, the ratio is shown but not judged.
 TARGETS = (
     Target("W1 @256 seeds: engine ÷ torch.func ensemble", "W1", 256, "engine", "torch_func", (">=", 3.0)),
     Target("W1 @256 seeds: engine GFLOP/s ÷ machine matmul GFLOP/s", "W1", 256, "engine", "matmul", (">=", 0.5)),
@@ -115,7 +116,7 @@ TARGETS = (
     Target("W2 @largest seeds: engine program GFLOP/s ÷ machine matmul GFLOP/s", "W2", None, "engine_chunk",
            "matmul", (">=", 0.8)),
     Target("W2 @largest seeds: engine ÷ engine program (files, evaluation, checkpoints)", "W2", None, "engine",
-           "engine_chunk", (">=", 0.9)),
+           "engine_chunk", (">=", 0.9), min_steps=2000),
     Target("W2 @largest seeds: engine GFLOP/s ÷ machine matmul GFLOP/s", "W2", None, "engine", "matmul", None),
     Target("W2 @largest seeds: plain-JAX GFLOP/s ÷ machine matmul GFLOP/s", "W2", None, "jax_ref", "matmul", None),
     Target("W1 @largest seeds: engine ÷ plain-JAX reference (engine overhead)", "W1", None, "engine", "jax_ref", None),
@@ -128,6 +129,9 @@ _OPS = {">=": (operator.ge, "≥"), "<=": (operator.le, "≤"), "==": (operator.
 def goal_text(goal: Optional[tuple[str, float]]) -> str:
     """"≥ 3", "= 0", or "none" for a reference figure."""
     return "none" if goal is None else f"{_OPS[goal[0]][1]} {goal[1]:g}"
+
+
+SHORT_CALLS = "not judged"  # measured on calls shorter than the goal's `min_steps`
 
 
 def verdict(goal: Optional[tuple[str, float]], value: Optional[float]) -> str:
@@ -168,6 +172,11 @@ def target_row(results: dict, t: Target) -> dict:
         if value is not None:
             cell = find_cell(results, t.workload, t.way, seeds)
             where = f"{t.workload} @{seeds} seeds, {cell['steps']} steps per call"
+            if cell["steps"] < t.min_steps:
+                where += (f"; judged on calls of at least {t.min_steps} steps "
+                          f"(e.g. w2_steps={t.min_steps} max_gflop_per_call=10000)")
+                return {"target": t.name, "goal": goal_text(t.goal), "value": value, "status": SHORT_CALLS,
+                        "where": where, "note": ""}
         else:
             note = f"not measured: needs {t.way} and {t.peer} on {t.workload}" + (f" at {seeds} seeds" if seeds else "")
     return {"target": t.name, "goal": goal_text(t.goal), "value": value, "status": verdict(t.goal, value),
