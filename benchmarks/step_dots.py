@@ -130,6 +130,21 @@ def adam_bytes(widths: Sequence[int], runs: int = 1) -> int:
     return 7 * 4 * runs * sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
 
 
+def _warm_timer(step):
+    """A function timing one warm call of `step` (which waits for its result): compiled first, then each
+    timed call comes right after an untimed one, which brings its operands back into cache, as in a
+    training step, where the work before has just read them."""
+    step()  # compile
+
+    def call() -> float:
+        step()
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    return call
+
+
 def _stream_timer(nbytes: int):
     """A function timing one warm in-place scale of a float32 array, reading and writing `nbytes` in all:
     the machine's streaming rate, which bounds any optimizer update."""
@@ -143,15 +158,7 @@ def _stream_timer(nbytes: int):
         box["x"] = scale(box["x"])
         box["x"].block_until_ready()
 
-    step()  # compile
-
-    def call() -> float:
-        step()
-        start = time.perf_counter()
-        step()
-        return time.perf_counter() - start
-
-    return call
+    return _warm_timer(step)
 
 
 def _update_timer(widths: Sequence[int], runs: int):
@@ -165,31 +172,15 @@ def _update_timer(widths: Sequence[int], runs: int):
         box["state"], box["params"] = fn(grads, box["state"], box["params"])
         jax.block_until_ready(box["params"])
 
-    step()  # compile
-
-    def call() -> float:
-        step()
-        start = time.perf_counter()
-        step()
-        return time.perf_counter() - start
-
-    return call
+    return _warm_timer(step)
 
 
 def _timer(dot: Dot, runs: int, library: str):
-    """A function timing one warm call of the dot: a first call brings the operands back into cache (as in
-    a step, where the forward pass has just read them), the second is timed."""
+    """A function timing one warm call of the dot (`_warm_timer`) in JAX or PyTorch."""
     fn, x, y = (jax_dot if library == "jax" else torch_dot)(dot, runs)
-    done = (lambda out: out.block_until_ready()) if library == "jax" else (lambda out: out)
-    done(fn(x, y))  # compile
-
-    def call() -> float:
-        done(fn(x, y))
-        start = time.perf_counter()
-        done(fn(x, y))
-        return time.perf_counter() - start
-
-    return call
+    if library == "jax":
+        return _warm_timer(lambda: fn(x, y).block_until_ready())
+    return _warm_timer(lambda: fn(x, y))
 
 
 def _report(label: str, dots: Sequence[Dot], median: dict, rate: float, seeds: int, widths, batch: int, size: int):
