@@ -203,6 +203,7 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
         finally:
             shutil.rmtree(scratch, ignore_errors=True)  # data, logs, sweep folders, inductor caches
 
+    profiles = [step_profile(item, settings, have_torch, env, log) for item in settings.step_profiles]
     matmul = matmuls.summary()
     for cell in cells:
         R.derive(cell, matmul["machine_gflops"])
@@ -219,11 +220,36 @@ def run_benchmark(settings: BenchSettings, *, out_dir: Optional[Path] = None,
     results["ratios"] = R.ratio_rows(results)
     results["levers"] = R.lever_rows(results)
     results["targets"] = R.target_rows(results)
+    results["step_profiles"] = profiles
     results["audits"] = audit_times.collect(audits, ledgers)
     results["wall_s"] = time.perf_counter() - started
     if out_dir is not None:
         write_results(results, out_dir)
     return results
+
+
+def step_profile(item: str, settings: BenchSettings, have_torch: bool, env: dict,
+                 log: Callable[[str], None]) -> dict:
+    """`python -m benchmarks.step_dots` for "W:N" in a process of its own (one JAX device per core, as
+    the engine): the step's ceilings. Returns its JSON, or {"workload", "seeds", "error"} if it failed."""
+    workload, _, seeds = item.partition(":")
+    log(f"step profile {workload} @{seeds} seeds ...")
+    with tempfile.TemporaryDirectory(prefix="netalchemy-step-") as folder:
+        out = Path(folder) / "profile.json"
+        command = [sys.executable, "-m", f"{__package__}.step_dots", "--workload", workload, "--seeds", seeds,
+                   "--repeats", str(settings.step_profile_repeats), "--size", str(settings.matmul_size),
+                   "--json", str(out), *(["--torch"] if have_torch else [])]
+        try:
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                  timeout=settings.timeout_s)
+            if done.returncode == 0:
+                return json.loads(out.read_text())
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            error = lines[-1] if lines else f"exit status {done.returncode}"
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {settings.timeout_s:.0f} s"
+    log(f"step profile {item} failed: {error}")
+    return {"workload": workload, "seeds": int(seeds), "error": error}
 
 
 def _torch_version() -> Optional[str]:

@@ -140,6 +140,39 @@ def lever_lines(results: dict, *, markdown: bool) -> list[str]:
     return [title, "", *(md_table(LEVER_HEADER, rows) if markdown else _text_table(LEVER_HEADER, rows))]
 
 
+CEILING_HEADER = ("workload", "seeds", "JAX dots", "PyTorch's kernels", "Adam update", "dots + Adam",
+                  "dots + ideal update", "engine program", "÷ dots + Adam")
+
+
+def _ceiling(c: Optional[dict]) -> str:
+    return "—" if not c else f"{c['seed_steps_per_s']:,.0f} ({c['matmul_fraction']:.1%})"
+
+
+def ceiling_lines(results: dict, *, markdown: bool) -> list[str]:
+    """The "Step ceilings" table (`step_dots` run by the driver) beside the engine program's measured rate;
+    [] when none was profiled."""
+    profiles = results.get("step_profiles") or []
+    if not profiles:
+        return []
+    rows = []
+    for p in profiles:
+        if "error" in p:
+            rows.append((p["workload"], str(p["seeds"]), f"failed: {p['error']}", *("—",) * 6))
+            continue
+        c = p["ceilings"]
+        program = rate_at(results, p["workload"], "engine_chunk", p["seeds"]) if p["workload"] in results.get(
+            "workloads", {}) else None
+        update = f"{p['adam_s'] * 1e3:.1f} ms, {p['stream_s'] / p['adam_s']:.0%} of streaming"
+        rows.append((p["workload"], str(p["seeds"]), _ceiling(c["jax"]), _ceiling(c.get("torch")), update,
+                     _ceiling(c["jax+adam"]), _ceiling(c["jax+ideal update"]), _fmt(program, ",.0f"),
+                     _fmt(program / c["jax+adam"]["seed_steps_per_s"] if program else None, ".2f")))
+    title = ("Step ceilings (seed-steps/s, and ÷ the square-matmul rate timed in the same process): a step's dots, "
+             "each timed alone as jax.vmap emits them, in JAX and in PyTorch's kernels; Adam's update alone; a step "
+             "cannot run faster than its dots plus its update, nor than its dots plus 7 passes over the "
+             "parameters at the machine's streaming rate (an ideal fused update)")
+    return [title, "", *(md_table(CEILING_HEADER, rows) if markdown else _text_table(CEILING_HEADER, rows))]
+
+
 def format_table(results: dict) -> str:
     """The benchmark as plain text: throughput per cell, ratios, targets (goal, measured, met), notes."""
     lines = _header(results) + [""] + _cell_lines(results)
@@ -158,6 +191,8 @@ def format_table(results: dict) -> str:
                      f"{t['where'] or t['note']}".rstrip())
     levers = lever_lines(results, markdown=False)
     lines += ["", *levers] if levers else []
+    ceilings = ceiling_lines(results, markdown=False)
+    lines += ["", *ceilings] if ceilings else []
     audits = audit_lines(results, markdown=False)
     lines += ["", *audits] if audits else []
     lines += ["", "median s: one timed call (median over the repeats); 1st call+: first call minus the median "
@@ -197,6 +232,8 @@ def format_markdown(results: dict) -> str:
                      f"{t['where'] or t['note']} |")
     levers = lever_lines(results, markdown=True)
     lines += ["", *levers] if levers else []
+    ceilings = ceiling_lines(results, markdown=True)
+    lines += ["", *ceilings] if ceilings else []
     audits = audit_lines(results, markdown=True)
     lines += ["", *audits] if audits else []
     return "\n".join(lines)

@@ -159,6 +159,10 @@ class BenchSettings:
     torch_threads: int = 0  # 0 = PyTorch's default (one per core)
     engine_cpu_devices: int = 0  # JAX CPU devices for the engine ways; 0 = one per core, as the CLI
     timeout_s: float = 1800.0  # per worker request
+    # "W:N": the step's ceilings of workload W at N seeds (`step_dots`: its dots, PyTorch's kernels for
+    # them, Adam's update, the streaming rate), each in a process of its own, after the timed cells
+    step_profiles: tuple[str, ...] = ("W1:256", "W2:4")
+    step_profile_repeats: int = 10
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -180,6 +184,11 @@ class BenchSettings:
               "w2_train_size must be >= the W2 batch (128)")
         check(self.matmul_size >= 1 and self.torch_threads >= 0 and self.engine_cpu_devices >= 0,
               "matmul_size >= 1, torch_threads >= 0, engine_cpu_devices >= 0")
+        for item in self.step_profiles:
+            w, _, n = item.partition(":")
+            check(w in WORKLOADS and n.isdigit() and int(n) >= 1,
+                  f"step_profiles: {item!r} is not WORKLOAD:SEEDS, e.g. W1:256 ({', '.join(WORKLOADS)})")
+        check(self.step_profile_repeats >= 1, "step_profile_repeats must be >= 1")
 
 
 PROFILES = {
@@ -187,7 +196,7 @@ PROFILES = {
     # takes 20-70 s here), one PyTorch thread (two collapse when pytest workers share the cores).
     "tiny": BenchSettings(workloads=("W1",), ways=("engine", "jax_ref", "flax_nnx", "torch_eager", "torch_func"),
                           seeds=(1,), w1_steps=40, min_steps=20, engine_eval_every=20, repeats=2,
-                          matmul_size=512, torch_threads=1, timeout_s=300.0),
+                          matmul_size=512, torch_threads=1, timeout_s=300.0, step_profiles=()),
     # A few minutes on 2 cores: every way; W1 at 1, 4, 32 and 256 seeds; W2 at 1 and 4 seeds (32
     # would need fewer than min_steps steps within the per-call budget, so it is skipped). W2 at 4
     # seeds is its figure: at 1 seed XLA compiles the size-1 vmap with the first layer's weight

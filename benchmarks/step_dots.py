@@ -25,9 +25,11 @@ the machine's streaming rate over as many bytes, and the step's ceiling is given
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from .settings import WORKLOADS, flops_per_step, matmul_flops
@@ -183,19 +185,83 @@ def _timer(dot: Dot, runs: int, library: str):
     return _warm_timer(lambda: fn(x, y))
 
 
-def _report(label: str, dots: Sequence[Dot], median: dict, rate: float, seeds: int, widths, batch: int, size: int):
-    print(f"{label}:")
-    print(f"  {'dot':<22} {'lhs':>11} {'rhs':>11} {'GFLOP':>7} {'ms':>7} {'GFLOP/s':>8} {'÷ rate':>7}")
-    for d in dots:
-        gflops = seeds * d.flops / median[d] / 1e9
-        print(f"  {d.name:<22} {'x'.join(map(str, d.lhs)):>11} {'x'.join(map(str, d.rhs)):>11} "
-              f"{seeds * d.flops / 1e9:>7.3f} {median[d] * 1e3:>7.3f} {gflops:>8.1f} {gflops / rate:>7.1%}")
-    total = sum(median[d] for d in dots)
-    step = seeds * flops_per_step(widths, batch)
-    ceiling = step / total / 1e9
-    print(f"  step's dots: {step / 1e9:.3f} GFLOP in {total * 1e3:.2f} ms = {ceiling:.1f} GFLOP/s = "
-          f"{ceiling / rate:.1%} of the {size}² rate (the step's ceiling; {matmul_flops(size) / 1e9:.1f} GFLOP "
-          f"per square matmul) = {seeds / total:,.0f} seed-steps/s")
+def measure(workload: str, seeds: int = 1, *, repeats: int = 30, size: int = 2048, torch: bool = False) -> dict:
+    """Times every dot of a step (JAX, and PyTorch's kernels if `torch`), Adam's update and the streaming
+    pass, interleaved `repeats` times (medians); returns them with the ceilings they imply (JSON-able).
+
+    Call before anything else has started JAX when `seeds` > 1 (`main` sets up one device per core).
+    """
+    import jax
+
+    w = WORKLOADS[workload]
+    dots = step_dots(w.widths, w.batch)
+    assert sum(d.flops for d in dots) == flops_per_step(w.widths, w.batch)
+    square = Dot(f"{size}² matmul", (size, size), (size, size), (1, 0))
+    libraries = ("jax", "torch") if torch else ("jax",)
+    timers = {(lib, d.name): _timer(d, 1 if d is square else seeds, lib) for lib in libraries for d in (square, *dots)}
+    timers[("jax", "adam")] = _update_timer(w.widths, seeds)
+    timers[("jax", "stream")] = _stream_timer(adam_bytes(w.widths, seeds))
+    times = {key: [] for key in timers}
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(repeats):  # interleaved: load on the machine falls on all alike
+        for key, call in timers.items():
+            times[key].append(call())
+    utilisation = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
+    median = {key: statistics.median(t) for key, t in times.items()}
+    rate = square.flops / median[("jax", square.name)] / 1e9
+    step = seeds * flops_per_step(w.widths, w.batch)
+    out = {"workload": workload, "seeds": seeds, "repeats": repeats, "size": size, "matmul_gflops": rate,
+           "devices": len(jax.devices()), "cpu_utilisation": utilisation, "step_gflop": step / 1e9,
+           "dots": [{"name": d.name, "lhs": d.lhs, "rhs": d.rhs, "gflop": seeds * d.flops / 1e9,
+                     **{f"{lib}_s": median[(lib, d.name)] for lib in libraries}} for d in dots],
+           "adam_s": median[("jax", "adam")], "stream_s": median[("jax", "stream")],
+           "adam_bytes": adam_bytes(w.widths, seeds), "versions": {"jax": jax.__version__}}
+    ceilings = {lib: sum(median[(lib, d.name)] for d in dots) for lib in libraries}
+    if torch:
+        import torch as torch_lib
+
+        out["versions"]["torch"] = torch_lib.__version__
+        out["torch_threads"] = torch_lib.get_num_threads()
+        out["torch_matmul_gflops"] = square.flops / median[("torch", square.name)] / 1e9
+    ceilings["jax+adam"] = ceilings["jax"] + out["adam_s"]
+    ceilings["jax+ideal update"] = ceilings["jax"] + out["stream_s"]
+    out["ceilings"] = {k: {"step_s": t, "seed_steps_per_s": seeds / t, "matmul_fraction": step / t / 1e9 / rate}
+                       for k, t in ceilings.items()}
+    return out
+
+
+def print_profile(p: dict) -> None:
+    """`measure`'s result as text: each dot, then each ceiling."""
+    runs = f", {p['seeds']} runs per dot over {p['devices']} devices" if p["seeds"] > 1 else ""
+    w = WORKLOADS[p["workload"]]
+    print(f"{p['workload']} {'-'.join(map(str, w.widths))}, batch {w.batch}{runs}: median of {p['repeats']} "
+          f"interleaved calls per dot; {p['size']}² matmul {p['matmul_gflops']:.1f} GFLOP/s (JAX); CPU utilisation "
+          f"{p['cpu_utilisation']:.0%} of {os.cpu_count()} cores")
+    for lib in ("jax", "torch"):
+        if f"{lib}_s" not in p["dots"][0]:
+            continue
+        label = (f"JAX {p['versions']['jax']}" if lib == "jax" else
+                 f"PyTorch {p['versions']['torch']}, {p['torch_threads']} threads (its {p['size']}² matmul "
+                 f"{p['torch_matmul_gflops']:.1f} GFLOP/s; ÷ rate is against JAX's)")
+        print(f"{label}:")
+        print(f"  {'dot':<22} {'lhs':>11} {'rhs':>11} {'GFLOP':>7} {'ms':>7} {'GFLOP/s':>8} {'÷ rate':>7}")
+        for d in p["dots"]:
+            gflops = d["gflop"] / d[f"{lib}_s"]
+            print(f"  {d['name']:<22} {'x'.join(map(str, d['lhs'])):>11} {'x'.join(map(str, d['rhs'])):>11} "
+                  f"{d['gflop']:>7.3f} {d[f'{lib}_s'] * 1e3:>7.3f} {gflops:>8.1f} {gflops / p['matmul_gflops']:>7.1%}")
+        c = p["ceilings"][lib]
+        print(f"  step's dots: {p['step_gflop']:.3f} GFLOP in {c['step_s'] * 1e3:.2f} ms = "
+              f"{p['step_gflop'] / c['step_s']:.1f} GFLOP/s = {c['matmul_fraction']:.1%} of the {p['size']}² rate "
+              f"(the step's ceiling) = {c['seed_steps_per_s']:,.0f} seed-steps/s")
+    nbytes, update, stream = p["adam_bytes"], p["adam_s"], p["stream_s"]
+    print(f"Adam update alone (optax.adam, params and moments donated): {update * 1e3:.2f} ms, moving at least "
+          f"{nbytes / 1e6:.1f} MB = {nbytes / update / 1e9:.1f} GB/s, {stream / update:.0%} of the machine's "
+          f"streaming rate ({nbytes / stream / 1e9:.1f} GB/s: an in-place scale moving as many bytes)")
+    for key, what in (("jax+adam", "its optimizer"),
+                      ("jax+ideal update", "an ideal fused optimizer, 7 passes at the streaming rate")):
+        c = p["ceilings"][key]
+        print(f"  dots + {what}: {c['matmul_fraction']:.1%} of the {p['size']}² rate = "
+              f"{c['seed_steps_per_s']:,.0f} seed-steps/s (the step's ceiling)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=2048, help="side of the square matmul that sets the rate")
     parser.add_argument("--torch", action="store_true",
                         help="also time each dot in PyTorch (interleaved), the peers' kernels for the same shapes")
+    parser.add_argument("--json", type=Path, help="also write the measurements and ceilings to this JSON file")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -213,49 +280,10 @@ def main(argv: list[str] | None = None) -> None:
         from netalchemy import devices
 
         devices.use_cpu_cores()  # one JAX device per core, before JAX starts, as the engine runs
-    w = WORKLOADS[args.workload]
-    dots = step_dots(w.widths, w.batch)
-    assert sum(d.flops for d in dots) == flops_per_step(w.widths, w.batch)
-    square = Dot(f"{args.size}² matmul", (args.size, args.size), (args.size, args.size), (1, 0))
-    timers = {(lib, d): _timer(d, 1 if d is square else args.seeds, lib)
-              for lib in (("jax", "torch") if args.torch else ("jax",)) for d in (square, *dots)}
-    timers[("jax", "adam")] = _update_timer(w.widths, args.seeds)
-    timers[("jax", "stream")] = _stream_timer(adam_bytes(w.widths, args.seeds))
-    times = {key: [] for key in timers}
-    cpu0 = time.process_time()
-    wall0 = time.perf_counter()
-    for _ in range(args.repeats):  # interleaved: load on the machine falls on all alike
-        for key, call in timers.items():
-            times[key].append(call())
-    utilisation = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
-    median = {key: statistics.median(t) for key, t in times.items()}
-    rate = square.flops / median[("jax", square)] / 1e9
-    import jax
-
-    runs = f", {args.seeds} runs per dot over {len(jax.devices())} devices" if args.seeds > 1 else ""
-    print(f"{args.workload} {'-'.join(map(str, w.widths))}, batch {w.batch}{runs}: median of {args.repeats} "
-          f"interleaved calls per dot; {args.size}² matmul {rate:.1f} GFLOP/s (JAX); CPU utilisation "
-          f"{utilisation:.0%} of {os.cpu_count()} cores")
-    for lib in ("jax", "torch") if args.torch else ("jax",):
-        if lib == "torch":
-            import torch
-
-            label = (f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads (its {args.size}² matmul "
-                     f"{square.flops / median[('torch', square)] / 1e9:.1f} GFLOP/s; ÷ rate is against JAX's)")
-        else:
-            label = f"JAX {jax.__version__}"
-        _report(label, dots, {d: median[(lib, d)] for d in dots}, rate, args.seeds, w.widths, w.batch, args.size)
-    update, dots_time = median[("jax", "adam")], sum(median[("jax", d)] for d in dots)
-    nbytes = adam_bytes(w.widths, args.seeds)
-    step = args.seeds * flops_per_step(w.widths, w.batch)
-    stream = median[("jax", "stream")]
-    print(f"Adam update alone (optax.adam, params and moments donated): {update * 1e3:.2f} ms, moving at least "
-          f"{nbytes / 1e6:.1f} MB = {nbytes / update / 1e9:.1f} GB/s, {stream / update:.0%} of the machine's "
-          f"streaming rate ({nbytes / stream / 1e9:.1f} GB/s: an in-place scale moving as many bytes)")
-    for what, seconds in (("its optimizer", update), ("an ideal fused optimizer, 7 passes at the streaming rate",
-                                                      stream)):
-        print(f"  dots + {what}: {step / (dots_time + seconds) / 1e9 / rate:.1%} of the {args.size}² rate = "
-              f"{args.seeds / (dots_time + seconds):,.0f} seed-steps/s (the step's ceiling)")
+    profile = measure(args.workload, args.seeds, repeats=args.repeats, size=args.size, torch=args.torch)
+    print_profile(profile)
+    if args.json:
+        args.json.write_text(json.dumps(profile, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,46 @@ def test_the_timed_adam_update_is_optax_adam_on_each_run():
         for got, want in zip(after, optax.apply_updates(p_r, updates)):
             np.testing.assert_allclose(np.asarray(got)[r], want, rtol=1e-6, atol=1e-7)
     assert adam_bytes(widths, runs) == 7 * 4 * runs * (3 * 4 + 4 + 4 * 2 + 2)
+
+
+def test_the_benchmark_profiles_a_step_in_a_process_of_its_own_and_reports_its_ceilings():
+    """The driver's step profile (W1 at 2 seeds, one repeat) comes back as JSON whose ceilings add up:
+    dots + update is slower than the dots alone; the table sets the engine program's rate beside them."""
+    import dataclasses
+    import os
+
+    from benchmarks import driver, report
+    from benchmarks import settings as S
+
+    settings = dataclasses.replace(S.PROFILES["tiny"], step_profile_repeats=1, matmul_size=256)
+    lines = []
+    p = driver.step_profile("W1:2", settings, False, dict(os.environ), lines.append)
+    assert "error" not in p, p
+    c = p["ceilings"]
+    assert (p["workload"], p["seeds"], len(p["dots"])) == ("W1", 2, 8) and "torch" not in c
+    assert c["jax+adam"]["step_s"] == pytest.approx(c["jax"]["step_s"] + p["adam_s"])
+    assert c["jax+adam"]["seed_steps_per_s"] < c["jax"]["seed_steps_per_s"]
+    assert c["jax"]["seed_steps_per_s"] == pytest.approx(2 / sum(d["jax_s"] for d in p["dots"]))
+    assert p["step_gflop"] == pytest.approx(2 * flops_per_step(WORKLOADS["W1"].widths, WORKLOADS["W1"].batch) / 1e9)
+    failed = driver.step_profile("W1:0", settings, False, dict(os.environ), lines.append)  # refused by step_dots
+    assert failed["workload"] == "W1" and "--seeds must be at least 1" in failed["error"]
+    assert any(line.startswith("step profile W1:0 failed") for line in lines)
+    program = 0.5 * c["jax+adam"]["seed_steps_per_s"]
+    results = {"workloads": {"W1": {}}, "step_profiles": [p, failed],
+               "cells": [{"workload": "W1", "way": "engine_chunk", "seeds": 2, "seed_steps_per_s": program}]}
+    table = report.ceiling_lines(results, markdown=True)
+    assert table[0].startswith("Step ceilings") and table[2].startswith("| workload | seeds | JAX dots |")
+    row, bad = table[4], table[5]
+    assert row.startswith("| W1 | 2 | ") and row.endswith(f"| {program:,.0f} | 0.50 |")
+    assert bad.startswith("| W1 | 0 | failed: ") and bad.count("|") == row.count("|")
+    assert report.ceiling_lines({"step_profiles": []}, markdown=True) == []
+
+
+def test_a_step_profile_names_a_workload_and_a_seed_count():
+    from netalchemy import config as C
+    from benchmarks import settings as S
+
+    with pytest.raises(C.ConfigError, match="step_profiles: 'W3:4' is not WORKLOAD:SEEDS"):
+        S.BenchSettings(step_profiles=("W3:4",))
+    with pytest.raises(C.ConfigError, match="not WORKLOAD:SEEDS"):
+        S.BenchSettings(step_profiles=("W1",))
