@@ -37,9 +37,8 @@ JUDGED_UNDER = ("M6 is judged on the sweep's own init, the net training starts f
 
 
 def _profile(train_size: int, batch: int, *, epochs: int, seeds: int, hidden=(100, 100)) -> Config:
-    steps = epochs * (train_size // batch)  # plain minibatch SGD, the article's "gradient descent"
-    train = TrainConfig(steps=steps, batch_size=batch, eval_every=train_size // batch,  # grad_norm: a phase measure
-                        chunk_steps=min(steps, 5000), grad_norm=True)
+    steps = epochs * (train_size // batch)  # plain minibatch SGD ("gradient descent"); grad_norm: a phase measure
+    train = TrainConfig(steps, batch, eval_every=train_size // batch, chunk_steps=min(steps, 5000), grad_norm=True)
     return Config(model=ModelConfig(hidden=hidden), optim=OptimConfig(name="sgd", lr=0.02), train=train,
                   data=DataConfig(train_size=train_size), seeds=SeedsConfig(n=seeds))
 
