@@ -167,9 +167,10 @@ def ceiling_lines(results: dict, *, markdown: bool) -> list[str]:
                      _ceiling(c["jax+adam"]), _ceiling(c["jax+ideal update"]), _fmt(program, ",.0f"),
                      _fmt(program / c["jax+adam"]["seed_steps_per_s"] if program else None, ".2f")))
     title = ("Step ceilings (seed-steps/s, and ÷ the square-matmul rate timed in the same process): a step's dots, "
-             "each timed alone as jax.vmap emits them, in JAX and in PyTorch's kernels; Adam's update alone; a step "
-             "cannot run faster than its dots plus its update, nor than its dots plus 7 passes over the "
-             "parameters at the machine's streaming rate (an ideal fused update)")
+             "each timed alone as jax.vmap emits them, in JAX and in PyTorch's kernels, bound any step; Adam's "
+             "update timed alone, and an ideal one (7 passes over the parameters at the machine's streaming rate), "
+             "added to the dots give what a step costs when its parts do not overlap; the engine program's "
+             "measured rate ÷ that sum says how close it comes (above 1: XLA overlaps or fuses part of it)")
     return [title, "", *(md_table(CEILING_HEADER, rows) if markdown else _text_table(CEILING_HEADER, rows))]
 
 
