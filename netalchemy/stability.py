@@ -41,7 +41,8 @@ def _column(path: Path, audit_name: str) -> Optional[tuple[Column, str, Mapping]
     try:
         column = (record.get("dataset", "mnist1d"), record["profile"])
         name = record.get("experiment") or path.stem
-        {v["claim"]: v["verdict"] for v in record["verdicts"]}
+        if not all(isinstance(v["claim"], str) and isinstance(v["verdict"], str) for v in record["verdicts"]):
+            raise TypeError  # each verdict names its claim and its verdict
     except (AttributeError, KeyError, TypeError):
         raise store.StoreError(f"damaged file {path}: not an experiment's verdicts") from None
     if column[1] not in PROFILES or audit_name != _audit_name(*column):
