@@ -7,12 +7,14 @@ provenance included, so that audits run on different days and machines — a ful
 can be compared long after their run folders are gone; a run folder's record replaces a kept one of the
 same audit and experiment). A claim is marked
 
-- **stable**: the same verdict in every audit that measured it;
+- **stable**: the same decisive verdict (supported, contradicted, depends) in every audit that measured it;
+- **inconclusive everywhere**: no audit could decide it, so its sameness is no finding;
 - **profile-sensitive**: on some dataset its verdict changes with the profile (seeds, steps);
 - **dataset-sensitive**: at some profile its verdict changes with the dataset;
 - **one audit only**: measured in a single audit, so nothing to compare;
 
-and each change is explained in one line from the stored numbers (value, CI, flip point).
+and each change is explained in one line from the stored numbers (value, CI, flip point). A claim is a
+*finding* only when it is stable and was measured on at least two datasets; the table ends by naming them.
 Smoke-test profiles (tiny) are left out: their verdicts are not evidence. This is the
 essay's "ask the same question twice" turned on the audit itself.
 """
@@ -28,6 +30,7 @@ from netalchemy import experiment, store
 from netalchemy.md import md_table
 
 PROFILES = ("quick", "full")  # evidence profiles, in order of size
+UNDECIDED = "inconclusive"  # the verdict that decides nothing
 DATASET_NAMES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST", "article": "article pair"}
 LEDGERS = Path(experiments.__file__).parent / "ledgers"  # the kept records, one folder per audit
 
@@ -145,7 +148,9 @@ def mark(by_column: Mapping[Column, Mapping]) -> tuple[str, list[str]]:
         lines.append(f"{label(a)} {va['verdict']} ({_numbers(va)}) → {label(b)} {vb['verdict']} ({_numbers(vb)})")
     if not kinds:
         verdicts = {v["verdict"] for v in by_column.values()}
-        return ("stable" if len(verdicts) == 1 else "changes only across both dataset and profile"), lines
+        if len(verdicts) > 1:
+            return "changes only across both dataset and profile", lines
+        return ("inconclusive everywhere" if verdicts == {UNDECIDED} else "stable"), lines
     return " and ".join(sorted(kinds)), lines
 
 
@@ -157,13 +162,16 @@ def table(root: Path, claim_ids: Optional[list[str]] = None, ledgers: Optional[P
     if len(cols) < 2:
         return []
     ids = claim_ids or sorted({c for verdicts in found.values() for c in verdicts})
-    rows, notes = [], []
+    rows, notes, found_claims = [], [], []
     for claim in ids:
         by_column = {c: found[c][claim] for c in cols if claim in found[c]}
         kind, lines = mark(by_column)
         rows.append((claim, *(found[c][claim]["verdict"] if claim in found[c] else "—" for c in cols), kind))
         notes += [f"- {claim}: {line}" for line in lines]
+        if kind == "stable" and len({c[0] for c in by_column}) >= 2:
+            found_claims.append(f"{claim} {next(iter(by_column.values()))['verdict']}")
     counts = {k: sum(r[-1] == k for r in rows) for k in dict.fromkeys(r[-1] for r in rows)}
     out = md_table(("claim", *(label(c) for c in cols), "stability"), rows)
-    out += ["", "Marks: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + "."]
+    out += ["", "Marks: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + ".", "",
+            f"Findings (stable, and measured on two or more datasets): {', '.join(found_claims) or 'none yet'}."]
     return out + ([""] + notes if notes else [])

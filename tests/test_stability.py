@@ -105,9 +105,11 @@ def _stability_cli(root, *args, ledgers=None):
 
 def test_marks_and_explanations_from_stored_audits(tmp_path):
     ok = ("supported", 0.7, 0.6, 0.8)
-    _audit(tmp_path, "quick", "mnist1d", {"A1": ok, "A2": ok, "A7": ok, "M1": ok})
+    undecided = ("inconclusive", 0.5, 0.4, 0.6)
+    _audit(tmp_path, "quick", "mnist1d", {"A1": ok, "A2": ok, "A7": ok, "M1": ok, "M3": undecided})
     _audit(tmp_path, "full", "mnist1d", {"A1": ok, "A2": ("contradicted", 0.3, 0.2, 0.4), "A7": ok, "M1": ok})
-    _audit(tmp_path, "quick", "fashion_mnist", {"A1": ok, "A2": ok, "A7": ("inconclusive", 0.55, 0.45, 0.65)})
+    _audit(tmp_path, "quick", "fashion_mnist", {"A1": ok, "A2": ok, "A7": ("inconclusive", 0.55, 0.45, 0.65),
+                                                "M3": undecided})
     _audit(tmp_path, "tiny", "mnist1d", {"A1": ("contradicted", 0.1, 0.0, 0.2)})  # a smoke test: left out
     found = stability.collect(tmp_path)
     assert stability.columns(found) == [("mnist1d", "quick"), ("mnist1d", "full"), ("fashion_mnist", "quick")]
@@ -117,12 +119,15 @@ def test_marks_and_explanations_from_stored_audits(tmp_path):
     assert lines == ["MNIST-1D quick supported (0.7 [0.6, 0.8], flips at 0.5) → "
                      "MNIST-1D full contradicted (0.3 [0.2, 0.4], flips at 0.5)"]
     assert stability.mark({c: found[c]["A7"] for c in found})[0] == "dataset-sensitive"
-    text = "\n".join(stability.table(tmp_path, ["A1", "A2", "A7", "M1", "M2"]))
+    assert stability.mark({c: found[c]["M3"] for c in found if "M3" in found[c]}) == ("inconclusive everywhere", [])
+    text = "\n".join(stability.table(tmp_path, ["A1", "A2", "A7", "M1", "M2", "M3"]))
     assert "| A1 | supported | supported | supported | stable |" in text
     assert "| M1 | supported | supported | — | stable |" in text
     assert "| M2 | — | — | — | not measured |" in text
     assert stability.mark({("mnist1d", "quick"): found[("mnist1d", "quick")]["A1"]}) == ("one audit only", [])
-    assert "Marks: stable 2, profile-sensitive 1, dataset-sensitive 1, not measured 1." in text
+    assert "Marks: stable 2, profile-sensitive 1, dataset-sensitive 1, not measured 1, inconclusive everywhere 1." in text
+    # A finding is stable on two or more datasets: M1 is stable on MNIST-1D alone, M3 never decided.
+    assert "Findings (stable, and measured on two or more datasets): A1 supported." in text
     # The command prints it and writes stability.md; a damaged file is one line.
     r = _stability_cli(tmp_path)
     assert r.returncode == 0 and "| A2 | supported | contradicted | supported | profile-sensitive |" in r.stdout
