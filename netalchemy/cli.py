@@ -235,8 +235,9 @@ def _add_stability(sub) -> None:
                        description="Read every audit stored under OUT/audit (quick and full, on each dataset) and "
                                    "the ledgers kept in the repository (experiments/ledgers, one folder per audit), "
                                    "print the claim x audit table of verdicts with a stability mark per claim "
-                                   "(stable, profile-sensitive, dataset-sensitive), each change explained "
-                                   "from the numbers and the commits each audit came from, and write it to "
+                                   "(stable, profile-sensitive, dataset-sensitive, inconclusive everywhere), each change explained "
+                                   "from the numbers, the findings (claims stable on two or more datasets) and the "
+                                   "commits each audit came from, and write it to "
                                    "OUT/audit/stability.md.")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.add_argument("--ledgers", type=Path, default=None,
