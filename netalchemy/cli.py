@@ -236,7 +236,8 @@ def _add_stability(sub) -> None:
                                    "the ledgers kept in the repository (experiments/ledgers, one folder per audit), "
                                    "print the claim x audit table of verdicts with a stability mark per claim "
                                    "(stable, profile-sensitive, dataset-sensitive, inconclusive everywhere), each change explained "
-                                   "from the numbers, the findings (claims stable on two or more datasets) and the "
+                                   "from the numbers, the findings (claims stable at both profiles and on two or more "
+                                   "datasets) and the "
                                    "commits each audit came from, and write it to "
                                    "OUT/audit/stability.md.")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")

@@ -14,7 +14,9 @@ same audit and experiment). A claim is marked
 - **one audit only**: measured in a single audit, so nothing to compare;
 
 and each change is explained in one line from the stored numbers (value, CI, flip point). A claim is a
-*finding* only when it is stable and was measured on at least two datasets; the table ends by naming them.
+*finding* only when it is stable and was measured at both profiles and on at least two datasets (a claim
+whose experiment no dataset enters, `experiment.dataset_free`, needs only the two profiles); the table
+ends by naming them.
 Smoke-test profiles (tiny) are left out: their verdicts are not evidence. This is the
 essay's "ask the same question twice" turned on the audit itself.
 """
@@ -154,6 +156,18 @@ def mark(by_column: Mapping[Column, Mapping]) -> tuple[str, list[str]]:
     return " and ".join(sorted(kinds)), lines
 
 
+def is_finding(kind: str, measured_in: list[Column], dataset_free: bool = False) -> bool:
+    """A stable claim measured at every evidence profile and, unless no dataset enters it, on two or more
+    datasets: a verdict that held when both the seeds and steps and the data changed."""
+    return (kind == "stable" and {c[1] for c in measured_in} == set(PROFILES)
+            and (dataset_free or len({c[0] for c in measured_in}) >= 2))
+
+
+def _dataset_free_claims(root: Path, ledgers: Optional[Path]) -> set[str]:
+    return {v["claim"] for (_, name), (_, record) in records(root, ledgers).items()
+            if name in experiment.EXPERIMENTS and experiment.dataset_free(name) for v in record["verdicts"]}
+
+
 def table(root: Path, claim_ids: Optional[list[str]] = None, ledgers: Optional[Path] = None) -> list[str]:
     """The cross-table (claim × audit, then the mark) and the explanations, as markdown lines;
     [] when fewer than two audits are stored (under `root`/audit or kept in `ledgers`)."""
@@ -162,16 +176,16 @@ def table(root: Path, claim_ids: Optional[list[str]] = None, ledgers: Optional[P
     if len(cols) < 2:
         return []
     ids = claim_ids or sorted({c for verdicts in found.values() for c in verdicts})
-    rows, notes, found_claims = [], [], []
+    rows, notes, found_claims, free = [], [], [], _dataset_free_claims(root, ledgers)
     for claim in ids:
         by_column = {c: found[c][claim] for c in cols if claim in found[c]}
         kind, lines = mark(by_column)
         rows.append((claim, *(found[c][claim]["verdict"] if claim in found[c] else "—" for c in cols), kind))
         notes += [f"- {claim}: {line}" for line in lines]
-        if kind == "stable" and len({c[0] for c in by_column}) >= 2:
+        if is_finding(kind, list(by_column), claim in free):
             found_claims.append(f"{claim} {next(iter(by_column.values()))['verdict']}")
     counts = {k: sum(r[-1] == k for r in rows) for k in dict.fromkeys(r[-1] for r in rows)}
     out = md_table(("claim", *(label(c) for c in cols), "stability"), rows)
     out += ["", "Marks: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + ".", "",
-            f"Findings (stable, and measured on two or more datasets): {', '.join(found_claims) or 'none yet'}."]
+            f"Findings (stable at both profiles and on two or more datasets): {', '.join(found_claims) or 'none yet'}."]
     return out + ([""] + notes if notes else [])

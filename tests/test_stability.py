@@ -126,8 +126,13 @@ def test_marks_and_explanations_from_stored_audits(tmp_path):
     assert "| M2 | — | — | — | not measured |" in text
     assert stability.mark({("mnist1d", "quick"): found[("mnist1d", "quick")]["A1"]}) == ("one audit only", [])
     assert "Marks: stable 2, profile-sensitive 1, dataset-sensitive 1, not measured 1, inconclusive everywhere 1." in text
-    # A finding is stable on two or more datasets: M1 is stable on MNIST-1D alone, M3 never decided.
-    assert "Findings (stable, and measured on two or more datasets): A1 supported." in text
+    # A finding is stable at both profiles and on two or more datasets: M1 is stable on MNIST-1D alone, M3 never
+    # decided; a dataset-free claim (gradcheck's) needs only both profiles.
+    assert "Findings (stable at both profiles and on two or more datasets): A1 supported." in text
+    quick_only = [("mnist1d", "quick"), ("fashion_mnist", "quick")]
+    assert not stability.is_finding("stable", quick_only)
+    assert stability.is_finding("stable", [("mnist1d", "quick"), ("mnist1d", "full")], dataset_free=True)
+    assert not stability.is_finding("inconclusive everywhere", [*quick_only, ("mnist1d", "full")])
     # The command prints it and writes stability.md; a damaged file is one line.
     r = _stability_cli(tmp_path)
     assert r.returncode == 0 and "| A2 | supported | contradicted | supported | profile-sensitive |" in r.stdout
