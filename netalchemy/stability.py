@@ -134,24 +134,29 @@ def _numbers(v: Mapping) -> str:
 def mark(by_column: Mapping[Column, Mapping]) -> tuple[str, list[str]]:
     """A claim's stability mark and one line per pair of audits whose verdicts differ.
 
-    Only pairs that differ in one respect are compared: the same dataset at two profiles
-    (profile-sensitive), or the same profile on two datasets (dataset-sensitive).
+    Only pairs that differ in one respect mark a claim: the same dataset at two profiles
+    (profile-sensitive), or the same profile on two datasets (dataset-sensitive). Pairs that differ in
+    both are explained only when no such pair differs, since neither change alone can be blamed.
     """
     if not by_column:
         return "not measured", []
     if len(by_column) == 1:  # nothing to compare with: no mark either way
         return "one audit only", []
-    kinds, lines = set(), []
+    kinds, lines, across_both = set(), [], []
     for a, b in combinations(columns(by_column), 2):
         va, vb = by_column[a], by_column[b]
-        if va["verdict"] == vb["verdict"] or (a[0] != b[0] and a[1] != b[1]):
+        if va["verdict"] == vb["verdict"]:
+            continue
+        line = f"{label(a)} {va['verdict']} ({_numbers(va)}) → {label(b)} {vb['verdict']} ({_numbers(vb)})"
+        if a[0] != b[0] and a[1] != b[1]:  # two changes at once: shown only when no cleaner pair exists
+            across_both.append(line)
             continue
         kinds.add("profile-sensitive" if a[0] == b[0] else "dataset-sensitive")
-        lines.append(f"{label(a)} {va['verdict']} ({_numbers(va)}) → {label(b)} {vb['verdict']} ({_numbers(vb)})")
+        lines.append(line)
     if not kinds:
         verdicts = {v["verdict"] for v in by_column.values()}
         if len(verdicts) > 1:
-            return "changes only across both dataset and profile", lines
+            return "changes only across both dataset and profile", across_both
         return ("inconclusive everywhere" if verdicts == {UNDECIDED} else "stable"), lines
     return " and ".join(sorted(kinds)), lines
 

@@ -133,6 +133,12 @@ def test_marks_and_explanations_from_stored_audits(tmp_path):
     assert not stability.is_finding("stable", quick_only)
     assert stability.is_finding("stable", [("mnist1d", "quick"), ("mnist1d", "full")], dataset_free=True)
     assert not stability.is_finding("inconclusive everywhere", [*quick_only, ("mnist1d", "full")])
+    # Two audits that differ in both dataset and profile: the change is explained, but blamed on neither.
+    kind, lines = stability.mark({("mnist1d", "quick"): found[("mnist1d", "quick")]["A7"],
+                                  ("fashion_mnist", "full"): found[("fashion_mnist", "quick")]["A7"]})
+    assert kind == "changes only across both dataset and profile"
+    assert lines == ["MNIST-1D quick supported (0.7 [0.6, 0.8], flips at 0.5) → "
+                     "Fashion-MNIST full inconclusive (0.55 [0.45, 0.65], flips at 0.5)"]
     # The command prints it and writes stability.md; a damaged file is one line.
     r = _stability_cli(tmp_path)
     assert r.returncode == 0 and "| A2 | supported | contradicted | supported | profile-sensitive |" in r.stdout
