@@ -1,6 +1,7 @@
 """The audit on another dataset, and each claim's verdict across audits (stability marks)."""
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -201,3 +202,23 @@ def test_the_repository_ledgers_are_readable_audit_records():
         record = store.read_json(path)
         assert path.parent.name == stability._audit_name(record["dataset"], record["profile"]), path
         assert path.stem == record["experiment"] and record["verdicts"] and record["provenance"]["git_commit"]
+
+
+def test_a_quick_or_full_report_shows_the_kept_audits_and_a_smoke_test_does_not(tmp_path, monkeypatch):
+    old, runs, ledgers = tmp_path / "old", tmp_path / "runs", tmp_path / "ledgers"
+    _audit(old, "full", "mnist1d", {"A1": ("contradicted", 0.3, 0.2, 0.4)})
+    stability.keep(old, ledgers)  # a full audit run on another machine, kept
+    monkeypatch.setattr(stability, "LEDGERS", ledgers)
+    _audit(runs, "quick", "mnist1d", {"A1": ("supported", 0.7, 0.6, 0.8)})
+    reports = {}
+    for profile in ("quick", "tiny"):
+        folder = audit.audit_dir(runs, profile, "mnist1d")
+        audit.write_report(folder, profile, [], 1.0)
+        reports[profile] = (folder / "report.md").read_text()
+    assert "| A1 | supported | contradicted | profile-sensitive |" in reports["quick"]
+    assert f"- MNIST-1D full: 1 experiment from {ledgers / 'full'}; commit unknown" in reports["quick"]
+    assert "Stability across audits" not in reports["tiny"]  # one stored audit, and a smoke test reads no ledgers
+    # In report.html every row of the cross-table has as many cells as its header.
+    page = (audit.audit_dir(runs, "quick", "mnist1d") / "report.html").read_text()
+    table = next(t for t in re.findall(r"<table.*?</table>", page, re.S) if "profile-sensitive" in t)
+    assert {len(re.findall(r"<t[hd][ >]", row)) for row in re.findall(r"<tr.*?</tr>", table, re.S)} == {4}
