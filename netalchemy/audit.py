@@ -238,14 +238,8 @@ def write_report(folder: Path, profile: str, entries, seconds: float,
                     for r in rows])
     if skipped:
         md += ["", "Skipped: " + "; ".join(f"{name}, {md_escape(why)}" for name, why in skipped.items()) + "."]
-    root, kept = Path(folder).parent.parent, None if smoke else stability.LEDGERS  # a smoke test is no evidence
-    across = stability.table(root, list(claims), kept)
-    if across:
-        md += ["", "## Stability across audits", "", "Each claim's verdict in every quick and full audit stored "
-               "beside this one" + ("" if smoke else " or kept in the repository (`experiments/ledgers`; a stored "
-                                    "audit replaces its kept record)") + "; a change is explained from the two "
-               "audits' numbers.", "", *across, "", "Where each audit's verdicts come from:", "",
-               *stability.sources(root, kept)]
+    across = stability.report_section(Path(folder).parent.parent, list(claims), kept=not smoke)
+    md += ["", *across] if across else []
     md += ["", "## Contents", ""]
     md += [f"- [{name}](#{slug(name)}): " + ", ".join(v["claim"] for v in record["verdicts"])
            for name, _, record in entries]

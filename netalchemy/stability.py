@@ -194,3 +194,17 @@ def table(root: Path, claim_ids: Optional[list[str]] = None, ledgers: Optional[P
     out += ["", "Marks: " + ", ".join(f"{k} {n}" for k, n in counts.items()) + ".", "",
             f"Findings (stable at both profiles and on two or more datasets): {', '.join(found_claims) or 'none yet'}."]
     return out + ([""] + notes if notes else [])
+
+
+def report_section(root: Path, claim_ids: list[str], kept: bool = True) -> list[str]:
+    """An audit report's "Stability across audits" section (markdown lines; [] with fewer than two audits):
+    the audits stored under `root`/audit and, when `kept` (not for a smoke test, which is no evidence),
+    the repository's ledgers."""
+    ledgers = LEDGERS if kept else None
+    across = table(root, claim_ids, ledgers)
+    if not across:
+        return []
+    where = " or kept in the repository (`experiments/ledgers`; a stored audit replaces its kept record)"
+    return ["## Stability across audits", "", "Each claim's verdict in every quick and full audit stored beside "
+            f"this one{where if kept else ''}; a change is explained from the two audits' numbers.", "", *across,
+            "", "Where each audit's verdicts come from:", "", *sources(root, ledgers)]
