@@ -284,6 +284,7 @@ STYLE = (
     "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
     "th{background:#f3f3f3}table.ledger td:nth-child(2){min-width:14em}"
     "table:not(.ledger) td{overflow-wrap:anywhere}"  # a long setting name or value wraps on a phone
+    "table.stability td{overflow-wrap:normal}"  # verdicts stay whole words; the box scrolls sideways instead
     "figure{margin:1.5em 0}figure img{max-width:100%;height:auto;display:block}"
     "figcaption{font-size:90%;color:#444;margin-top:.3em}"
     "code{overflow-wrap:anywhere}p,li{overflow-wrap:break-word}"
@@ -300,13 +301,14 @@ STYLE = (
 
 
 def _table_open(tokens, idx, options, env) -> str:
-    """A table in a sideways-scrolling box; a ledger (a table with a verdict column) gets class "ledger"."""
+    """A table in a sideways-scrolling box; a ledger (a table with a verdict column) gets class "ledger", the
+    cross-table of audits (a stability column) class "stability"."""
     j, names = idx, []
     while tokens[j].type != "tr_close":
         if tokens[j].type == "inline":
             names.append(tokens[j].content)
         j += 1
-    kind = ' class="ledger"' if "verdict" in names else ""
+    kind = ' class="ledger"' if "verdict" in names else ' class="stability"' if "stability" in names else ""
     return f'<div class="table-scroll"><table{kind}>\n'
 
 

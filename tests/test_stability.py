@@ -222,3 +222,4 @@ def test_a_quick_or_full_report_shows_the_kept_audits_and_a_smoke_test_does_not(
     page = (audit.audit_dir(runs, "quick", "mnist1d") / "report.html").read_text()
     table = next(t for t in re.findall(r"<table.*?</table>", page, re.S) if "profile-sensitive" in t)
     assert {len(re.findall(r"<t[hd][ >]", row)) for row in re.findall(r"<tr.*?</tr>", table, re.S)} == {4}
+    assert table.startswith('<table class="stability">')  # styled so that no verdict breaks inside a word
