@@ -235,11 +235,10 @@ def _add_stability(sub) -> None:
                        description="Read every audit stored under OUT/audit (quick and full, on each dataset) and "
                                    "the ledgers kept in the repository (experiments/ledgers, one folder per audit), "
                                    "print the claim x audit table of verdicts with a stability mark per claim "
-                                   "(stable, profile-sensitive, dataset-sensitive, inconclusive everywhere), each change explained "
-                                   "from the numbers, the findings (claims stable at both profiles and on two or more "
-                                   "datasets) and the "
-                                   "commits each audit came from, and write it to "
-                                   "OUT/audit/stability.md.")
+                                   "(stable, profile-sensitive, dataset-sensitive, inconclusive everywhere), each "
+                                   "change explained from the numbers, the findings (claims stable at both profiles "
+                                   "and on two or more datasets) and the commits each audit came from, and write it "
+                                   "to OUT/audit/stability.md.")
     p.add_argument("--out", default="runs", type=Path, help="results root folder (default: runs)")
     p.add_argument("--ledgers", type=Path, default=None,
                    help="folder of kept ledgers (default: the repository's experiments/ledgers)")
